@@ -1,0 +1,180 @@
+//! The lock-backend contract: what a store must offer for leasehold to elect on it.
+//!
+//! A backend is deliberately small (get, create, compare-and-swap update, watch), the way tower's
+//! `Service` is: the election rules live in [`crate::machine`], and every backend runs the same
+//! conformance suite (`leasehold_testing::conformance`).
+
+use crate::record::{LeaderRecord, RecordError};
+use futures_core::Stream;
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
+/// An opaque token naming one stored state of the lock object (a Kubernetes `resourceVersion`,
+/// an etcd mod revision, a file generation). Only equality is meaningful.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Version(pub Arc<str>);
+
+// === impl Version ===
+
+impl Version {
+    /// Wraps a backend's version string.
+    pub fn new(v: impl Into<Arc<str>>) -> Self {
+        Self(v.into())
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A record together with the version it was read at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The leader record.
+    pub record: LeaderRecord,
+    /// The version of the object that holds it.
+    pub version: Version,
+}
+
+/// Why a backend operation failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The object changed since the version given (or, for create, already exists). Retryable
+    /// after a fresh read: the caller must re-read and decide again.
+    #[error("{op} `{object}`: conflict (the lock changed since it was read)")]
+    Conflict {
+        /// The operation (`create`, `update`).
+        op: &'static str,
+        /// The lock object's description.
+        object: String,
+    },
+    /// The store could not be reached or answered with a transient failure (timeout, 5xx, 429,
+    /// connection refused). Retryable.
+    #[error("{op} `{object}`: store unavailable")]
+    Unavailable {
+        /// The operation.
+        op: &'static str,
+        /// The lock object's description.
+        object: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The caller lacks a permission. Not retryable until someone grants it.
+    #[error("cannot {verb} {object}: forbidden (needs `{verb}` on `{resource}`)")]
+    Forbidden {
+        /// The verb that was denied (`get`, `create`, `update`, `watch`).
+        verb: &'static str,
+        /// The resource, e.g. `leases.coordination.k8s.io`.
+        resource: String,
+        /// The lock object's description.
+        object: String,
+    },
+    /// The stored record cannot be read. Not retryable; leasehold never overwrites it.
+    #[error("{object}: stored record is corrupt")]
+    Corrupt {
+        /// The lock object's description (a path for the file backend).
+        object: String,
+        /// What is wrong.
+        #[source]
+        source: RecordError,
+    },
+    /// Any other failure (bad configuration of the backend, an unexpected answer).
+    #[error("{op} `{object}`: {message}")]
+    Other {
+        /// The operation.
+        op: &'static str,
+        /// The lock object's description.
+        object: String,
+        /// What happened.
+        message: String,
+        /// The cause, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+/// The coarse kind of a [`LockError`], as the state machine sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// [`LockError::Conflict`].
+    Conflict,
+    /// The request did not complete before its deadline: it may or may not have been applied.
+    Timeout,
+    /// Any other failure; the machine retries after the retry period.
+    Failed,
+}
+
+// === impl LockError ===
+
+impl LockError {
+    /// Whether trying again (after a fresh read) can succeed without anyone changing anything.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Conflict { .. } | Self::Unavailable { .. })
+    }
+
+    /// The kind the state machine reacts to.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Conflict { .. } => ErrorKind::Conflict,
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
+/// A boxed, sendable future, as backends return them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The stream a [`LockBackend::watch`] returns.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Option<Versioned>, LockError>> + Send>>;
+
+/// A store that holds one leader record and can compare-and-swap it.
+///
+/// # Correctness
+/// Every implementation must guarantee, and the conformance suite checks:
+/// - [`get`](Self::get) returns the record as last durably written, or `None` if the object does
+///   not exist.
+/// - [`create`](Self::create) fails with [`LockError::Conflict`] if the object exists, and never
+///   replaces it.
+/// - [`update`](Self::update) succeeds only if the stored version equals the one given, and then
+///   returns the new version; with a stale version it fails with [`LockError::Conflict`] and
+///   leaves the store unchanged. It returns only after the write is durable.
+/// - An update replaces only the record's five fields: everything else the object holds (labels,
+///   annotations, other spec fields, fields this code does not know) is kept as it was.
+/// - [`watch`](Self::watch) yields the object's state (`None` after a delete) after every change
+///   later than the version given, in order; it may skip intermediate states and may yield the
+///   same state twice, but never an older state after a newer one. When it cannot continue (e.g.
+///   the version is too old, HTTP 410) it yields an error or ends, and the caller reads again and
+///   starts a new watch.
+/// - A stored record that cannot be decoded is reported as [`LockError::Corrupt`], never treated
+///   as absent or empty.
+/// - No method may hang forever; the caller also puts its own deadline on every call.
+pub trait LockBackend: Send + Sync + 'static {
+    /// A human-readable name of the lock object, for logs and errors (`lease ns/name`, a path).
+    fn describe(&self) -> String;
+
+    /// Reads the record.
+    ///
+    /// # Errors
+    /// See [`LockError`]; a missing object is `Ok(None)`, not an error.
+    fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>>;
+
+    /// Creates the object holding `record`.
+    ///
+    /// # Errors
+    /// [`LockError::Conflict`] if it exists.
+    fn create(&self, record: &LeaderRecord) -> BoxFuture<'_, Result<Version, LockError>>;
+
+    /// Replaces the record if the object is still at `version`.
+    ///
+    /// # Errors
+    /// [`LockError::Conflict`] if the version is stale (or the object was deleted).
+    fn update(
+        &self,
+        record: &LeaderRecord,
+        version: &Version,
+    ) -> BoxFuture<'_, Result<Version, LockError>>;
+
+    /// Watches the object for changes after `version` (`None`: from now).
+    fn watch(&self, version: Option<&Version>) -> WatchStream;
+}

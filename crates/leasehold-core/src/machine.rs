@@ -1,0 +1,1343 @@
+//! The election state machine: events in, actions out, time passed in, no I/O.
+//!
+//! The driver (the `leasehold` crate) feeds it every read result, write result, watch event and
+//! timer, and carries out the [`Action`]s it returns. Because time is an argument, the rules can
+//! be tested exactly, and the driver can run on tokio's paused clock.
+//!
+//! # The rules
+//! - **Takeover** is allowed only when the record is released (empty holder), names this
+//!   candidate from a write it made itself (or at start-up, client-go's restart rule), or has
+//!   been observed *unchanged* for its own `leaseDurationSeconds`, measured on the local
+//!   monotonic clock from when it was first observed. The record's wall-clock timestamps never
+//!   decide expiry, so clock offset between hosts is harmless.
+//! - **Step-down** happens when no renewal has succeeded within the renew deadline, counted from
+//!   the *send* time of the last one that did. Others wait at least the lease duration from when
+//!   they observe that renewal, which is later than its send time, so the leader stops first.
+//! - Every request carries a deadline; a leader's renewals never outlive its step-down time.
+//! - A conflict means: read again and decide again. A valid lease of another holder is never
+//!   overwritten.
+//! - Every acquisition writes `leaderTransitions + 1`, which is the term's [`FencingToken`].
+
+use crate::{
+    config::Timing,
+    lock::{ErrorKind, Version, Versioned},
+    record::{FencingToken, LeaderRecord},
+};
+use jiff::Timestamp;
+use std::{collections::VecDeque, time::Duration};
+
+/// Monotonic time since an arbitrary origin, on the driver's clock.
+pub type Tick = Duration;
+
+/// What happened, as the driver reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The driver is starting: the machine asks for a first read.
+    Start,
+    /// The in-flight [`Action::Read`] completed.
+    ReadDone(Result<Option<Versioned>, ErrorKind>),
+    /// The watch delivered the object's state (`None`: deleted).
+    Watched(Option<Versioned>),
+    /// The in-flight [`Action::Create`] or [`Action::Update`] completed.
+    WriteDone(Result<Version, ErrorKind>),
+    /// The time returned by [`Machine::deadline`] has come.
+    Timer,
+    /// Shutdown was requested: step down, release if configured, then finish.
+    Cancel,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Read the record; report [`Event::ReadDone`]. Give up at `deadline` (report
+    /// `ErrorKind::Timeout`).
+    Read {
+        /// When the request must be abandoned.
+        deadline: Tick,
+    },
+    /// Create the object with `record`; report [`Event::WriteDone`].
+    Create {
+        /// The record to write.
+        record: LeaderRecord,
+        /// When the request must be abandoned.
+        deadline: Tick,
+    },
+    /// Compare-and-swap `record` at `version`; report [`Event::WriteDone`].
+    Update {
+        /// The record to write.
+        record: LeaderRecord,
+        /// The version it must replace.
+        version: Version,
+        /// When the request must be abandoned.
+        deadline: Tick,
+    },
+    /// Abandon the request in flight, if any (its outcome is no longer needed).
+    Abandon,
+    /// This candidate leads from now on, with this token.
+    StartedLeading {
+        /// The term's fencing token.
+        token: FencingToken,
+    },
+    /// This candidate must stop acting now.
+    StoppedLeading {
+        /// The token of the term that ended.
+        token: FencingToken,
+        /// Why.
+        reason: StepDown,
+    },
+    /// The holder of the lock changed (empty: released). Fired once per change.
+    NewLeader {
+        /// The new holder.
+        identity: String,
+    },
+    /// The machine is done (after a cancel); the driver may return.
+    Finished,
+}
+
+/// Why a leader stepped down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepDown {
+    /// No renewal succeeded within the renew deadline.
+    DeadlineExceeded,
+    /// The record now names another holder, or another term.
+    Lost {
+        /// Who holds it now (may be empty).
+        holder: String,
+    },
+    /// The lock object was deleted.
+    Deleted,
+    /// Shutdown was requested.
+    Cancelled,
+}
+
+/// Whether this candidate leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Not leading; watching for a chance to acquire.
+    #[default]
+    Standby,
+    /// Leading.
+    Leader,
+    /// Finished after a cancel.
+    Stopped,
+}
+
+/// A snapshot of what this candidate knows, published by the driver after every event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// This candidate's role.
+    pub role: Role,
+    /// The holder of the lock as last observed; empty before the first observation and while
+    /// the lock is released.
+    pub leader: String,
+    /// The current term's token while leading.
+    pub fencing_token: Option<FencingToken>,
+    /// Whether the lock has been observed at least once.
+    pub observed: bool,
+    /// The lock's last observed record, if any.
+    pub record: Option<LeaderRecord>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    record: Option<LeaderRecord>,
+    version: Option<Version>,
+    /// When this record was first observed, unchanged since.
+    since: Tick,
+}
+
+#[derive(Debug, Clone)]
+struct Term {
+    token: FencingToken,
+    transitions: i32,
+    acquire_time: Option<Timestamp>,
+    /// Send time of the last renewal (or the acquisition) that succeeded.
+    last_ok_sent: Tick,
+    renew_at: Tick,
+}
+
+#[derive(Debug)]
+enum State {
+    Standby,
+    Leading(Term),
+    /// Stepped down after a cancel; writing the released record until `give_up`.
+    Releasing {
+        term: Term,
+        retry_at: Tick,
+        give_up: Tick,
+    },
+    Finished,
+}
+
+#[derive(Debug)]
+enum Inflight {
+    Read,
+    Acquire { sent_at: Tick, record: LeaderRecord },
+    Renew { sent_at: Tick, record: LeaderRecord },
+    Release { record: LeaderRecord },
+}
+
+/// How many of its own recent writes a candidate remembers, to recognise them when they come
+/// back through the watch (possibly out of order with write responses).
+const OWN_WRITES: usize = 8;
+
+/// The election state machine of one candidate on one lock.
+///
+/// Replaces the decision logic of client-go's `LeaderElector` (`tryAcquireOrRenew`, `renew`,
+/// `release`), with client-go's semantics and these differences: expiry from observation on the
+/// monotonic clock only, a deadline on every request, a watch instead of polling, a release that
+/// survives a conflict, and a fencing token incremented on every acquisition.
+#[derive(Debug)]
+pub struct Machine {
+    identity: String,
+    timing: Timing,
+    state: State,
+    seen: Option<Seen>,
+    /// The last observation may be out of date (after a conflict, timeout or error).
+    stale: bool,
+    /// Time of the last successful read or watch event.
+    last_heard: Tick,
+    /// After an error: do nothing before this time.
+    retry_at: Option<Tick>,
+    inflight: Option<Inflight>,
+    reported_leader: Option<String>,
+    /// Records this candidate wrote, newest last.
+    own_writes: VecDeque<LeaderRecord>,
+    /// Until another holder is observed, a record naming this identity is trusted as this
+    /// process's own (client-go's rule for a restarted candidate).
+    trust_own_name: bool,
+    cancelling: bool,
+    rng: u64,
+}
+
+// === impl Machine ===
+
+impl Machine {
+    /// A machine for `identity` with `timing`, and a seed for the renewal jitter.
+    ///
+    /// # Errors
+    /// [`crate::ConfigError`] when the identity is empty or the timing is invalid.
+    pub fn new(
+        identity: impl Into<String>,
+        timing: Timing,
+        seed: u64,
+    ) -> Result<Self, crate::ConfigError> {
+        let identity = identity.into();
+        if identity.is_empty() {
+            return Err(crate::ConfigError::EmptyIdentity);
+        }
+        timing.validate()?;
+        Ok(Self {
+            identity,
+            timing,
+            state: State::Standby,
+            seen: None,
+            stale: true,
+            last_heard: Duration::ZERO,
+            retry_at: None,
+            inflight: None,
+            reported_leader: None,
+            own_writes: VecDeque::with_capacity(OWN_WRITES),
+            trust_own_name: true,
+            cancelling: false,
+            rng: seed | 1,
+        })
+    }
+
+    /// This candidate's identity.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The timing in force.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// What this candidate knows now.
+    pub fn status(&self) -> Status {
+        let record = self.seen.as_ref().and_then(|s| s.record.clone());
+        let (role, fencing_token) = match &self.state {
+            State::Leading(t) => (Role::Leader, Some(t.token)),
+            State::Finished => (Role::Stopped, None),
+            _ => (Role::Standby, None),
+        };
+        Status {
+            role,
+            leader: record
+                .as_ref()
+                .map(|r| r.holder_identity.clone())
+                .unwrap_or_default(),
+            fencing_token,
+            observed: self.seen.is_some(),
+            record,
+        }
+    }
+
+    /// Whether this candidate leads.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.state, State::Leading(_))
+    }
+
+    /// The next time the driver must deliver [`Event::Timer`], if any.
+    pub fn deadline(&self) -> Option<Tick> {
+        let idle = self.inflight.is_none();
+        match &self.state {
+            State::Finished => None,
+            State::Leading(t) => {
+                let step_down = t.last_ok_sent + self.timing.renew_deadline;
+                Some(if idle {
+                    t.renew_at.min(step_down)
+                } else {
+                    step_down
+                })
+            }
+            State::Releasing {
+                retry_at, give_up, ..
+            } => Some(if idle {
+                (*retry_at).min(*give_up)
+            } else {
+                *give_up
+            }),
+            State::Standby if !idle => None,
+            State::Standby => {
+                if let Some(at) = self.retry_at {
+                    return Some(at);
+                }
+                let seen = self.seen.as_ref()?;
+                let read_at = self.last_heard + self.timing.lease_duration;
+                match &seen.record {
+                    Some(r) if !r.is_released() => {
+                        Some(read_at.min(seen.since + r.lease_duration()))
+                    }
+                    _ => Some(read_at),
+                }
+            }
+        }
+    }
+
+    /// Feeds one event at monotonic time `now` and wall-clock time `wall` (written into the
+    /// record's timestamps only), and returns what to do.
+    pub fn handle(&mut self, event: Event, now: Tick, wall: Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        if matches!(self.state, State::Finished) {
+            return out;
+        }
+        match event {
+            Event::Start => {}
+            Event::Timer => {}
+            Event::Cancel => self.on_cancel(now, &mut out),
+            Event::Watched(v) => {
+                self.last_heard = now;
+                self.on_observed(v, now, false, &mut out);
+            }
+            Event::ReadDone(result) => {
+                if matches!(self.inflight, Some(Inflight::Read)) {
+                    self.inflight = None;
+                }
+                match result {
+                    Ok(v) => {
+                        self.last_heard = now;
+                        self.stale = false;
+                        self.on_observed(v, now, true, &mut out);
+                    }
+                    Err(_) => self.on_error(now),
+                }
+            }
+            Event::WriteDone(result) => self.on_write_done(result, now, &mut out),
+        }
+        self.check_step_down(now, &mut out);
+        self.drive(now, wall, &mut out);
+        out
+    }
+
+    fn jittered(&mut self, d: Duration) -> Duration {
+        // splitmix64: deterministic for a seed, no I/O.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+        d.mul_f64(1.0 + (crate::config::JITTER_FACTOR - 1.0) * unit)
+    }
+
+    fn request_timeout(&self) -> Duration {
+        (self.timing.renew_deadline / 2).max(Duration::from_millis(100))
+    }
+
+    fn is_own(&self, r: &LeaderRecord) -> bool {
+        self.own_writes.contains(r)
+    }
+
+    fn remember_write(&mut self, r: LeaderRecord) {
+        if self.own_writes.len() == OWN_WRITES {
+            self.own_writes.pop_front();
+        }
+        self.own_writes.push_back(r);
+    }
+
+    fn set_seen(&mut self, v: Option<Versioned>, now: Tick, out: &mut Vec<Action>) {
+        let (record, version) = match v {
+            Some(v) => (Some(v.record), Some(v.version)),
+            None => (None, None),
+        };
+        if let Some(r) = &record {
+            if r.holder_identity != self.identity && !r.is_released() {
+                self.trust_own_name = false;
+            }
+        }
+        let since = match &self.seen {
+            Some(s) if s.record == record => s.since,
+            _ => now,
+        };
+        self.seen = Some(Seen {
+            record,
+            version,
+            since,
+        });
+        self.report_leader(out);
+    }
+
+    fn report_leader(&mut self, out: &mut Vec<Action>) {
+        let holder = self
+            .seen
+            .as_ref()
+            .and_then(|s| s.record.as_ref())
+            .map(|r| r.holder_identity.clone())
+            .unwrap_or_default();
+        // Fired once per change of holder; a lock that is absent or released at start is not a
+        // change.
+        if self.reported_leader.as_deref() != Some(holder.as_str())
+            && (self.reported_leader.is_some() || !holder.is_empty())
+        {
+            self.reported_leader = Some(holder.clone());
+            out.push(Action::NewLeader { identity: holder });
+        }
+    }
+
+    fn on_observed(
+        &mut self,
+        v: Option<Versioned>,
+        now: Tick,
+        from_read: bool,
+        out: &mut Vec<Action>,
+    ) {
+        match &mut self.state {
+            State::Leading(term) => {
+                let latest = self.own_writes.back();
+                match &v {
+                    Some(obs) if self.own_writes.contains(&obs.record) => {
+                        // Our own write coming back. Adopt the version only for the latest one (a
+                        // watch event may trail a newer write response); after a conflict, renew
+                        // at once on the version just read.
+                        if Some(&obs.record) == latest || from_read {
+                            if let Some(seen) = &mut self.seen {
+                                seen.version = Some(obs.version.clone());
+                                seen.record = Some(obs.record.clone());
+                            }
+                        }
+                        if from_read {
+                            term.renew_at = now;
+                        }
+                    }
+                    Some(obs)
+                        if obs.record
+                            == *self
+                                .seen
+                                .as_ref()
+                                .and_then(|s| s.record.as_ref())
+                                .unwrap_or(&LeaderRecord::default()) =>
+                    {
+                        // Same record, new version: some other field of the object changed.
+                        if let Some(seen) = &mut self.seen {
+                            seen.version = Some(obs.version.clone());
+                        }
+                    }
+                    _ => {
+                        let reason = match &v {
+                            None => StepDown::Deleted,
+                            Some(obs) => StepDown::Lost {
+                                holder: obs.record.holder_identity.clone(),
+                            },
+                        };
+                        self.step_down(reason, out);
+                        self.set_seen(v, now, out);
+                    }
+                }
+            }
+            State::Releasing { .. } => {
+                let ours = v
+                    .as_ref()
+                    .is_some_and(|obs| self.own_writes.contains(&obs.record));
+                self.set_seen(v, now, out);
+                if !ours {
+                    // Someone else wrote, or it is released or deleted: nothing left to release.
+                    self.finish(out);
+                }
+            }
+            State::Standby | State::Finished => self.set_seen(v, now, out),
+        }
+    }
+
+    fn on_error(&mut self, now: Tick) {
+        self.stale = true;
+        let delay = self.jittered(self.timing.retry_period);
+        match &mut self.state {
+            State::Leading(term) => term.renew_at = now + self.timing.retry_period,
+            State::Releasing { retry_at, .. } => {
+                *retry_at = now + self.timing.retry_period.min(Duration::from_millis(200));
+            }
+            _ => self.retry_at = Some(now + delay),
+        }
+    }
+
+    fn on_write_done(
+        &mut self,
+        result: Result<Version, ErrorKind>,
+        now: Tick,
+        out: &mut Vec<Action>,
+    ) {
+        let op = match self.inflight.take() {
+            Some(Inflight::Read) => {
+                // A write result while a read is in flight cannot be ours: ignore it.
+                self.inflight = Some(Inflight::Read);
+                return;
+            }
+            None => return,
+            Some(op) => op,
+        };
+        let version = match result {
+            Ok(version) => version,
+            Err(ErrorKind::Conflict) => {
+                // Read again and decide again.
+                self.stale = true;
+                match &mut self.state {
+                    State::Leading(term) => term.renew_at = now,
+                    State::Releasing { retry_at, .. } => *retry_at = now,
+                    _ => {}
+                }
+                return;
+            }
+            Err(_) => return self.on_error(now),
+        };
+        self.stale = false;
+        match op {
+            Inflight::Read => {}
+            Inflight::Release { record } => {
+                self.set_seen(Some(Versioned { record, version }), now, out);
+                self.finish(out);
+            }
+            Inflight::Renew { sent_at, record } => {
+                self.set_seen(Some(Versioned { record, version }), now, out);
+                let next = now + self.jittered(self.timing.retry_period);
+                if let State::Leading(term) = &mut self.state {
+                    term.last_ok_sent = term.last_ok_sent.max(sent_at);
+                    term.renew_at = next;
+                }
+            }
+            Inflight::Acquire { sent_at, record } => {
+                let term = Term {
+                    token: record.fencing_token(),
+                    transitions: record.leader_transitions,
+                    acquire_time: record.acquire_time,
+                    last_ok_sent: sent_at,
+                    renew_at: now + self.jittered(self.timing.retry_period),
+                };
+                self.retry_at = None;
+                self.set_seen(Some(Versioned { record, version }), now, out);
+                if self.cancelling {
+                    // Acquired, but shutdown was requested meanwhile: never start; release.
+                    self.begin_release(term, now, out);
+                } else if now >= sent_at + self.timing.renew_deadline {
+                    // The answer came too late to act on; the next read decides.
+                    self.stale = true;
+                } else {
+                    let token = term.token;
+                    self.state = State::Leading(term);
+                    out.push(Action::StartedLeading { token });
+                }
+            }
+        }
+    }
+
+    fn on_cancel(&mut self, now: Tick, out: &mut Vec<Action>) {
+        self.cancelling = true;
+        match std::mem::replace(&mut self.state, State::Standby) {
+            State::Leading(term) => {
+                out.push(Action::StoppedLeading {
+                    token: term.token,
+                    reason: StepDown::Cancelled,
+                });
+                self.begin_release(term, now, out);
+            }
+            other => self.state = other,
+        }
+        if matches!(self.state, State::Standby) {
+            match self.inflight {
+                // An acquisition may land: wait for its outcome.
+                Some(Inflight::Acquire { .. }) => {}
+                _ => {
+                    if self.inflight.take().is_some() {
+                        out.push(Action::Abandon);
+                    }
+                    self.finish(out);
+                }
+            }
+        }
+    }
+
+    fn begin_release(&mut self, term: Term, now: Tick, out: &mut Vec<Action>) {
+        if !self.timing.release_on_cancel {
+            self.finish(out);
+            return;
+        }
+        let give_up = term.last_ok_sent + self.timing.lease_duration;
+        self.state = State::Releasing {
+            term,
+            retry_at: now,
+            give_up,
+        };
+    }
+
+    fn finish(&mut self, out: &mut Vec<Action>) {
+        if !matches!(self.state, State::Finished) {
+            if self.inflight.take().is_some() {
+                out.push(Action::Abandon);
+            }
+            self.state = State::Finished;
+            out.push(Action::Finished);
+        }
+    }
+
+    fn step_down(&mut self, reason: StepDown, out: &mut Vec<Action>) {
+        if let State::Leading(term) = &self.state {
+            out.push(Action::StoppedLeading {
+                token: term.token,
+                reason,
+            });
+            self.state = State::Standby;
+            self.stale = true;
+            // A renewal in flight no longer matters; if it lands, its record is recognised as
+            // our own write by the next read.
+            if matches!(self.inflight, Some(Inflight::Renew { .. })) {
+                self.inflight = None;
+                out.push(Action::Abandon);
+            }
+        }
+    }
+
+    fn check_step_down(&mut self, now: Tick, out: &mut Vec<Action>) {
+        match &self.state {
+            State::Leading(term) if now >= term.last_ok_sent + self.timing.renew_deadline => {
+                self.step_down(StepDown::DeadlineExceeded, out);
+                if self.inflight.take().is_some() {
+                    out.push(Action::Abandon);
+                }
+            }
+            State::Releasing { give_up, .. } if now >= *give_up => self.finish(out),
+            _ => {}
+        }
+    }
+
+    fn drive(&mut self, now: Tick, wall: Timestamp, out: &mut Vec<Action>) {
+        if self.inflight.is_some() {
+            return;
+        }
+        let timeout = self.request_timeout();
+        let version = self.seen.as_ref().and_then(|s| s.version.clone());
+        match &self.state {
+            State::Finished => {}
+            State::Leading(term) => {
+                if now < term.renew_at {
+                    return;
+                }
+                let deadline = (now + timeout).min(term.last_ok_sent + self.timing.renew_deadline);
+                match version {
+                    Some(version) if !self.stale => {
+                        let record = LeaderRecord {
+                            holder_identity: self.identity.clone(),
+                            lease_duration_seconds: self.timing.lease_duration_seconds(),
+                            acquire_time: term.acquire_time,
+                            renew_time: Some(wall),
+                            leader_transitions: term.transitions,
+                        };
+                        self.remember_write(record.clone());
+                        self.inflight = Some(Inflight::Renew {
+                            sent_at: now,
+                            record: record.clone(),
+                        });
+                        out.push(Action::Update {
+                            record,
+                            version,
+                            deadline,
+                        });
+                    }
+                    _ => {
+                        self.inflight = Some(Inflight::Read);
+                        out.push(Action::Read { deadline });
+                    }
+                }
+            }
+            State::Releasing {
+                term,
+                retry_at,
+                give_up,
+            } => {
+                if now < *retry_at {
+                    return;
+                }
+                let deadline = (now + timeout).min(*give_up);
+                match version {
+                    Some(version) if !self.stale => {
+                        let record = LeaderRecord {
+                            holder_identity: String::new(),
+                            lease_duration_seconds: 1,
+                            acquire_time: Some(wall),
+                            renew_time: Some(wall),
+                            leader_transitions: term.transitions,
+                        };
+                        self.inflight = Some(Inflight::Release {
+                            record: record.clone(),
+                        });
+                        out.push(Action::Update {
+                            record,
+                            version,
+                            deadline,
+                        });
+                    }
+                    _ => {
+                        self.inflight = Some(Inflight::Read);
+                        out.push(Action::Read { deadline });
+                    }
+                }
+            }
+            State::Standby => {
+                if self.cancelling {
+                    self.finish(out);
+                    return;
+                }
+                if self.retry_at.is_some_and(|at| now < at) {
+                    return;
+                }
+                self.retry_at = None;
+                let deadline = now + timeout;
+                let Some(seen) = self.seen.as_ref().filter(|_| !self.stale) else {
+                    self.inflight = Some(Inflight::Read);
+                    out.push(Action::Read { deadline });
+                    return;
+                };
+                let acquire = |transitions: i32| LeaderRecord {
+                    holder_identity: self.identity.clone(),
+                    lease_duration_seconds: self.timing.lease_duration_seconds(),
+                    acquire_time: Some(wall),
+                    renew_time: Some(wall),
+                    leader_transitions: transitions,
+                };
+                match (&seen.record, &seen.version) {
+                    (None, _) | (_, None) => {
+                        let record = acquire(0);
+                        self.remember_write(record.clone());
+                        self.inflight = Some(Inflight::Acquire {
+                            sent_at: now,
+                            record: record.clone(),
+                        });
+                        out.push(Action::Create { record, deadline });
+                    }
+                    (Some(r), Some(version)) => {
+                        let own = r.holder_identity == self.identity
+                            && (self.is_own(r) || self.trust_own_name);
+                        let expired = now >= seen.since + r.lease_duration();
+                        if r.is_released() || own || expired {
+                            let Some(next) = r.leader_transitions.checked_add(1) else {
+                                // leaderTransitions at i32::MAX: no larger token can be written.
+                                self.retry_at = Some(now + self.timing.lease_duration);
+                                return;
+                            };
+                            let record = acquire(next);
+                            let version = version.clone();
+                            self.remember_write(record.clone());
+                            self.inflight = Some(Inflight::Acquire {
+                                sent_at: now,
+                                record: record.clone(),
+                            });
+                            out.push(Action::Update {
+                                record,
+                                version,
+                                deadline,
+                            });
+                        } else if now >= self.last_heard + self.timing.lease_duration {
+                            self.inflight = Some(Inflight::Read);
+                            out.push(Action::Read { deadline });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+    fn wall() -> Timestamp {
+        "2030-01-01T00:00:00Z".parse().unwrap()
+    }
+    fn timing() -> Timing {
+        Timing::default() // 15 s / 10 s / 2 s
+    }
+    fn machine() -> Machine {
+        Machine::new("me", timing(), 7).unwrap()
+    }
+    fn ver(s: &str) -> Version {
+        Version::new(s)
+    }
+    fn other(holder: &str, transitions: i32, hours_off: i64) -> LeaderRecord {
+        // Timestamps far from our clock: they must not matter.
+        let t = wall()
+            .checked_add(jiff::SignedDuration::from_hours(hours_off))
+            .unwrap();
+        LeaderRecord {
+            holder_identity: holder.into(),
+            lease_duration_seconds: 15,
+            acquire_time: Some(t),
+            renew_time: Some(t),
+            leader_transitions: transitions,
+        }
+    }
+    fn seen(record: LeaderRecord, v: &str) -> Option<Versioned> {
+        Some(Versioned {
+            record,
+            version: ver(v),
+        })
+    }
+    /// Drives a fresh machine to leadership at t=0 on an absent lock; returns it.
+    fn leader() -> Machine {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(Event::ReadDone(Ok(None)), Duration::ZERO, wall());
+        let a = m.handle(Event::WriteDone(Ok(ver("1"))), Duration::ZERO, wall());
+        assert!(
+            a.contains(&Action::StartedLeading {
+                token: FencingToken(0)
+            }),
+            "{a:?}"
+        );
+        m
+    }
+
+    #[test]
+    fn creates_an_absent_lock_and_leads() {
+        let mut m = machine();
+        assert_eq!(
+            m.handle(Event::Start, Duration::ZERO, wall()),
+            vec![Action::Read { deadline: 5 * S }]
+        );
+        let a = m.handle(Event::ReadDone(Ok(None)), ms(3), wall());
+        let expected = LeaderRecord {
+            holder_identity: "me".into(),
+            lease_duration_seconds: 15,
+            acquire_time: Some(wall()),
+            renew_time: Some(wall()),
+            leader_transitions: 0,
+        };
+        assert_eq!(
+            a,
+            vec![Action::Create {
+                record: expected,
+                deadline: ms(3) + 5 * S
+            }]
+        );
+        let a = m.handle(Event::WriteDone(Ok(ver("1"))), ms(5), wall());
+        assert_eq!(
+            a,
+            vec![
+                Action::NewLeader {
+                    identity: "me".into()
+                },
+                Action::StartedLeading {
+                    token: FencingToken(0)
+                }
+            ]
+        );
+        assert!(m.is_leader());
+        assert_eq!(m.status().fencing_token, Some(FencingToken(0)));
+    }
+
+    #[test]
+    fn renews_every_retry_period_keeping_term_fields() {
+        let mut m = leader();
+        let at = m.deadline().unwrap();
+        assert!(
+            at >= 2 * S && at < ms(2400),
+            "renew at retry period with ≤20% jitter: {at:?}"
+        );
+        assert!(m.handle(Event::Timer, at - ms(1), wall()).is_empty());
+        let later = wall()
+            .checked_add(jiff::SignedDuration::from_secs(2))
+            .unwrap();
+        let a = m.handle(Event::Timer, at, later);
+        let [
+            Action::Update {
+                record,
+                version,
+                deadline,
+            },
+        ] = a.as_slice()
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(version, &ver("1"));
+        assert_eq!(record.renew_time, Some(later));
+        assert_eq!(record.acquire_time, Some(wall()));
+        assert_eq!(record.leader_transitions, 0);
+        assert_eq!(*deadline, at + 5 * S);
+        assert!(
+            m.handle(Event::WriteDone(Ok(ver("2"))), at + ms(2), wall())
+                .is_empty()
+        );
+        assert!(m.is_leader());
+    }
+
+    #[test]
+    fn steps_down_when_renewals_fail_within_the_renew_deadline() {
+        let mut m = leader();
+        let now = loop {
+            let now = m.deadline().unwrap();
+            let a = m.handle(Event::Timer, now, wall());
+            if a.iter().any(|a| matches!(a, Action::StoppedLeading { .. })) {
+                assert_eq!(
+                    now,
+                    10 * S,
+                    "step-down exactly at last successful send + renew deadline"
+                );
+                assert!(a.contains(&Action::StoppedLeading {
+                    token: FencingToken(0),
+                    reason: StepDown::DeadlineExceeded
+                }));
+                break now;
+            }
+            assert!(
+                matches!(
+                    a.as_slice(),
+                    [Action::Update { .. }] | [Action::Read { .. }]
+                ),
+                "{a:?}"
+            );
+            m.handle(
+                Event::WriteDone(Err(ErrorKind::Failed)),
+                now + ms(10),
+                wall(),
+            );
+            m.handle(
+                Event::ReadDone(Err(ErrorKind::Failed)),
+                now + ms(10),
+                wall(),
+            );
+        };
+        assert!(!m.is_leader());
+        assert!(now < 15 * S);
+    }
+
+    #[test]
+    fn a_hung_renewal_cannot_outlive_the_step_down() {
+        let mut m = leader();
+        // The renewals at ~2 s, ~4 s … hang; each request's deadline is capped at the step-down.
+        let at = m.deadline().unwrap();
+        m.handle(Event::Timer, at, wall());
+        m.handle(
+            Event::WriteDone(Err(ErrorKind::Timeout)),
+            at + 5 * S,
+            wall(),
+        );
+        let next = m.deadline().unwrap();
+        let a = m.handle(Event::Timer, next, wall());
+        let deadline = match a.as_slice() {
+            [Action::Read { deadline }] | [Action::Update { deadline, .. }] => *deadline,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(deadline, 10 * S, "request deadline is the step-down time");
+        // Nothing comes back: the timer alone steps down, and the request is abandoned.
+        assert_eq!(m.deadline(), Some(10 * S));
+        let a = m.handle(Event::Timer, 10 * S, wall());
+        assert_eq!(
+            &a[..2],
+            &[
+                Action::StoppedLeading {
+                    token: FencingToken(0),
+                    reason: StepDown::DeadlineExceeded
+                },
+                Action::Abandon
+            ]
+        );
+    }
+
+    #[test]
+    fn takeover_is_measured_from_observation_not_record_timestamps() {
+        for hours_off in [-5, 0, 5] {
+            let mut m = machine();
+            m.handle(Event::Start, Duration::ZERO, wall());
+            let t0 = 100 * S;
+            let a = m.handle(
+                Event::ReadDone(Ok(seen(other("x", 4, hours_off), "7"))),
+                t0,
+                wall(),
+            );
+            assert_eq!(
+                a,
+                vec![Action::NewLeader {
+                    identity: "x".into()
+                }]
+            );
+            assert_eq!(
+                m.deadline(),
+                Some(t0 + 15 * S),
+                "expiry timer at observed + lease"
+            );
+            assert!(
+                m.handle(Event::Timer, t0 + 15 * S - ms(1), wall())
+                    .is_empty()
+            );
+            let a = m.handle(Event::Timer, t0 + 15 * S, wall());
+            let [
+                Action::Update {
+                    record, version, ..
+                },
+            ] = a.as_slice()
+            else {
+                panic!("{a:?}")
+            };
+            assert_eq!(version, &ver("7"));
+            assert_eq!(record.holder_identity, "me");
+            assert_eq!(
+                record.leader_transitions, 5,
+                "fencing token = transitions + 1"
+            );
+        }
+    }
+
+    #[test]
+    fn a_changed_record_restarts_the_expiry_clock() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("x", 1, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        let mut renewed = other("x", 1, 0);
+        renewed.renew_time = Some(
+            wall()
+                .checked_add(jiff::SignedDuration::from_secs(2))
+                .unwrap(),
+        );
+        m.handle(Event::Watched(seen(renewed.clone(), "2")), 10 * S, wall());
+        assert_eq!(m.deadline(), Some(25 * S));
+        // The same record again (a re-read) does not restart it.
+        m.handle(Event::Watched(seen(renewed, "2")), 12 * S, wall());
+        assert_eq!(m.deadline(), Some(25 * S));
+    }
+
+    #[test]
+    fn acquires_at_once_on_release_seen_by_the_watch() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("x", 3, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        let released = LeaderRecord {
+            lease_duration_seconds: 1,
+            leader_transitions: 3,
+            ..other("", 3, 0)
+        };
+        let a = m.handle(Event::Watched(seen(released, "2")), S, wall());
+        assert_eq!(
+            a[0],
+            Action::NewLeader {
+                identity: String::new()
+            }
+        );
+        let Action::Update {
+            record, version, ..
+        } = &a[1]
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!((record.leader_transitions, version), (4, &ver("2")));
+        let a = m.handle(Event::WriteDone(Ok(ver("3"))), S + ms(2), wall());
+        assert_eq!(
+            a.last(),
+            Some(&Action::StartedLeading {
+                token: FencingToken(4)
+            })
+        );
+    }
+
+    #[test]
+    fn a_conflict_means_read_again_and_never_overwrite_a_valid_lease() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("", 3, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        let a = m.handle(Event::WriteDone(Err(ErrorKind::Conflict)), ms(5), wall());
+        assert!(matches!(a.as_slice(), [Action::Read { .. }]), "{a:?}");
+        // Someone else got it: wait a full lease from now.
+        let a = m.handle(
+            Event::ReadDone(Ok(seen(other("y", 4, 0), "2"))),
+            ms(6),
+            wall(),
+        );
+        assert_eq!(
+            a,
+            vec![Action::NewLeader {
+                identity: "y".into()
+            }]
+        );
+        assert_eq!(m.deadline(), Some(ms(6) + 15 * S));
+    }
+
+    #[test]
+    fn losing_the_record_steps_down_at_once() {
+        let mut m = leader();
+        let a = m.handle(Event::Watched(seen(other("y", 1, 0), "5")), S, wall());
+        assert_eq!(
+            &a[..2],
+            &[
+                Action::StoppedLeading {
+                    token: FencingToken(0),
+                    reason: StepDown::Lost { holder: "y".into() }
+                },
+                Action::NewLeader {
+                    identity: "y".into()
+                },
+            ]
+        );
+        assert!(!m.is_leader());
+    }
+
+    #[test]
+    fn own_writes_echoed_by_the_watch_are_not_foreign() {
+        let mut m = leader();
+        let at = m.deadline().unwrap();
+        let a = m.handle(Event::Timer, at, wall());
+        let [Action::Update { record, .. }] = a.as_slice() else {
+            panic!()
+        };
+        let record = record.clone();
+        // The watch delivers the acquisition's record late, then the renewal.
+        let first = LeaderRecord {
+            renew_time: Some(wall()),
+            ..record.clone()
+        };
+        assert!(
+            m.handle(Event::Watched(seen(first, "1")), at, wall())
+                .is_empty()
+        );
+        assert!(
+            m.handle(Event::WriteDone(Ok(ver("2"))), at, wall())
+                .is_empty()
+        );
+        assert!(
+            m.handle(Event::Watched(seen(record, "2")), at, wall())
+                .is_empty()
+        );
+        assert!(m.is_leader());
+    }
+
+    #[test]
+    fn cancel_steps_down_then_releases_like_client_go() {
+        let mut m = leader();
+        let a = m.handle(Event::Cancel, S, wall());
+        assert_eq!(
+            a[0],
+            Action::StoppedLeading {
+                token: FencingToken(0),
+                reason: StepDown::Cancelled
+            }
+        );
+        let Action::Update {
+            record, version, ..
+        } = &a[1]
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(version, &ver("1"));
+        assert_eq!(record.holder_identity, "");
+        assert_eq!(record.lease_duration_seconds, 1);
+        assert_eq!(record.leader_transitions, 0);
+        let a = m.handle(Event::WriteDone(Ok(ver("2"))), S, wall());
+        assert_eq!(
+            a,
+            vec![
+                Action::NewLeader {
+                    identity: String::new()
+                },
+                Action::Finished
+            ]
+        );
+        assert_eq!(m.status().role, Role::Stopped);
+    }
+
+    #[test]
+    fn a_release_that_meets_a_conflict_reads_and_retries() {
+        // REAL-SERVERS.md: a release racing the first renewal got a conflict and the lease stayed
+        // held for a full lease duration. Here it re-reads and releases on the new version.
+        let mut m = leader();
+        let at = m.deadline().unwrap();
+        let a = m.handle(Event::Timer, at, wall());
+        let [
+            Action::Update {
+                record: renewal, ..
+            },
+        ] = a.as_slice()
+        else {
+            panic!()
+        };
+        let renewal = renewal.clone();
+        m.handle(
+            Event::WriteDone(Err(ErrorKind::Timeout)),
+            at + ms(1),
+            wall(),
+        ); // landed, unknown to us
+        let a = m.handle(Event::Cancel, at + ms(2), wall());
+        assert!(
+            matches!(
+                a.as_slice(),
+                [Action::StoppedLeading { .. }, Action::Read { .. }]
+            ),
+            "{a:?}"
+        );
+        let a = m.handle(Event::ReadDone(Ok(seen(renewal, "2"))), at + ms(3), wall());
+        let [
+            Action::Update {
+                record, version, ..
+            },
+        ] = a.as_slice()
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!((record.holder_identity.as_str(), version), ("", &ver("2")));
+        let a = m.handle(
+            Event::WriteDone(Err(ErrorKind::Conflict)),
+            at + ms(4),
+            wall(),
+        );
+        assert!(matches!(a.as_slice(), [Action::Read { .. }]), "{a:?}");
+        let a = m.handle(
+            Event::ReadDone(Ok(seen(other("y", 1, 0), "3"))),
+            at + ms(5),
+            wall(),
+        );
+        assert_eq!(
+            a,
+            vec![
+                Action::NewLeader {
+                    identity: "y".into()
+                },
+                Action::Finished
+            ]
+        );
+    }
+
+    #[test]
+    fn cancel_during_acquisition_releases_without_starting() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(Event::ReadDone(Ok(None)), Duration::ZERO, wall());
+        assert!(
+            m.handle(Event::Cancel, ms(1), wall()).is_empty(),
+            "waits for the write"
+        );
+        let a = m.handle(Event::WriteDone(Ok(ver("1"))), ms(2), wall());
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::StartedLeading { .. })),
+            "{a:?}"
+        );
+        assert!(
+            matches!(a.last(), Some(Action::Update { record, .. }) if record.is_released()),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn standby_rereads_no_more_often_than_the_lease_duration() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("", 0, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        m.handle(
+            Event::WriteDone(Err(ErrorKind::Conflict)),
+            Duration::ZERO,
+            wall(),
+        );
+        m.handle(Event::ReadDone(Ok(seen(other("x", 1, 0), "2"))), S, wall());
+        // The holder keeps renewing (watch events); no read is needed while it does.
+        for i in 1..20u32 {
+            let mut r = other("x", 1, 0);
+            r.renew_time = Some(
+                wall()
+                    .checked_add(jiff::SignedDuration::from_secs(i.into()))
+                    .unwrap(),
+            );
+            let a = m.handle(Event::Watched(seen(r, "3")), S * (i + 1), wall());
+            assert!(a.is_empty(), "{a:?}");
+        }
+        assert_eq!(m.deadline(), Some(20 * S + 15 * S));
+    }
+
+    #[test]
+    fn restart_with_the_same_identity_resumes_at_once_but_a_stranger_using_it_does_not() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        let a = m.handle(
+            Event::ReadDone(Ok(seen(other("me", 2, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        assert!(
+            matches!(a.last(), Some(Action::Update { record, .. }) if record.leader_transitions == 3)
+        );
+
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("x", 2, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        let a = m.handle(Event::Watched(seen(other("me", 3, 0), "2")), S, wall());
+        assert_eq!(
+            a,
+            vec![Action::NewLeader {
+                identity: "me".into()
+            }],
+            "not ours: wait"
+        );
+    }
+
+    #[test]
+    fn invalid_config_is_rejected() {
+        assert!(matches!(
+            Machine::new("", timing(), 1),
+            Err(crate::ConfigError::EmptyIdentity)
+        ));
+        let bad = Timing {
+            renew_deadline: 20 * S,
+            ..timing()
+        };
+        assert!(Machine::new("me", bad, 1).is_err());
+    }
+}
