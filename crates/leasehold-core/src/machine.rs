@@ -44,6 +44,8 @@ pub enum Event {
     Timer,
     /// Shutdown was requested: step down, release if configured, then finish.
     Cancel,
+    /// The watch ended or failed: changes may have been missed, so the next step reads again.
+    WatchLost,
 }
 
 /// What the driver must do.
@@ -136,6 +138,8 @@ pub struct Status {
     pub observed: bool,
     /// The lock's last observed record, if any.
     pub record: Option<LeaderRecord>,
+    /// The last error talking to the lock, until a request succeeds again (set by the driver).
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -271,7 +275,13 @@ impl Machine {
             fencing_token,
             observed: self.seen.is_some(),
             record,
+            last_error: None,
         }
+    }
+
+    /// The version of the lock object as last observed (the point to watch from).
+    pub fn version(&self) -> Option<Version> {
+        self.seen.as_ref().and_then(|s| s.version.clone())
     }
 
     /// Whether this candidate leads.
@@ -323,9 +333,17 @@ impl Machine {
         if matches!(self.state, State::Finished) {
             return out;
         }
+        // MicroTime: the finest precision any backend stores.
+        let wall = Timestamp::from_microsecond(wall.as_microsecond()).unwrap_or(wall);
         match event {
             Event::Start => {}
             Event::Timer => {}
+            Event::WatchLost => {
+                // A leader learns from its own writes; a standby reads again at once.
+                if !self.is_leader() {
+                    self.stale = true;
+                }
+            }
             Event::Cancel => self.on_cancel(now, &mut out),
             Event::Watched(v) => {
                 self.last_heard = now;
@@ -366,8 +384,27 @@ impl Machine {
         (self.timing.renew_deadline / 2).max(Duration::from_millis(100))
     }
 
+    /// Whether `r` is one of this candidate's recent writes. Times are compared at whole
+    /// seconds: backends store them at microseconds (Lease, file) or seconds (annotations).
     fn is_own(&self, r: &LeaderRecord) -> bool {
-        self.own_writes.contains(r)
+        let secs = |t: &Option<Timestamp>| t.map(|t| t.as_second());
+        self.own_writes.iter().any(|w| {
+            w.holder_identity == r.holder_identity
+                && w.leader_transitions == r.leader_transitions
+                && w.lease_duration_seconds == r.lease_duration_seconds
+                && secs(&w.acquire_time) == secs(&r.acquire_time)
+                && secs(&w.renew_time) == secs(&r.renew_time)
+        })
+    }
+
+    /// Whether `r` is this candidate's latest write.
+    fn is_latest_own(&self, r: &LeaderRecord) -> bool {
+        let secs = |t: &Option<Timestamp>| t.map(|t| t.as_second());
+        self.own_writes.back().is_some_and(|w| {
+            w.holder_identity == r.holder_identity
+                && w.leader_transitions == r.leader_transitions
+                && secs(&w.renew_time) == secs(&r.renew_time)
+        })
     }
 
     fn remember_write(&mut self, r: LeaderRecord) {
@@ -423,55 +460,38 @@ impl Machine {
         from_read: bool,
         out: &mut Vec<Action>,
     ) {
+        let own = v.as_ref().is_some_and(|obs| self.is_own(&obs.record));
+        let latest = v.as_ref().is_some_and(|obs| self.is_latest_own(&obs.record));
+        let same_record = match (&v, self.seen.as_ref().and_then(|s| s.record.as_ref())) {
+            (Some(obs), Some(r)) => obs.record == *r,
+            _ => false,
+        };
         match &mut self.state {
             State::Leading(term) => {
-                let latest = self.own_writes.back();
-                match &v {
-                    Some(obs) if self.own_writes.contains(&obs.record) => {
-                        // Our own write coming back. Adopt the version only for the latest one (a
-                        // watch event may trail a newer write response); after a conflict, renew
-                        // at once on the version just read.
-                        if Some(&obs.record) == latest || from_read {
-                            if let Some(seen) = &mut self.seen {
-                                seen.version = Some(obs.version.clone());
-                                seen.record = Some(obs.record.clone());
-                            }
-                        }
-                        if from_read {
-                            term.renew_at = now;
-                        }
-                    }
-                    Some(obs)
-                        if obs.record
-                            == *self
-                                .seen
-                                .as_ref()
-                                .and_then(|s| s.record.as_ref())
-                                .unwrap_or(&LeaderRecord::default()) =>
-                    {
-                        // Same record, new version: some other field of the object changed.
+                if let (true, Some(obs)) = (own || same_record, &v) {
+                    // Our own write coming back, or another field of the object changed. Adopt
+                    // the version only for the latest write (a watch event may trail a newer
+                    // write response); after a conflict, renew at once on the version read.
+                    if latest || from_read || same_record {
                         if let Some(seen) = &mut self.seen {
                             seen.version = Some(obs.version.clone());
                         }
                     }
-                    _ => {
-                        let reason = match &v {
-                            None => StepDown::Deleted,
-                            Some(obs) => StepDown::Lost {
-                                holder: obs.record.holder_identity.clone(),
-                            },
-                        };
-                        self.step_down(reason, out);
-                        self.set_seen(v, now, out);
+                    if from_read {
+                        term.renew_at = now;
                     }
+                } else {
+                    let reason = match &v {
+                        None => StepDown::Deleted,
+                        Some(obs) => StepDown::Lost { holder: obs.record.holder_identity.clone() },
+                    };
+                    self.step_down(reason, out);
+                    self.set_seen(v, now, out);
                 }
             }
             State::Releasing { .. } => {
-                let ours = v
-                    .as_ref()
-                    .is_some_and(|obs| self.own_writes.contains(&obs.record));
                 self.set_seen(v, now, out);
-                if !ours {
+                if !own {
                     // Someone else wrote, or it is released or deleted: nothing left to release.
                     self.finish(out);
                 }

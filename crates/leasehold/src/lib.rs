@@ -1,1 +1,47 @@
-pub fn x(){}
+//! Leader election for Kubernetes workloads: exactly one active replica, with a fencing token.
+//!
+//! Several replicas of a controller or service run; one must act and the others stand by,
+//! ready to take over. leasehold elects that one on a shared lock (a Kubernetes Lease, or a local
+//! file), with client-go's semantics and record format so Go and Rust candidates can share a
+//! lock, and with these guarantees on top:
+//!
+//! - **Stops before others can start.** A leader cancels its [`Leadership`] token when no renewal
+//!   has succeeded for the renew deadline, counted from the send time, and every request has its
+//!   own deadline, so a hung API server cannot keep it acting past the point where others may take
+//!   over.
+//! - **Watch, not polling.** Standbys watch the lock and take over within milliseconds of a
+//!   release; an expiry fires exactly a lease duration after the last change they observed.
+//! - **Fenced.** Every term carries a [`FencingToken`] larger than every earlier term's.
+//!
+//! # Quick start
+//! ```no_run
+//! use leasehold::{Elector, Timing, backend::file::FileLock};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let lock = FileLock::new("/tmp/my-app.leader.json");
+//! let cancel = CancellationToken::new();
+//! let elector = Elector::new(lock, "replica-1", Timing::default())?
+//!     .on_started_leading(|leadership| {
+//!         tokio::spawn(async move {
+//!             println!("leading with fencing token {}", leadership.fencing_token());
+//!             leadership.lost().await; // stop acting here
+//!         });
+//!     })
+//!     .on_new_leader(|who| println!("leader is now {who:?}"));
+//! let status = elector.handle();
+//! tokio::spawn(elector.run(cancel.clone()));
+//! // ... status.is_leader(), status.leader() ...
+//! cancel.cancel(); // steps down and releases
+//! # Ok(()) }
+//! ```
+//! For Kubernetes, build a [`backend::kube::LeaseLock`] from [`backend::kube::client`].
+
+pub mod backend;
+mod elector;
+
+pub use elector::{Elector, ElectorHandle, Error, Leadership, Result};
+pub use leasehold_core::{
+    ConfigError, FencingToken, LeaderRecord, LockBackend, LockError, Role, Status, StepDown,
+    Timing, Version, Versioned, record,
+};

@@ -1,0 +1,398 @@
+//! The tokio driver: runs the [`Machine`] against a [`LockBackend`], fires callbacks and
+//! publishes [`Status`] on a watch channel.
+
+use futures_util::StreamExt as _;
+use jiff::Timestamp;
+use leasehold_core::{
+    Action, ConfigError, Event, FencingToken, LockBackend, Machine, Role, Status, StepDown,
+    Timing,
+    lock::{ErrorKind, LockError, WatchStream},
+};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use tokio::{
+    sync::watch,
+    time::{Instant, sleep_until, timeout_at},
+};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+/// Why an [`Elector`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The identity or timing is invalid.
+    #[error("invalid election config")]
+    Config(#[from] ConfigError),
+}
+
+/// A `Result` with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The leadership of one term, handed to the started-leading callback.
+///
+/// Replaces the `context.Context` client-go passes to `OnStartedLeading`: its token is cancelled
+/// when the term ends, *before* the lease can expire for anyone else (renew deadline < lease
+/// duration), and it carries the term's [`FencingToken`] for downstream writes.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    token: CancellationToken,
+    fencing_token: FencingToken,
+    identity: Arc<str>,
+}
+
+// === impl Leadership ===
+
+impl Leadership {
+    /// The term's fencing token: attach it to every write to a fenced store.
+    pub fn fencing_token(&self) -> FencingToken {
+        self.fencing_token
+    }
+
+    /// This candidate's identity.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// A token cancelled when the term ends (step-down, loss, or shutdown).
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Completes when the term ends.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping it loses nothing.
+    pub fn lost(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// Whether the term has ended.
+    pub fn is_lost(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+type StartedFn = Box<dyn FnMut(Leadership) + Send>;
+type StoppedFn = Box<dyn FnMut() + Send>;
+type NewLeaderFn = Box<dyn FnMut(&str) + Send>;
+
+/// A cheap, cloneable view of an elector's status.
+///
+/// Replaces seed 002's `IsLeader`/`GetLeader` and seed 001's `GetLeader`.
+#[derive(Clone, Debug)]
+pub struct ElectorHandle {
+    rx: watch::Receiver<Status>,
+}
+
+// === impl ElectorHandle ===
+
+impl ElectorHandle {
+    /// Whether this candidate leads right now.
+    #[doc(alias = "IsLeader")]
+    pub fn is_leader(&self) -> bool {
+        self.rx.borrow().role == Role::Leader
+    }
+
+    /// The current holder as last observed; empty before the first observation and while the
+    /// lock is released.
+    #[doc(alias = "GetLeader")]
+    pub fn leader(&self) -> String {
+        self.rx.borrow().leader.clone()
+    }
+
+    /// A receiver of every status change.
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.rx.clone()
+    }
+
+    /// The status now.
+    pub fn status(&self) -> Status {
+        self.rx.borrow().clone()
+    }
+}
+
+/// One candidate in one election.
+///
+/// Replaces client-go's `leaderelection.LeaderElector` (`NewLeaderElector` + `Run`). Build it
+/// with [`Elector::new`], register callbacks, take a [`handle`](Self::handle) for status, then
+/// [`run`](Self::run) it until a cancellation token fires. After losing leadership it goes back
+/// to standby and contends again; to exit instead, cancel from the stopped-leading callback.
+#[doc(alias = "LeaderElector")]
+pub struct Elector<B> {
+    backend: Arc<B>,
+    machine: Machine,
+    identity: Arc<str>,
+    tx: watch::Sender<Status>,
+    on_started: Option<StartedFn>,
+    on_stopped: Option<StoppedFn>,
+    on_new_leader: Option<NewLeaderFn>,
+    clock_offset: jiff::SignedDuration,
+}
+
+/// A request in flight: the event it ends with, and the error message if it failed.
+type Pending = Pin<Box<dyn Future<Output = (Event, Option<String>)> + Send>>;
+
+// === impl Elector ===
+
+impl<B: LockBackend> Elector<B> {
+    /// An elector for `identity` on `backend` with `timing`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the identity is empty or the timing breaks client-go's rules.
+    pub fn new(backend: B, identity: impl Into<String>, timing: Timing) -> Result<Self> {
+        let identity: String = identity.into();
+        let seed = seed_from(&identity);
+        let machine = Machine::new(identity.clone(), timing, seed)?;
+        let (tx, _) = watch::channel(Status::default());
+        Ok(Self {
+            backend: Arc::new(backend),
+            machine,
+            identity: identity.into(),
+            tx,
+            on_started: None,
+            on_stopped: None,
+            on_new_leader: None,
+            clock_offset: jiff::SignedDuration::ZERO,
+        })
+    }
+
+    /// Called when this candidate starts leading. It runs on the election task: spawn anything
+    /// long-running and stop it when [`Leadership::lost`] completes.
+    #[doc(alias = "OnStartedLeading")]
+    #[must_use]
+    pub fn on_started_leading(mut self, f: impl FnMut(Leadership) + Send + 'static) -> Self {
+        self.on_started = Some(Box::new(f));
+        self
+    }
+
+    /// Called when this candidate stops leading, after the leadership token is cancelled.
+    #[doc(alias = "OnStoppedLeading")]
+    #[must_use]
+    pub fn on_stopped_leading(mut self, f: impl FnMut() + Send + 'static) -> Self {
+        self.on_stopped = Some(Box::new(f));
+        self
+    }
+
+    /// Called once per change of holder (including this candidate, and "" for a release).
+    #[doc(alias = "OnNewLeader")]
+    #[must_use]
+    pub fn on_new_leader(mut self, f: impl FnMut(&str) + Send + 'static) -> Self {
+        self.on_new_leader = Some(Box::new(f));
+        self
+    }
+
+    /// Shifts the wall-clock time written into records. Only for fault-injection tests, to show
+    /// that a candidate whose clock is off cannot affect expiry.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_clock_offset(mut self, offset: jiff::SignedDuration) -> Self {
+        self.clock_offset = offset;
+        self
+    }
+
+    /// A view of the status, usable while [`run`](Self::run) runs.
+    pub fn handle(&self) -> ElectorHandle {
+        ElectorHandle { rx: self.tx.subscribe() }
+    }
+
+    /// The backend this elector runs on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Contends until `cancel` fires; then steps down, releases (if configured) and returns.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future skips the release, leaving the lease to expire.
+    /// Cancel through `cancel` instead.
+    #[doc(alias = "Run")]
+    #[doc(alias = "RunOrDie")]
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let origin = Instant::now();
+        let mut pending: Option<Pending> = None;
+        let mut watch: Option<WatchStream> = None;
+        let mut watch_retry_at = origin;
+        let mut watch_backoff = Duration::from_millis(100);
+        let mut leadership: Option<CancellationToken> = None;
+        let mut cancel_sent = false;
+        let mut last_error: Option<String> = None;
+        let describe = self.backend.describe();
+
+        let mut event = Some(Event::Start);
+        loop {
+            if let Some(ev) = event.take() {
+                let now = Instant::now();
+                let wall = Timestamp::now()
+                    .checked_add(self.clock_offset)
+                    .unwrap_or_else(|_| Timestamp::now());
+                if let Event::ReadDone(Ok(_)) | Event::Watched(_) | Event::WriteDone(Ok(_)) = &ev {
+                    if last_error.take().is_some() {
+                        tracing::info!(lock = %describe, "lock reachable again");
+                    }
+                }
+                let actions = self.machine.handle(ev, now - origin, wall);
+                let mut finished = false;
+                for action in actions {
+                    match action {
+                        Action::Read { deadline } => {
+                            let b = Arc::clone(&self.backend);
+                            let at = origin + deadline;
+                            pending = Some(Box::pin(async move {
+                                match timeout_at(at, b.get()).await {
+                                    Ok(Ok(v)) => (Event::ReadDone(Ok(v)), None),
+                                    Ok(Err(e)) => (Event::ReadDone(Err(e.kind())), Some(chain(&e))),
+                                    Err(_) => (Event::ReadDone(Err(ErrorKind::Timeout)), Some(timed_out("get"))),
+                                }
+                            }));
+                        }
+                        Action::Create { record, deadline } => {
+                            let b = Arc::clone(&self.backend);
+                            let at = origin + deadline;
+                            pending = Some(Box::pin(async move {
+                                write_event(timeout_at(at, b.create(&record)).await, "create")
+                            }));
+                        }
+                        Action::Update { record, version, deadline } => {
+                            let b = Arc::clone(&self.backend);
+                            let at = origin + deadline;
+                            pending = Some(Box::pin(async move {
+                                write_event(timeout_at(at, b.update(&record, &version)).await, "update")
+                            }));
+                        }
+                        Action::Abandon => pending = None,
+                        Action::StartedLeading { token } => {
+                            tracing::info!(lock = %describe, identity = %self.identity, fencing_token = %token, "started leading");
+                            let t = cancel.child_token();
+                            leadership = Some(t.clone());
+                            if let Some(f) = &mut self.on_started {
+                                f(Leadership { token: t, fencing_token: token, identity: Arc::clone(&self.identity) });
+                            }
+                        }
+                        Action::StoppedLeading { token, reason } => {
+                            if let Some(t) = leadership.take() {
+                                t.cancel();
+                            }
+                            match &reason {
+                                StepDown::Cancelled => tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: shutting down"),
+                                StepDown::DeadlineExceeded => tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: no renewal succeeded within the renew deadline"),
+                                StepDown::Lost { holder } => tracing::warn!(lock = %describe, fencing_token = %token, new_holder = %holder, "stopped leading: lock taken over"),
+                                StepDown::Deleted => tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: lock object deleted"),
+                            }
+                            if let Some(f) = &mut self.on_stopped {
+                                f();
+                            }
+                        }
+                        Action::NewLeader { identity } => {
+                            tracing::debug!(lock = %describe, leader = %identity, "new leader observed");
+                            if let Some(f) = &mut self.on_new_leader {
+                                f(&identity);
+                            }
+                        }
+                        Action::Finished => finished = true,
+                    }
+                }
+                let mut status = self.machine.status();
+                status.last_error = last_error.clone();
+                self.tx.send_if_modified(|s| {
+                    let changed = *s != status;
+                    *s = status;
+                    changed
+                });
+                if finished {
+                    return;
+                }
+            }
+
+            // Keep a watch open once the lock has been observed; restart it after a failure.
+            if watch.is_none() && self.machine.status().observed && Instant::now() >= watch_retry_at {
+                watch = Some(self.backend.watch(self.machine.version().as_ref()));
+            }
+            let timer_at = match (self.machine.deadline(), watch.is_none() && self.machine.status().observed) {
+                (Some(d), true) => (origin + d).min(watch_retry_at),
+                (Some(d), false) => origin + d,
+                (None, true) => watch_retry_at,
+                (None, false) => Instant::now() + Duration::from_secs(3600),
+            };
+
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if !cancel_sent => {
+                    cancel_sent = true;
+                    // Stop acting first, whatever the machine is waiting for.
+                    if let Some(t) = &leadership { t.cancel(); }
+                    event = Some(Event::Cancel);
+                }
+                (ev, error) = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
+                    pending = None;
+                    if let Some(msg) = error {
+                        // One line per kind of failure, not one per retry.
+                        if matches!(ev, Event::WriteDone(Err(ErrorKind::Conflict))) {
+                            tracing::debug!(lock = %describe, error = %msg, "conflict; reading again");
+                        } else if last_error.as_deref() != Some(msg.as_str()) {
+                            tracing::warn!(lock = %describe, error = %msg, "lock request failed; retrying");
+                            last_error = Some(msg);
+                        } else {
+                            tracing::debug!(lock = %describe, error = %msg, "lock request failed again");
+                        }
+                    }
+                    event = Some(ev);
+                }
+                _ = sleep_until(timer_at) => {
+                    event = Some(Event::Timer);
+                }
+                item = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
+                    match item {
+                        Some(Ok(v)) => {
+                            watch_backoff = Duration::from_millis(100);
+                            event = Some(Event::Watched(v));
+                        }
+                        other => {
+                            if let Some(Err(e)) = other {
+                                tracing::debug!(lock = %describe, error = %chain(&e), "watch ended; re-reading");
+                            }
+                            watch = None;
+                            watch_retry_at = Instant::now() + watch_backoff;
+                            watch_backoff = (watch_backoff * 2).min(self.machine.timing().retry_period);
+                            event = Some(Event::WatchLost);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_event<E>(
+    r: std::result::Result<std::result::Result<leasehold_core::Version, LockError>, E>,
+    op: &'static str,
+) -> (Event, Option<String>) {
+    match r {
+        Ok(Ok(v)) => (Event::WriteDone(Ok(v)), None),
+        Ok(Err(e)) => (Event::WriteDone(Err(e.kind())), Some(chain(&e))),
+        Err(_) => (Event::WriteDone(Err(ErrorKind::Timeout)), Some(timed_out(op))),
+    }
+}
+
+fn timed_out(op: &str) -> String {
+    format!("{op}: no answer before the request deadline")
+}
+
+/// Formats an error with its sources, `a: b: c`.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn seed_from(identity: &str) -> u64 {
+    // Different candidates (and restarts) get different jitter; not security-relevant.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in identity.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let nanos = u64::from(jiff::Timestamp::now().subsec_nanosecond().unsigned_abs());
+    h ^ nanos ^ u64::from(std::process::id())
+}

@@ -1,0 +1,110 @@
+//! The file backend: the conformance suite, corrupt files, and electors across one file.
+
+use leasehold::{Elector, LockBackend, LockError, Timing, backend::file::FileLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    leasehold_testing::conformance::run_all(|name| FileLock::new(dir.path().join(format!("{name}.json")))).await;
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_an_error_naming_the_path_and_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.json");
+    std::fs::write(&path, b"{not json").unwrap();
+    let lock = FileLock::new(&path);
+    let err = lock.get().await.unwrap_err();
+    assert!(matches!(err, LockError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+
+    // An elector on it keeps reporting the error and never writes.
+    let cancel = CancellationToken::new();
+    let timing = Timing {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_secs(1),
+        retry_period: Duration::from_millis(200),
+        release_on_cancel: true,
+    };
+    let elector = Elector::new(FileLock::new(&path), "a", timing).unwrap();
+    let mut status = elector.handle().subscribe();
+    let task = tokio::spawn(elector.run(cancel.clone()));
+    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.last_error.is_some())).await.unwrap().unwrap();
+    let err = status.borrow().last_error.clone().unwrap();
+    assert!(err.contains("corrupt") && err.contains("bad.json"), "{err}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(std::fs::read(&path).unwrap(), b"{not json");
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_an_error_naming_the_path() {
+    let lock = FileLock::new("/nonexistent-leasehold-dir/x.json");
+    let err = lock.create(&leasehold::LeaderRecord::default()).await.unwrap_err();
+    let text = leasehold_testing_chain(&err);
+    assert!(text.contains("/nonexistent-leasehold-dir"), "{text}");
+}
+
+fn leasehold_testing_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut c = e.source();
+    while let Some(x) = c {
+        s += &format!(": {x}");
+        c = x.source();
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_electors_one_leader_and_fast_handover() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lock.json");
+    let timing = Timing {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(500),
+        release_on_cancel: true,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut cancels = Vec::new();
+    let mut handles = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let id = format!("c{i}");
+        let tx = tx.clone();
+        let cancel = CancellationToken::new();
+        let elector = Elector::new(FileLock::new(&path), id.clone(), timing.clone())
+            .unwrap()
+            .on_started_leading(move |l| {
+                let _ = tx.send((id.clone(), l.fencing_token().0, tokio::time::Instant::now()));
+            });
+        handles.push(elector.handle());
+        tasks.push(tokio::spawn(elector.run(cancel.clone())));
+        cancels.push(cancel);
+    }
+    let (first, token, _) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leaders: Vec<_> = handles.iter().filter(|h| h.is_leader()).collect();
+    assert_eq!(leaders.len(), 1);
+    for h in &handles {
+        assert_eq!(h.leader(), first, "everyone sees the same leader");
+    }
+    // Graceful handover: cancel the leader; another takes over within a poll or two.
+    let idx: usize = first[1..].parse().unwrap();
+    let t0 = tokio::time::Instant::now();
+    cancels[idx].cancel();
+    let (second, token2, at) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_ne!(second, first);
+    assert!(token2 > token, "fencing token increases: {token} -> {token2}");
+    let handover = at - t0;
+    assert!(handover < Duration::from_secs(2), "handover took {handover:?}, not a lease duration");
+    for c in &cancels {
+        c.cancel();
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
