@@ -73,7 +73,7 @@ pub fn free_port() -> u16 {
 #[derive(Debug)]
 pub struct Proc {
     pid: i32,
-    exited: mpsc::Receiver<Option<i32>>,
+    exited: Mutex<mpsc::Receiver<Option<i32>>>,
     name: String,
 }
 
@@ -118,7 +118,7 @@ impl Proc {
             })
             .expect("spawn thread");
         let pid = pid_rx.recv().expect("spawn result").unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self { pid: i32::try_from(pid).expect("pid"), exited: exit_rx, name: name.to_owned() }
+        Self { pid: i32::try_from(pid).expect("pid"), exited: Mutex::new(exit_rx), name: name.to_owned() }
     }
 
     /// Sends `sig`.
@@ -136,12 +136,14 @@ impl Proc {
     /// Kills it and waits for it to exit.
     pub fn kill(&self) {
         self.signal(rustix::process::Signal::KILL);
-        let _ = self.exited.recv_timeout(Duration::from_secs(10));
+        if let Ok(rx) = self.exited.lock() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
     }
 
     /// Whether it has exited, without waiting.
     pub fn try_exited(&self) -> Option<Option<i32>> {
-        self.exited.try_recv().ok()
+        self.exited.lock().ok()?.try_recv().ok()
     }
 
     /// Its name.
@@ -185,10 +187,10 @@ impl KubeServer {
         )
         .expect("tokens.csv");
         let mut s = Self { dir, port: free_port(), etcd_port: free_port(), etcd: None, apiserver: None };
-        s.start_etcd(&bins);
-        s.start_apiserver_with(&bins).await;
         s.write_kubeconfig("admin", ADMIN_TOKEN);
         s.write_kubeconfig("nobody", NOBODY_TOKEN);
+        s.start_etcd(&bins);
+        s.start_apiserver_with(&bins).await;
         s
     }
 
@@ -357,10 +359,18 @@ async fn http_get(client: &kube::Client, path: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// One server shared by all tests of a test binary, started on first use.
-pub async fn shared() -> &'static tokio::sync::Mutex<KubeServer> {
-    static SERVER: tokio::sync::OnceCell<tokio::sync::Mutex<KubeServer>> = tokio::sync::OnceCell::const_new();
-    SERVER.get_or_init(|| async { tokio::sync::Mutex::new(KubeServer::start().await) }).await
+/// One server shared by all tests of a test binary, started on first use. Tests that stop or
+/// freeze the server start their own instead.
+pub async fn shared() -> &'static KubeServer {
+    static SERVER: tokio::sync::OnceCell<KubeServer> = tokio::sync::OnceCell::const_new();
+    SERVER.get_or_init(KubeServer::start).await
+}
+
+/// A name no other test uses: `prefix-<pid>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
 }
 
 /// Serialises tests that must not overlap (e.g. ones that stop the server).
