@@ -284,6 +284,15 @@ impl Machine {
         self.seen.as_ref().and_then(|s| s.version.clone())
     }
 
+    /// While leading: the time at which this candidate steps down unless a renewal succeeds
+    /// first (send time of the last successful renewal + renew deadline).
+    pub fn leading_until(&self) -> Option<Tick> {
+        match &self.state {
+            State::Leading(t) => Some(t.last_ok_sent + self.timing.renew_deadline),
+            _ => None,
+        }
+    }
+
     /// Whether this candidate leads.
     pub fn is_leader(&self) -> bool {
         matches!(self.state, State::Leading(_))

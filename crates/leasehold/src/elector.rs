@@ -36,6 +36,7 @@ pub struct Leadership {
     token: CancellationToken,
     fencing_token: FencingToken,
     identity: Arc<str>,
+    valid_until: watch::Receiver<Instant>,
 }
 
 // === impl Leadership ===
@@ -67,6 +68,19 @@ impl Leadership {
     /// Whether the term has ended.
     pub fn is_lost(&self) -> bool {
         self.token.is_cancelled()
+    }
+
+    /// The time at which this term ends unless a renewal succeeds first: the send time of the
+    /// last successful renewal plus the renew deadline. It moves forward with every renewal.
+    /// Work that must not outlive the term (a child process, a fenced write in flight) can use it
+    /// as a hard deadline that holds even if the election task is stalled.
+    pub fn valid_until(&self) -> Instant {
+        *self.valid_until.borrow()
+    }
+
+    /// A receiver of [`valid_until`](Self::valid_until) as it moves.
+    pub fn subscribe_valid_until(&self) -> watch::Receiver<Instant> {
+        self.valid_until.clone()
     }
 }
 
@@ -212,6 +226,7 @@ impl<B: LockBackend> Elector<B> {
         let mut watch_retry_at = origin;
         let mut watch_backoff = Duration::from_millis(100);
         let mut leadership: Option<CancellationToken> = None;
+        let mut valid_until: Option<watch::Sender<Instant>> = None;
         let mut cancel_sent = false;
         let mut last_error: Option<String> = None;
         let describe = self.backend.describe();
@@ -262,14 +277,23 @@ impl<B: LockBackend> Elector<B> {
                             tracing::info!(lock = %describe, identity = %self.identity, fencing_token = %token, "started leading");
                             let t = cancel.child_token();
                             leadership = Some(t.clone());
+                            let until = origin + self.machine.leading_until().unwrap_or_default();
+                            let (until_tx, until_rx) = watch::channel(until);
+                            valid_until = Some(until_tx);
                             if let Some(f) = &mut self.on_started {
-                                f(Leadership { token: t, fencing_token: token, identity: Arc::clone(&self.identity) });
+                                f(Leadership {
+                                    token: t,
+                                    fencing_token: token,
+                                    identity: Arc::clone(&self.identity),
+                                    valid_until: until_rx,
+                                });
                             }
                         }
                         Action::StoppedLeading { token, reason } => {
                             if let Some(t) = leadership.take() {
                                 t.cancel();
                             }
+                            valid_until = None;
                             match &reason {
                                 StepDown::Cancelled => tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: shutting down"),
                                 StepDown::DeadlineExceeded => tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: no renewal succeeded within the renew deadline"),
@@ -288,6 +312,13 @@ impl<B: LockBackend> Elector<B> {
                         }
                         Action::Finished => finished = true,
                     }
+                }
+                if let (Some(tx), Some(until)) = (&valid_until, self.machine.leading_until()) {
+                    tx.send_if_modified(|v| {
+                        let changed = *v != origin + until;
+                        *v = origin + until;
+                        changed
+                    });
                 }
                 let mut status = self.machine.status();
                 status.last_error = last_error.clone();

@@ -1,0 +1,372 @@
+//! Command-line parsing. Hand-written rather than clap: the flag contract is small and fixed,
+//! every error must name the flag (exit 64), and the binary stays small.
+
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+/// A usage error: exits 64 (`EX_USAGE`) with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Which lock to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A Kubernetes Lease.
+    Kube,
+    /// A local JSON file.
+    File,
+}
+
+/// Options shared by `run` and `status`.
+#[derive(Clone, Debug)]
+pub struct LockArgs {
+    /// `--name`: the election (Lease or file) name.
+    pub name: String,
+    /// `--namespace`.
+    pub namespace: Option<String>,
+    /// `--backend`.
+    pub backend: Backend,
+    /// `--file`.
+    pub file: Option<PathBuf>,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// `leasehold run`.
+#[derive(Clone, Debug)]
+pub struct RunArgs {
+    /// The lock.
+    pub lock: LockArgs,
+    /// `--id`, if given.
+    pub id: Option<String>,
+    /// The timing from `--ttl`, `--lease-duration`, `--renew-deadline`, `--retry-period`.
+    pub timing: leasehold::Timing,
+    /// The command after `--`.
+    pub command: Vec<OsString>,
+}
+
+/// `leasehold status`.
+#[derive(Clone, Debug)]
+pub struct StatusArgs {
+    /// The lock.
+    pub lock: LockArgs,
+    /// `--json`.
+    pub json: bool,
+}
+
+/// A parsed command line.
+#[derive(Debug)]
+pub enum Cli {
+    /// `leasehold run ...`
+    Run(RunArgs),
+    /// `leasehold status ...`
+    Status(StatusArgs),
+    /// The hidden watchdog process (`leasehold __watchdog PGID GRACE_MS`).
+    Watchdog {
+        /// The child's process group.
+        pgid: i32,
+        /// Time between SIGTERM and SIGKILL.
+        grace: Duration,
+    },
+    /// `--help`.
+    Help,
+    /// `--version`.
+    Version,
+}
+
+/// The help text.
+pub const HELP: &str = "\
+leasehold: leader election for Kubernetes workloads (active/standby for any program)
+
+USAGE:
+  leasehold run --name NAME [--namespace NS] [--id ID] [--backend kube|file] [--file PATH]
+                [--kubeconfig PATH] [--lease-duration DUR] [--renew-deadline DUR]
+                [--retry-period DUR] [--ttl DUR] [-- COMMAND [ARGS...]]
+  leasehold status --name NAME [--namespace NS] [--backend kube|file] [--file PATH]
+                [--kubeconfig PATH] [--json]
+
+OPTIONS:
+  --name NAME           election name: the Lease's name, or the file's stem (required)
+  --namespace NS        Lease namespace (default: the Pod's own namespace, else `default`)
+  --id ID               this candidate's identity (default: $HOSTNAME; with the file
+                        backend and no --id, $HOSTNAME-PID so local candidates differ)
+  --backend kube|file   lock backend (default: kube)
+  --file PATH           record file for --backend file (default: $TMPDIR/leasehold-NAME.json)
+  --kubeconfig PATH     kubeconfig (default: $KUBECONFIG, ~/.kube/config, then in-cluster)
+  --lease-duration DUR  how long standbys wait after the last change they saw (default 15s;
+                        whole seconds)
+  --renew-deadline DUR  leader steps down if no renewal succeeded for this long (default 10s)
+  --retry-period DUR    renewal interval and retry delay (default 2s)
+  --ttl DUR             sets all three in client-go's ratio 15:10:2
+                        (lease = TTL, renew deadline = TTL*2/3, retry period = TTL*2/15)
+  --json                (status) print JSON
+  -h, --help            this help
+  -V, --version         version
+
+DURATIONS: 500ms, 2s, 1m, 1m30s, 1h.
+
+With a COMMAND, leasehold starts it when it becomes leader (own process group, env
+LEASEHOLD_NAME, LEASEHOLD_IDENTITY, LEASEHOLD_FENCING_TOKEN), stops it (SIGTERM, then SIGKILL)
+before the lease can expire for anyone else, and exits with its exit code if it ends by itself.
+
+EXIT CODES: 0 ok; 64 bad flag or config; 1 runtime failure; otherwise the child's code.
+";
+
+/// Parses a duration like `500ms`, `2s`, `1m30s`, `1h`.
+///
+/// # Errors
+/// A message saying what is wrong with `s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("`{s}` is not a duration (expected e.g. 500ms, 2s, 1m)"));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("`{s}`: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(|| format!("`{s}`: too large"))?,
+            "h" => n.checked_mul(3600).map(Duration::from_secs).ok_or_else(|| format!("`{s}`: too large"))?,
+            "" => return Err(format!("`{s}` has no unit (use ms, s, m or h)")),
+            other => return Err(format!("`{s}` has unknown unit `{other}` (use ms, s, m or h)")),
+        };
+        total = total.checked_add(d).ok_or_else(|| format!("`{s}`: too large"))?;
+    }
+    Ok(total)
+}
+
+/// Parses the arguments after the program name.
+///
+/// # Errors
+/// A [`UsageError`] naming the flag that is wrong.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError> {
+    let mut args = args.into_iter();
+    let usage = |m: String| UsageError(m);
+    let Some(sub) = args.next() else {
+        return Err(usage("missing subcommand (run or status); see --help".into()));
+    };
+    let sub = sub.to_string_lossy().into_owned();
+    match sub.as_str() {
+        "-h" | "--help" | "help" => return Ok(Cli::Help),
+        "-V" | "--version" => return Ok(Cli::Version),
+        "__watchdog" => {
+            let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+            let [pgid, grace] = rest.as_slice() else { return Err(usage("__watchdog PGID GRACE_MS".into())) };
+            let pgid = pgid.parse().map_err(|_| usage("__watchdog: bad PGID".into()))?;
+            let grace = grace.parse().map(Duration::from_millis).map_err(|_| usage("__watchdog: bad GRACE_MS".into()))?;
+            return Ok(Cli::Watchdog { pgid, grace });
+        }
+        "run" | "status" => {}
+        other => return Err(usage(format!("unknown subcommand `{other}` (expected run or status)"))),
+    }
+    let is_run = sub == "run";
+
+    let mut name = None;
+    let mut namespace = None;
+    let mut id = None;
+    let mut backend = Backend::Kube;
+    let mut file = None;
+    let mut kubeconfig = None;
+    let mut ttl = None;
+    let mut lease = None;
+    let mut renew = None;
+    let mut retry = None;
+    let mut json = false;
+    let mut command = Vec::new();
+
+    while let Some(arg) = args.next() {
+        let arg_s = arg.to_string_lossy().into_owned();
+        if arg_s == "--" {
+            if !is_run {
+                return Err(usage("`status` takes no command".into()));
+            }
+            command.extend(args.by_ref());
+            break;
+        }
+        if arg_s == "-h" || arg_s == "--help" {
+            return Ok(Cli::Help);
+        }
+        let (flag, inline) = match arg_s.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg_s.clone(), None),
+        };
+        if flag == "--json" && !is_run {
+            if inline.is_some() {
+                return Err(usage("--json takes no value".into()));
+            }
+            json = true;
+            continue;
+        }
+        let known_run = ["--id", "--lease-duration", "--renew-deadline", "--retry-period", "--ttl"];
+        let known_all = ["--name", "--namespace", "--backend", "--file", "--kubeconfig"];
+        if !(known_all.contains(&flag.as_str()) || (is_run && known_run.contains(&flag.as_str()))) {
+            return Err(usage(if flag.starts_with('-') {
+                format!("unknown flag `{flag}` for `{sub}`; see --help")
+            } else {
+                format!("unexpected argument `{flag}` (put the command after `--`)")
+            }));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => args
+                .next()
+                .map(|v| v.to_string_lossy().into_owned())
+                .ok_or_else(|| usage(format!("{flag} needs a value")))?,
+        };
+        let dur = |v: &str| parse_duration(v).map_err(|e| usage(format!("{flag}: {e}")));
+        match flag.as_str() {
+            "--name" => name = Some(value),
+            "--namespace" => namespace = Some(value),
+            "--id" => id = Some(value),
+            "--backend" => {
+                backend = match value.as_str() {
+                    "kube" => Backend::Kube,
+                    "file" => Backend::File,
+                    other => return Err(usage(format!("--backend: `{other}` is not kube or file"))),
+                }
+            }
+            "--file" => file = Some(PathBuf::from(value)),
+            "--kubeconfig" => kubeconfig = Some(PathBuf::from(value)),
+            "--ttl" => ttl = Some(dur(&value)?),
+            "--lease-duration" => lease = Some(dur(&value)?),
+            "--renew-deadline" => renew = Some(dur(&value)?),
+            "--retry-period" => retry = Some(dur(&value)?),
+            _ => unreachable!("checked above"),
+        }
+    }
+
+    let name = name.ok_or_else(|| usage("--name is required".into()))?;
+    validate_name(&name, backend)?;
+    if let Some(ns) = &namespace {
+        if backend == Backend::Kube && !is_dns_label(ns) {
+            return Err(usage(format!("--namespace: `{ns}` is not a valid namespace (lowercase letters, digits, '-', at most 63)")));
+        }
+    }
+    if backend == Backend::Kube && file.is_some() {
+        return Err(usage("--file applies only to --backend file".into()));
+    }
+    let lock = LockArgs { name, namespace, backend, file, kubeconfig };
+    if !is_run {
+        return Ok(Cli::Status(StatusArgs { lock, json }));
+    }
+
+    let mut timing = match ttl {
+        Some(t) => leasehold::Timing::from_ttl(t),
+        None => leasehold::Timing::default(),
+    };
+    if let Some(d) = lease {
+        timing.lease_duration = d;
+    }
+    if let Some(d) = renew {
+        timing.renew_deadline = d;
+    }
+    if let Some(d) = retry {
+        timing.retry_period = d;
+    }
+    timing.validate().map_err(|e| {
+        let flag = match &e {
+            leasehold::ConfigError::NotPositive { field } => field.replace('_', "-"),
+            leasehold::ConfigError::FractionalLease(_) => "lease-duration".into(),
+            _ => "timing".into(),
+        };
+        let hint = if ttl.is_some() { " (from --ttl)" } else { "" };
+        usage(format!("--{flag}: {e}{hint}"))
+    })?;
+    if let Some(id) = &id {
+        if id.is_empty() {
+            return Err(usage("--id must not be empty".into()));
+        }
+        if id.len() > 1024 || id.chars().any(char::is_control) {
+            return Err(usage("--id must be at most 1024 characters with no control characters".into()));
+        }
+    }
+    Ok(Cli::Run(RunArgs { lock, id, timing, command }))
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn validate_name(name: &str, backend: Backend) -> Result<(), UsageError> {
+    let ok = match backend {
+        // A DNS subdomain, as Kubernetes requires of object names.
+        Backend::Kube => {
+            name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                })
+        }
+        Backend::File => !name.is_empty() && !name.contains('/') && name != "." && name != "..",
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(UsageError(match backend {
+            Backend::Kube => format!("--name: `{name}` is not a valid Lease name (lowercase letters, digits, '-' and '.', at most 253)"),
+            Backend::File => format!("--name: `{name}` is not a valid file name"),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Cli, UsageError> {
+        parse(s.split_whitespace().map(OsString::from))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("2").unwrap_err().contains("no unit"));
+        assert!(parse_duration("2x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
+    }
+
+    #[test]
+    fn run_with_command() {
+        let Cli::Run(r) = p("run --name a --backend file --ttl 3s -- sleep 10").unwrap() else { panic!() };
+        assert_eq!(r.lock.backend, Backend::File);
+        assert_eq!(r.timing.lease_duration, Duration::from_secs(3));
+        assert_eq!(r.timing.renew_deadline, Duration::from_secs(2));
+        assert_eq!(r.timing.retry_period, Duration::from_millis(400));
+        assert_eq!(r.command, vec![OsString::from("sleep"), OsString::from("10")]);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let e = |s: &str| p(s).unwrap_err().0;
+        assert!(e("run").contains("--name is required"));
+        assert!(e("run --name a --lease-duration 5").contains("--lease-duration"));
+        assert!(e("run --name a --retry-period=abc").contains("--retry-period"));
+        assert!(e("run --name a --lease-duration 5s --renew-deadline 6s").contains("renew_deadline"));
+        assert!(e("run --name a --lease-duration 1500ms --renew-deadline 1s --retry-period 100ms").contains("--lease-duration"));
+        assert!(e("run --name a --bogus 1").contains("--bogus"));
+        assert!(e("run --name Bad_Name").contains("--name"));
+        assert!(e("run --name a --backend etcd9").contains("--backend"));
+        assert!(e("status --name a --id x").contains("--id"));
+        assert!(e("run --name a --id").contains("--id needs a value"));
+    }
+}

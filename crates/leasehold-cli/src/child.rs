@@ -1,0 +1,106 @@
+//! Starting the leader's child process and its watchdog.
+
+use crate::watchdog::monotonic_ns;
+use std::{ffi::OsString, io, process::Stdio, time::Duration};
+use tokio::{
+    io::AsyncWriteExt as _,
+    process::{Child, ChildStdin, Command},
+    time::Instant,
+};
+
+/// Starts `command` in its own process group with the leadership in its environment, tied to
+/// this process by a parent-death signal.
+///
+/// # Errors
+/// If the program cannot be started (not found, not executable).
+pub fn spawn(command: &[OsString], env: &[(&str, String)]) -> io::Result<Child> {
+    let (program, args) = command.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).process_group(0).kill_on_drop(false);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    die_with_parent(&mut cmd);
+    cmd.spawn()
+}
+
+/// Makes the child receive SIGKILL when this process dies, however it dies (even SIGKILL), so
+/// no orphan keeps acting as leader.
+#[allow(unsafe_code)] // The one place: Linux offers PR_SET_PDEATHSIG only from inside the child.
+fn die_with_parent(cmd: &mut Command) {
+    let parent = rustix::process::getpid();
+    // SAFETY: `pre_exec` runs the closure in the forked child before `exec`, where only
+    // async-signal-safe operations are allowed. The closure makes two system calls through
+    // rustix (prctl(PR_SET_PDEATHSIG) and getppid), which neither allocate nor take locks, and
+    // builds its error from a constant errno without allocating.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // If the parent died between fork and prctl, the signal will never come: bail out.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The elector's end of a watchdog process.
+pub struct Watchdog {
+    process: Child,
+    stdin: Option<ChildStdin>,
+    last: Option<Instant>,
+}
+
+// === impl Watchdog ===
+
+impl Watchdog {
+    /// Starts a watchdog for the child's process group `pgid` that sends SIGTERM at `until`
+    /// (unless extended) and SIGKILL `grace` later.
+    ///
+    /// # Errors
+    /// If this executable cannot be started again.
+    pub async fn start(pgid: u32, grace: Duration, until: Instant) -> io::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut process = Command::new(exe)
+            .arg("__watchdog")
+            .arg(pgid.to_string())
+            .arg(grace.as_millis().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(false)
+            .spawn()?;
+        let stdin = process.stdin.take();
+        let mut w = Self { process, stdin, last: None };
+        w.extend(until).await?;
+        Ok(w)
+    }
+
+    /// Moves the deadline to `until`.
+    ///
+    /// # Errors
+    /// If the watchdog is gone.
+    pub async fn extend(&mut self, until: Instant) -> io::Result<()> {
+        if self.last == Some(until) {
+            return Ok(());
+        }
+        self.last = Some(until);
+        let left = until.saturating_duration_since(Instant::now());
+        let at = monotonic_ns() + left.as_nanos();
+        let stdin = self.stdin.as_mut().ok_or_else(|| io::Error::other("watchdog closed"))?;
+        stdin.write_all(format!("D {at}\n").as_bytes()).await
+    }
+
+    /// Tells the watchdog the child is done, and waits for it to exit.
+    pub async fn finish(mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"X\n").await;
+        }
+        let _ = self.process.wait().await;
+    }
+
+    /// Completes if the watchdog process exits (it should not while the child runs).
+    pub async fn exited(&mut self) -> io::Result<std::process::ExitStatus> {
+        self.process.wait().await
+    }
+}
