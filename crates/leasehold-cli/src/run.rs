@@ -320,8 +320,8 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
                     let _ = r.child.wait().await;
                     r.watchdog.finish().await;
                 }
-                if args.command.is_empty() && current.is_some() {
-                    println!("stopped leading: {identity}");
+                if let Some(l) = current.as_ref().filter(|_| args.command.is_empty()) {
+                    println!("stopped leading: {identity} (fencing token {})", l.fencing_token());
                 }
                 return Ok(exit_code);
             }
@@ -329,9 +329,7 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
         // Without a command, report the end of a term as it happens.
         if args.command.is_empty() {
             if let Some(l) = current.as_ref().filter(|l| l.is_lost()) {
-                if !shutting_down {
-                    println!("stopped leading: {identity} (fencing token {})", l.fencing_token());
-                }
+                println!("stopped leading: {identity} (fencing token {})", l.fencing_token());
                 current = None;
             }
         }

@@ -1,0 +1,202 @@
+//! `leasehold run` and `status` as users run them, on the file backend: real processes, real
+//! signals, children that record their intervals.
+
+use leasehold_testing::history;
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_leasehold");
+
+/// A child that appends `start ID TOKEN NANOS` when started and `stop ...` on SIGTERM, and
+/// writes its pid to DIR/ID.pid.
+const RECORDER: &str = r#"
+echo $$ > "$DIR/$LEASEHOLD_IDENTITY.pid"
+echo "start $LEASEHOLD_IDENTITY $LEASEHOLD_FENCING_TOKEN $(date +%s%N)" >> "$DIR/log"
+trap 'echo "stop $LEASEHOLD_IDENTITY $LEASEHOLD_FENCING_TOKEN $(date +%s%N)" >> "$DIR/log"; exit 0' TERM
+while true; do sleep 0.05; done
+"#;
+
+fn now_nanos() -> u128 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+fn leasehold(dir: &Path, id: &str, extra: &[&str], command: &[&str]) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--backend", "file", "--name", "t", "--id", id])
+        .arg("--file")
+        .arg(dir.join("lock.json"))
+        .args(["--lease-duration", "2s", "--renew-deadline", "1s", "--retry-period", "200ms"])
+        .args(extra);
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    cmd.env("DIR", dir).env("LEASEHOLD_LOG", "debug").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn starts(dir: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(dir.join("log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<_> = l.split_whitespace().collect();
+            (f.first() == Some(&"start")).then(|| (f[1].to_owned(), f[2].parse().unwrap()))
+        })
+        .collect()
+}
+
+fn is_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) == Some("Z"),
+    }
+}
+
+fn pid_of(dir: &Path, id: &str) -> i32 {
+    std::fs::read_to_string(dir.join(format!("{id}.pid"))).unwrap().trim().parse().unwrap()
+}
+
+fn signal(child: &Child, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+#[test]
+fn kill_9_of_the_leader_hands_over_without_overlap_and_tokens_increase() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ids = ["c0", "c1", "c2"];
+    let mut procs: Vec<(String, Child)> = ids.iter().map(|id| (id.to_string(), leasehold(d, id, &[], &["sh", "-c", RECORDER]))).collect();
+
+    for round in 0..2 {
+        assert!(wait_for(Duration::from_secs(10), || starts(d).len() == round + 1), "a leader started its child");
+        let (leader, _) = starts(d).last().unwrap().clone();
+        let child_pid = pid_of(d, &leader);
+        let idx = procs.iter().position(|(id, _)| *id == leader).unwrap();
+        let (_, mut p) = procs.remove(idx);
+        p.kill().unwrap(); // SIGKILL of the elector: the child must die with it
+        p.wait().unwrap();
+        assert!(wait_for(Duration::from_secs(1), || is_dead(child_pid)), "child survived its leasehold's SIGKILL");
+        // The child could not log its own end: record when it was seen dead (an upper bound).
+        let line = format!("stop {leader} {} {}\n", starts(d).last().unwrap().1, now_nanos());
+        std::fs::OpenOptions::new().append(true).open(d.join("log")).unwrap().write_all(line.as_bytes()).unwrap();
+    }
+    assert!(wait_for(Duration::from_secs(10), || starts(d).len() == 3));
+    for (_, p) in &procs {
+        signal(p, rustix::process::Signal::TERM);
+    }
+    for (_, mut p) in procs {
+        let status = p.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    }
+    let log = std::fs::read_to_string(d.join("log")).unwrap();
+    let intervals = history::parse_log(&log).unwrap();
+    assert_eq!(intervals.len(), 3, "{log}");
+    history::check(&intervals).unwrap_or_else(|e| panic!("{e}\n{log}"));
+}
+
+use std::io::Write as _;
+
+#[test]
+fn a_frozen_elector_cannot_keep_its_child_running_past_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A child that ignores SIGTERM: only SIGKILL stops it.
+    let stubborn = r#"echo $$ > "$DIR/$LEASEHOLD_IDENTITY.pid"; trap '' TERM; while true; do sleep 0.05; done"#;
+    let mut p = leasehold(d, "frozen", &["--lease-duration", "3s", "--renew-deadline", "2s", "--retry-period", "400ms"], &["sh", "-c", stubborn]);
+    assert!(wait_for(Duration::from_secs(10), || d.join("frozen.pid").exists()));
+    let child = pid_of(d, "frozen");
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&p, rustix::process::Signal::STOP);
+    let frozen_at = Instant::now();
+    assert!(wait_for(Duration::from_secs(6), || is_dead(child)), "child still running 6 s after its elector froze");
+    let took = frozen_at.elapsed();
+    // Others may take over 3 s (lease) after observing the last renewal, which was sent before
+    // the freeze: the child must be dead before that.
+    assert!(took < Duration::from_secs(3), "child died {took:?} after the freeze, not before the lease (3 s)");
+    signal(&p, rustix::process::Signal::CONT);
+    signal(&p, rustix::process::Signal::TERM);
+    assert_eq!(p.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn the_childs_exit_code_is_leaseholds_and_the_lease_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = leasehold(dir.path(), "x", &[], &["sh", "-c", "exit 7"]);
+    assert_eq!(p.wait().unwrap().code(), Some(7));
+    let out = Command::new(BIN)
+        .args(["status", "--backend", "file", "--name", "t", "--json", "--file"])
+        .arg(dir.path().join("lock.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["holder"], "", "released: {v}");
+    assert_eq!(v["lease_duration_seconds"], 1);
+    assert_eq!(v["transitions"], 0);
+    for key in ["acquire_time", "renew_time"] {
+        assert!(v[key].is_string(), "{key}: {v}");
+    }
+}
+
+#[test]
+fn without_a_command_it_prints_transitions_and_releases_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = leasehold(dir.path(), "solo", &[], &[]);
+    let stdout = p.stdout.take().unwrap();
+    let lines = leasehold_testing::harness::stamp_lines(stdout);
+    let (_, first) = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(first, "leading: solo (fencing token 0)");
+    signal(&p, rustix::process::Signal::TERM);
+    assert_eq!(p.wait().unwrap().code(), Some(0));
+    let rest: Vec<String> = lines.iter().map(|(_, l)| l).collect();
+    assert!(rest.iter().any(|l| l == "stopped leading: solo (fencing token 0)"), "{rest:?}");
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("lock.json")).unwrap()).unwrap();
+    assert_eq!(rec["holderIdentity"], "");
+}
+
+#[test]
+fn bad_input_exits_64_naming_the_problem() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (&["run"], "--name is required"),
+        (&["run", "--name", "a", "--lease-duration", "10"], "--lease-duration"),
+        (&["run", "--name", "a", "--retry-period", "fast"], "--retry-period"),
+        (&["run", "--name", "a", "--ttl", "1500ms"], "--ttl"),
+        (&["run", "--name", "a", "--frobnicate"], "--frobnicate"),
+        (&["run", "--name", "a", "--backend", "zookeeper"], "--backend"),
+        (&["status", "--name", "a", "--backend", "file", "--id", "x"], "--id"),
+        (&["run", "--name", "a", "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig"),
+        (&["bogus"], "bogus"),
+    ];
+    for (args, needle) in cases {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(64), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: message should name {needle}: {err}");
+    }
+    // A corrupt record: status fails with the path and never rewrites the file.
+    let dir = tempfile::tempdir().unwrap();
+    let f: PathBuf = dir.path().join("bad.json");
+    std::fs::write(&f, "garbage").unwrap();
+    let out = Command::new(BIN).args(["status", "--backend", "file", "--name", "a", "--file"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.json") && err.contains("corrupt"), "{err}");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "garbage");
+}
