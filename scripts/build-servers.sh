@@ -17,7 +17,8 @@ go_src="$here/crates/leasehold-testing/go"
 cache=${LEASEHOLD_CACHE:-$HOME/.cache/leasehold}
 bin="$cache/bin/kube-$KUBE_VERSION-etcd-$ETCD_VERSION"
 mkdir -p "$bin"
-export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
+# GOTOOLCHAIN=auto: an older go fetches the toolchain the modules need from the module proxy.
+export GOFLAGS=-mod=mod GOTOOLCHAIN=${GOTOOLCHAIN:-auto} CGO_ENABLED=0
 
 log() { printf 'build-servers: %s\n' "$*" >&2; }
 

@@ -123,24 +123,44 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{s}` is not a duration (expected e.g. 500ms, 2s, 1m)"));
+            return Err(format!(
+                "`{s}` is not a duration (expected e.g. 500ms, 2s, 1m)"
+            ));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| format!("`{s}`: number too large"))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{s}`: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(|| format!("`{s}`: too large"))?,
-            "h" => n.checked_mul(3600).map(Duration::from_secs).ok_or_else(|| format!("`{s}`: too large"))?,
+            "m" => n
+                .checked_mul(60)
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("`{s}`: too large"))?,
+            "h" => n
+                .checked_mul(3600)
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("`{s}`: too large"))?,
             "" => return Err(format!("`{s}` has no unit (use ms, s, m or h)")),
-            other => return Err(format!("`{s}` has unknown unit `{other}` (use ms, s, m or h)")),
+            other => {
+                return Err(format!(
+                    "`{s}` has unknown unit `{other}` (use ms, s, m or h)"
+                ));
+            }
         };
-        total = total.checked_add(d).ok_or_else(|| format!("`{s}`: too large"))?;
+        total = total
+            .checked_add(d)
+            .ok_or_else(|| format!("`{s}`: too large"))?;
     }
     Ok(total)
 }
@@ -153,7 +173,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     let mut args = args.into_iter();
     let usage = |m: String| UsageError(m);
     let Some(sub) = args.next() else {
-        return Err(usage("missing subcommand (run or status); see --help".into()));
+        return Err(usage(
+            "missing subcommand (run or status); see --help".into(),
+        ));
     };
     let sub = sub.to_string_lossy().into_owned();
     match sub.as_str() {
@@ -161,13 +183,24 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
         "-V" | "--version" => return Ok(Cli::Version),
         "__watchdog" => {
             let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
-            let [pgid, grace] = rest.as_slice() else { return Err(usage("__watchdog PGID GRACE_MS".into())) };
-            let pgid = pgid.parse().map_err(|_| usage("__watchdog: bad PGID".into()))?;
-            let grace = grace.parse().map(Duration::from_millis).map_err(|_| usage("__watchdog: bad GRACE_MS".into()))?;
+            let [pgid, grace] = rest.as_slice() else {
+                return Err(usage("__watchdog PGID GRACE_MS".into()));
+            };
+            let pgid = pgid
+                .parse()
+                .map_err(|_| usage("__watchdog: bad PGID".into()))?;
+            let grace = grace
+                .parse()
+                .map(Duration::from_millis)
+                .map_err(|_| usage("__watchdog: bad GRACE_MS".into()))?;
             return Ok(Cli::Watchdog { pgid, grace });
         }
         "run" | "status" => {}
-        other => return Err(usage(format!("unknown subcommand `{other}` (expected run or status)"))),
+        other => {
+            return Err(usage(format!(
+                "unknown subcommand `{other}` (expected run or status)"
+            )));
+        }
     }
     let is_run = sub == "run";
 
@@ -207,8 +240,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             json = true;
             continue;
         }
-        let known_run = ["--id", "--lease-duration", "--renew-deadline", "--retry-period", "--ttl"];
-        let known_all = ["--name", "--namespace", "--backend", "--file", "--kubeconfig"];
+        let known_run = [
+            "--id",
+            "--lease-duration",
+            "--renew-deadline",
+            "--retry-period",
+            "--ttl",
+        ];
+        let known_all = [
+            "--name",
+            "--namespace",
+            "--backend",
+            "--file",
+            "--kubeconfig",
+        ];
         if !(known_all.contains(&flag.as_str()) || (is_run && known_run.contains(&flag.as_str()))) {
             return Err(usage(if flag.starts_with('-') {
                 format!("unknown flag `{flag}` for `{sub}`; see --help")
@@ -232,7 +277,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
                 backend = match value.as_str() {
                     "kube" => Backend::Kube,
                     "file" => Backend::File,
-                    other => return Err(usage(format!("--backend: `{other}` is not kube or file"))),
+                    other => {
+                        return Err(usage(format!("--backend: `{other}` is not kube or file")));
+                    }
                 }
             }
             "--file" => file = Some(PathBuf::from(value)),
@@ -249,13 +296,21 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     validate_name(&name, backend)?;
     if let Some(ns) = &namespace {
         if backend == Backend::Kube && !is_dns_label(ns) {
-            return Err(usage(format!("--namespace: `{ns}` is not a valid namespace (lowercase letters, digits, '-', at most 63)")));
+            return Err(usage(format!(
+                "--namespace: `{ns}` is not a valid namespace (lowercase letters, digits, '-', at most 63)"
+            )));
         }
     }
     if backend == Backend::Kube && file.is_some() {
         return Err(usage("--file applies only to --backend file".into()));
     }
-    let lock = LockArgs { name, namespace, backend, file, kubeconfig };
+    let lock = LockArgs {
+        name,
+        namespace,
+        backend,
+        file,
+        kubeconfig,
+    };
     if !is_run {
         return Ok(Cli::Status(StatusArgs { lock, json }));
     }
@@ -287,16 +342,24 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             return Err(usage("--id must not be empty".into()));
         }
         if id.len() > 1024 || id.chars().any(char::is_control) {
-            return Err(usage("--id must be at most 1024 characters with no control characters".into()));
+            return Err(usage(
+                "--id must be at most 1024 characters with no control characters".into(),
+            ));
         }
     }
-    Ok(Cli::Run(RunArgs { lock, id, timing, command }))
+    Ok(Cli::Run(RunArgs {
+        lock,
+        id,
+        timing,
+        command,
+    }))
 }
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -308,7 +371,8 @@ fn validate_name(name: &str, backend: Backend) -> Result<(), UsageError> {
             name.len() <= 253
                 && name.split('.').all(|l| {
                     !l.is_empty()
-                        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && l.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                         && !l.starts_with('-')
                         && !l.ends_with('-')
                 })
@@ -319,7 +383,9 @@ fn validate_name(name: &str, backend: Backend) -> Result<(), UsageError> {
         Ok(())
     } else {
         Err(UsageError(match backend {
-            Backend::Kube => format!("--name: `{name}` is not a valid Lease name (lowercase letters, digits, '-' and '.', at most 253)"),
+            Backend::Kube => format!(
+                "--name: `{name}` is not a valid Lease name (lowercase letters, digits, '-' and '.', at most 253)"
+            ),
             Backend::File => format!("--name: `{name}` is not a valid file name"),
         }))
     }
@@ -347,12 +413,17 @@ mod tests {
 
     #[test]
     fn run_with_command() {
-        let Cli::Run(r) = p("run --name a --backend file --ttl 3s -- sleep 10").unwrap() else { panic!() };
+        let Cli::Run(r) = p("run --name a --backend file --ttl 3s -- sleep 10").unwrap() else {
+            panic!()
+        };
         assert_eq!(r.lock.backend, Backend::File);
         assert_eq!(r.timing.lease_duration, Duration::from_secs(3));
         assert_eq!(r.timing.renew_deadline, Duration::from_secs(2));
         assert_eq!(r.timing.retry_period, Duration::from_millis(400));
-        assert_eq!(r.command, vec![OsString::from("sleep"), OsString::from("10")]);
+        assert_eq!(
+            r.command,
+            vec![OsString::from("sleep"), OsString::from("10")]
+        );
     }
 
     #[test]
@@ -361,8 +432,13 @@ mod tests {
         assert!(e("run").contains("--name is required"));
         assert!(e("run --name a --lease-duration 5").contains("--lease-duration"));
         assert!(e("run --name a --retry-period=abc").contains("--retry-period"));
-        assert!(e("run --name a --lease-duration 5s --renew-deadline 6s").contains("renew_deadline"));
-        assert!(e("run --name a --lease-duration 1500ms --renew-deadline 1s --retry-period 100ms").contains("--lease-duration"));
+        assert!(
+            e("run --name a --lease-duration 5s --renew-deadline 6s").contains("renew_deadline")
+        );
+        assert!(
+            e("run --name a --lease-duration 1500ms --renew-deadline 1s --retry-period 100ms")
+                .contains("--lease-duration")
+        );
         assert!(e("run --name a --bogus 1").contains("--bogus"));
         assert!(e("run --name Bad_Name").contains("--name"));
         assert!(e("run --name a --backend etcd9").contains("--backend"));

@@ -14,7 +14,9 @@ use tokio::{
 /// # Errors
 /// If the program cannot be started (not found, not executable).
 pub fn spawn(command: &[OsString], env: &[(&str, String)]) -> io::Result<Child> {
-    let (program, args) = command.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| io::Error::other("empty command"))?;
     let mut cmd = Command::new(program);
     cmd.args(args).process_group(0).kill_on_drop(false);
     for (k, v) in env {
@@ -71,7 +73,11 @@ impl Watchdog {
             .kill_on_drop(false)
             .spawn()?;
         let stdin = process.stdin.take();
-        let mut w = Self { process, stdin, last: None };
+        let mut w = Self {
+            process,
+            stdin,
+            last: None,
+        };
         w.extend(until).await?;
         Ok(w)
     }
@@ -87,7 +93,10 @@ impl Watchdog {
         self.last = Some(until);
         let left = until.saturating_duration_since(Instant::now());
         let at = monotonic_ns() + left.as_nanos();
-        let stdin = self.stdin.as_mut().ok_or_else(|| io::Error::other("watchdog closed"))?;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| io::Error::other("watchdog closed"))?;
         stdin.write_all(format!("D {at}\n").as_bytes()).await
     }
 

@@ -37,7 +37,10 @@ fn block_on(f: impl Future<Output = Result<i32, run::Error>>) -> i32 {
     init_tracing();
     // One thread: small RSS, and the thread that spawns the child (whose parent-death signal is
     // tied to it) lives as long as the process.
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("leasehold: cannot start the runtime: {e}");
@@ -74,5 +77,9 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEASEHOLD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

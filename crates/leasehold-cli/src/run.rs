@@ -69,16 +69,24 @@ pub async fn with_backend<R>(
 ) -> Result<R, Error> {
     match lock.backend {
         Backend::File => {
-            let path = lock.file.clone().unwrap_or_else(|| default_file(&lock.name));
+            let path = lock
+                .file
+                .clone()
+                .unwrap_or_else(|| default_file(&lock.name));
             f(Box::new(FileLock::new(path))).await
         }
         Backend::Kube => {
             use leasehold::backend::kube;
-            let client = kube::client(lock.kubeconfig.as_deref()).await.map_err(|e| match e {
-                kube::ClientError::Kubeconfig { .. } => Error::Kubeconfig(e),
-                _ => Error::Client(e),
-            })?;
-            let ns = lock.namespace.clone().unwrap_or_else(kube::default_namespace);
+            let client = kube::client(lock.kubeconfig.as_deref())
+                .await
+                .map_err(|e| match e {
+                    kube::ClientError::Kubeconfig { .. } => Error::Kubeconfig(e),
+                    _ => Error::Client(e),
+                })?;
+            let ns = lock
+                .namespace
+                .clone()
+                .unwrap_or_else(kube::default_namespace);
             f(Box::new(kube::LeaseLock::new(client, &ns, &lock.name))).await
         }
     }
@@ -95,10 +103,18 @@ impl LockBackend for Boxed {
     fn describe(&self) -> String {
         self.0.describe()
     }
-    fn get(&self) -> leasehold_core::lock::BoxFuture<'_, Result<Option<leasehold::Versioned>, leasehold::LockError>> {
+    fn get(
+        &self,
+    ) -> leasehold_core::lock::BoxFuture<
+        '_,
+        Result<Option<leasehold::Versioned>, leasehold::LockError>,
+    > {
         self.0.get()
     }
-    fn create(&self, record: &leasehold::LeaderRecord) -> leasehold_core::lock::BoxFuture<'_, Result<leasehold::Version, leasehold::LockError>> {
+    fn create(
+        &self,
+        record: &leasehold::LeaderRecord,
+    ) -> leasehold_core::lock::BoxFuture<'_, Result<leasehold::Version, leasehold::LockError>> {
         self.0.create(record)
     }
     fn update(
@@ -122,7 +138,12 @@ pub fn identity(args: &RunArgs) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned());
+        .unwrap_or_else(|| {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        });
     match args.lock.backend {
         Backend::File => format!("{host}-{}", std::process::id()),
         Backend::Kube => host,
@@ -156,7 +177,10 @@ struct Running {
 pub async fn run(args: RunArgs) -> Result<i32, Error> {
     let identity = identity(&args);
     let lock = args.lock.clone();
-    with_backend(&lock, async move |backend| run_on(Boxed(backend), args, identity).await).await
+    with_backend(&lock, async move |backend| {
+        run_on(Boxed(backend), args, identity).await
+    })
+    .await
 }
 
 async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, Error> {
@@ -211,12 +235,21 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
                     source,
                 })?;
                 let pgid = child.id().unwrap_or_default();
-                let watchdog = Watchdog::start(pgid, grace, l.valid_until()).await.map_err(Error::Watchdog)?;
+                let watchdog = Watchdog::start(pgid, grace, l.valid_until())
+                    .await
+                    .map_err(Error::Watchdog)?;
                 tracing::info!(pid = pgid, fencing_token = %l.fencing_token(), "started command");
                 let mut rx = l.subscribe_valid_until();
                 rx.mark_unchanged();
                 until_rx = Some(rx);
-                running = Some(Running { child, pgid, watchdog, leadership: l.clone(), kill_at: None, watchdog_exited: false });
+                running = Some(Running {
+                    child,
+                    pgid,
+                    watchdog,
+                    leadership: l.clone(),
+                    kill_at: None,
+                    watchdog_exited: false,
+                });
             }
         }
         let lost = running.as_ref().map(|r| r.leadership.token());
@@ -329,7 +362,10 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
         // Without a command, report the end of a term as it happens.
         if args.command.is_empty() {
             if let Some(l) = current.as_ref().filter(|l| l.is_lost()) {
-                println!("stopped leading: {identity} (fencing token {})", l.fencing_token());
+                println!(
+                    "stopped leading: {identity} (fencing token {})",
+                    l.fencing_token()
+                );
                 current = None;
             }
         }
@@ -341,7 +377,13 @@ fn leasehold_error_source(e: &leasehold::Error) -> String {
     e.source().map(ToString::to_string).unwrap_or_default()
 }
 
-fn on_signal(shutting_down: &mut bool, running: &mut Option<Running>, cancel: &CancellationToken, grace: Duration, name: &str) {
+fn on_signal(
+    shutting_down: &mut bool,
+    running: &mut Option<Running>,
+    cancel: &CancellationToken,
+    grace: Duration,
+    name: &str,
+) {
     if *shutting_down {
         // A second signal: stop now.
         tracing::warn!(signal = name, "second signal: killing the command");
@@ -352,7 +394,10 @@ fn on_signal(shutting_down: &mut bool, running: &mut Option<Running>, cancel: &C
         return;
     }
     *shutting_down = true;
-    tracing::info!(signal = name, "shutting down: stopping the command, then releasing the lease");
+    tracing::info!(
+        signal = name,
+        "shutting down: stopping the command, then releasing the lease"
+    );
     match running.as_mut() {
         // Stop the child while still leading; release only once it has exited.
         Some(r) => terminate(r, grace),
@@ -361,7 +406,10 @@ fn on_signal(shutting_down: &mut bool, running: &mut Option<Running>, cancel: &C
 }
 
 fn kill_group(pgid: u32, sig: rustix::process::Signal) {
-    if let Some(pid) = i32::try_from(pgid).ok().and_then(rustix::process::Pid::from_raw) {
+    if let Some(pid) = i32::try_from(pgid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
         let _ = rustix::process::kill_process_group(pid, sig);
     }
 }

@@ -17,7 +17,10 @@ pub async fn status(args: StatusArgs) -> Result<i32, Error> {
         let now = jiff::Timestamp::now();
         let Some(v) = got else {
             if json {
-                println!("{}", serde_json::json!({ "lock": describe, "exists": false, "holder": null }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "lock": describe, "exists": false, "holder": null })
+                );
             } else {
                 println!("{describe}: no lock record (nobody has contended yet)");
             }
@@ -28,7 +31,9 @@ pub async fn status(args: StatusArgs) -> Result<i32, Error> {
             let end = t.as_millisecond() + i64::from(r.lease_duration_seconds) * 1000;
             ((end - now.as_millisecond()).max(0) as f64) / 1000.0
         });
-        let fmt = |t: Option<jiff::Timestamp>| t.map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+        let fmt = |t: Option<jiff::Timestamp>| {
+            t.map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        };
         if json {
             println!(
                 "{}",
@@ -45,15 +50,27 @@ pub async fn status(args: StatusArgs) -> Result<i32, Error> {
                 })
             );
         } else {
-            let holder = if r.holder_identity.is_empty() { "(released)" } else { r.holder_identity.as_str() };
+            let holder = if r.holder_identity.is_empty() {
+                "(released)"
+            } else {
+                r.holder_identity.as_str()
+            };
             println!("lock:            {describe}");
             println!("holder:          {holder}");
-            println!("acquire time:    {}", fmt(r.acquire_time).unwrap_or_else(|| "-".into()));
-            println!("renew time:      {}", fmt(r.renew_time).unwrap_or_else(|| "-".into()));
+            println!(
+                "acquire time:    {}",
+                fmt(r.acquire_time).unwrap_or_else(|| "-".into())
+            );
+            println!(
+                "renew time:      {}",
+                fmt(r.renew_time).unwrap_or_else(|| "-".into())
+            );
             println!("lease duration:  {}s", r.lease_duration_seconds);
             println!("transitions:     {} (fencing token)", r.leader_transitions);
             match time_left {
-                Some(t) => println!("time left:       {t:.1}s (renew time + lease duration, by this host's clock)"),
+                Some(t) => println!(
+                    "time left:       {t:.1}s (renew time + lease duration, by this host's clock)"
+                ),
                 None => println!("time left:       -"),
             }
         }

@@ -5,8 +5,9 @@ use leasehold_testing::history;
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
+use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_leasehold");
 
@@ -20,7 +21,10 @@ while true; do sleep 0.05; done
 "#;
 
 fn now_nanos() -> u128 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 fn leasehold(dir: &Path, id: &str, extra: &[&str], command: &[&str]) -> Child {
@@ -28,12 +32,24 @@ fn leasehold(dir: &Path, id: &str, extra: &[&str], command: &[&str]) -> Child {
     cmd.args(["run", "--backend", "file", "--name", "t", "--id", id])
         .arg("--file")
         .arg(dir.join("lock.json"))
-        .args(["--lease-duration", "2s", "--renew-deadline", "1s", "--retry-period", "200ms"])
+        .args([
+            "--lease-duration",
+            "2s",
+            "--renew-deadline",
+            "1s",
+            "--retry-period",
+            "200ms",
+        ])
         .args(extra);
     if !command.is_empty() {
         cmd.arg("--").args(command);
     }
-    cmd.env("DIR", dir).env("LEASEHOLD_LOG", "debug").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
+    cmd.env("DIR", dir)
+        .env("LEASEHOLD_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -61,12 +77,21 @@ fn starts(dir: &Path) -> Vec<(String, u64)> {
 fn is_dead(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) == Some("Z"),
+        Ok(s) => {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                == Some("Z")
+        }
     }
 }
 
 fn pid_of(dir: &Path, id: &str) -> i32 {
-    std::fs::read_to_string(dir.join(format!("{id}.pid"))).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(dir.join(format!("{id}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn signal(child: &Child, sig: rustix::process::Signal) {
@@ -79,20 +104,43 @@ fn kill_9_of_the_leader_hands_over_without_overlap_and_tokens_increase() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ids = ["c0", "c1", "c2"];
-    let mut procs: Vec<(String, Child)> = ids.iter().map(|id| (id.to_string(), leasehold(d, id, &[], &["sh", "-c", RECORDER]))).collect();
+    let mut procs: Vec<(String, Child)> = ids
+        .iter()
+        .map(|id| {
+            (
+                id.to_string(),
+                leasehold(d, id, &[], &["sh", "-c", RECORDER]),
+            )
+        })
+        .collect();
 
     for round in 0..2 {
-        assert!(wait_for(Duration::from_secs(10), || starts(d).len() == round + 1), "a leader started its child");
+        assert!(
+            wait_for(Duration::from_secs(10), || starts(d).len() == round + 1),
+            "a leader started its child"
+        );
         let (leader, _) = starts(d).last().unwrap().clone();
         let child_pid = pid_of(d, &leader);
         let idx = procs.iter().position(|(id, _)| *id == leader).unwrap();
         let (_, mut p) = procs.remove(idx);
         p.kill().unwrap(); // SIGKILL of the elector: the child must die with it
         p.wait().unwrap();
-        assert!(wait_for(Duration::from_secs(1), || is_dead(child_pid)), "child survived its leasehold's SIGKILL");
+        assert!(
+            wait_for(Duration::from_secs(1), || is_dead(child_pid)),
+            "child survived its leasehold's SIGKILL"
+        );
         // The child could not log its own end: record when it was seen dead (an upper bound).
-        let line = format!("stop {leader} {} {}\n", starts(d).last().unwrap().1, now_nanos());
-        std::fs::OpenOptions::new().append(true).open(d.join("log")).unwrap().write_all(line.as_bytes()).unwrap();
+        let line = format!(
+            "stop {leader} {} {}\n",
+            starts(d).last().unwrap().1,
+            now_nanos()
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join("log"))
+            .unwrap()
+            .write_all(line.as_bytes())
+            .unwrap();
     }
     assert!(wait_for(Duration::from_secs(10), || starts(d).len() == 3));
     for (_, p) in &procs {
@@ -116,17 +164,37 @@ fn a_frozen_elector_cannot_keep_its_child_running_past_the_lease() {
     let d = dir.path();
     // A child that ignores SIGTERM: only SIGKILL stops it.
     let stubborn = r#"echo $$ > "$DIR/$LEASEHOLD_IDENTITY.pid"; trap '' TERM; while true; do sleep 0.05; done"#;
-    let mut p = leasehold(d, "frozen", &["--lease-duration", "3s", "--renew-deadline", "2s", "--retry-period", "400ms"], &["sh", "-c", stubborn]);
-    assert!(wait_for(Duration::from_secs(10), || d.join("frozen.pid").exists()));
+    let mut p = leasehold(
+        d,
+        "frozen",
+        &[
+            "--lease-duration",
+            "3s",
+            "--renew-deadline",
+            "2s",
+            "--retry-period",
+            "400ms",
+        ],
+        &["sh", "-c", stubborn],
+    );
+    assert!(wait_for(Duration::from_secs(10), || d
+        .join("frozen.pid")
+        .exists()));
     let child = pid_of(d, "frozen");
     std::thread::sleep(Duration::from_millis(500));
     signal(&p, rustix::process::Signal::STOP);
     let frozen_at = Instant::now();
-    assert!(wait_for(Duration::from_secs(6), || is_dead(child)), "child still running 6 s after its elector froze");
+    assert!(
+        wait_for(Duration::from_secs(6), || is_dead(child)),
+        "child still running 6 s after its elector froze"
+    );
     let took = frozen_at.elapsed();
     // Others may take over 3 s (lease) after observing the last renewal, which was sent before
     // the freeze: the child must be dead before that.
-    assert!(took < Duration::from_secs(3), "child died {took:?} after the freeze, not before the lease (3 s)");
+    assert!(
+        took < Duration::from_secs(3),
+        "child died {took:?} after the freeze, not before the lease (3 s)"
+    );
     signal(&p, rustix::process::Signal::CONT);
     signal(&p, rustix::process::Signal::TERM);
     assert_eq!(p.wait().unwrap().code(), Some(0));
@@ -138,7 +206,15 @@ fn the_childs_exit_code_is_leaseholds_and_the_lease_is_released() {
     let mut p = leasehold(dir.path(), "x", &[], &["sh", "-c", "exit 7"]);
     assert_eq!(p.wait().unwrap().code(), Some(7));
     let out = Command::new(BIN)
-        .args(["status", "--backend", "file", "--name", "t", "--json", "--file"])
+        .args([
+            "status",
+            "--backend",
+            "file",
+            "--name",
+            "t",
+            "--json",
+            "--file",
+        ])
         .arg(dir.path().join("lock.json"))
         .output()
         .unwrap();
@@ -163,8 +239,13 @@ fn without_a_command_it_prints_transitions_and_releases_on_sigterm() {
     signal(&p, rustix::process::Signal::TERM);
     assert_eq!(p.wait().unwrap().code(), Some(0));
     let rest: Vec<String> = lines.iter().map(|(_, l)| l).collect();
-    assert!(rest.iter().any(|l| l == "stopped leading: solo (fencing token 0)"), "{rest:?}");
-    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("lock.json")).unwrap()).unwrap();
+    assert!(
+        rest.iter()
+            .any(|l| l == "stopped leading: solo (fencing token 0)"),
+        "{rest:?}"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("lock.json")).unwrap()).unwrap();
     assert_eq!(rec["holderIdentity"], "");
 }
 
@@ -172,29 +253,60 @@ fn without_a_command_it_prints_transitions_and_releases_on_sigterm() {
 fn bad_input_exits_64_naming_the_problem() {
     let run = |args: &[&str]| {
         let out = Command::new(BIN).args(args).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let cases: &[(&[&str], &str)] = &[
         (&["run"], "--name is required"),
-        (&["run", "--name", "a", "--lease-duration", "10"], "--lease-duration"),
-        (&["run", "--name", "a", "--retry-period", "fast"], "--retry-period"),
+        (
+            &["run", "--name", "a", "--lease-duration", "10"],
+            "--lease-duration",
+        ),
+        (
+            &["run", "--name", "a", "--retry-period", "fast"],
+            "--retry-period",
+        ),
         (&["run", "--name", "a", "--ttl", "1500ms"], "--ttl"),
         (&["run", "--name", "a", "--frobnicate"], "--frobnicate"),
-        (&["run", "--name", "a", "--backend", "zookeeper"], "--backend"),
-        (&["status", "--name", "a", "--backend", "file", "--id", "x"], "--id"),
-        (&["run", "--name", "a", "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig"),
+        (
+            &["run", "--name", "a", "--backend", "zookeeper"],
+            "--backend",
+        ),
+        (
+            &["status", "--name", "a", "--backend", "file", "--id", "x"],
+            "--id",
+        ),
+        (
+            &[
+                "run",
+                "--name",
+                "a",
+                "--kubeconfig",
+                "/nonexistent/kubeconfig",
+            ],
+            "--kubeconfig",
+        ),
         (&["bogus"], "bogus"),
     ];
     for (args, needle) in cases {
         let (code, err) = run(args);
         assert_eq!(code, Some(64), "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: message should name {needle}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: message should name {needle}: {err}"
+        );
     }
     // A corrupt record: status fails with the path and never rewrites the file.
     let dir = tempfile::tempdir().unwrap();
     let f: PathBuf = dir.path().join("bad.json");
     std::fs::write(&f, "garbage").unwrap();
-    let out = Command::new(BIN).args(["status", "--backend", "file", "--name", "a", "--file"]).arg(&f).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["status", "--backend", "file", "--name", "a", "--file"])
+        .arg(&f)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.json") && err.contains("corrupt"), "{err}");

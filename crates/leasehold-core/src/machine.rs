@@ -470,7 +470,9 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         let own = v.as_ref().is_some_and(|obs| self.is_own(&obs.record));
-        let latest = v.as_ref().is_some_and(|obs| self.is_latest_own(&obs.record));
+        let latest = v
+            .as_ref()
+            .is_some_and(|obs| self.is_latest_own(&obs.record));
         let same_record = match (&v, self.seen.as_ref().and_then(|s| s.record.as_ref())) {
             (Some(obs), Some(r)) => obs.record == *r,
             _ => false,
@@ -492,7 +494,9 @@ impl Machine {
                 } else {
                     let reason = match &v {
                         None => StepDown::Deleted,
-                        Some(obs) => StepDown::Lost { holder: obs.record.holder_identity.clone() },
+                        Some(obs) => StepDown::Lost {
+                            holder: obs.record.holder_identity.clone(),
+                        },
                     };
                     self.step_down(reason, out);
                     self.set_seen(v, now, out);

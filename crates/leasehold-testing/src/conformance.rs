@@ -35,14 +35,22 @@ pub async fn run_all<B: LockBackend>(make: impl Fn(&str) -> B) {
 
 /// `get` of a lock that was never created is `Ok(None)`.
 pub async fn get_of_absent_is_none<B: LockBackend>(lock: B) {
-    assert_eq!(lock.get().await.expect("get"), None, "get of an absent lock");
+    assert_eq!(
+        lock.get().await.expect("get"),
+        None,
+        "get of an absent lock"
+    );
 }
 
 /// What `create` wrote, `get` returns, at the version `create` returned.
 pub async fn create_then_get_round_trips<B: LockBackend>(lock: B) {
     let r = record("a", 0);
     let v = lock.create(&r).await.expect("create");
-    let got = lock.get().await.expect("get").expect("present after create");
+    let got = lock
+        .get()
+        .await
+        .expect("get")
+        .expect("present after create");
     assert_eq!(got.version, v, "get returns the version create returned");
     assert_same(&got.record, &r);
 }
@@ -51,8 +59,14 @@ pub async fn create_then_get_round_trips<B: LockBackend>(lock: B) {
 pub async fn create_of_existing_conflicts<B: LockBackend>(lock: B) {
     let a = record("a", 0);
     lock.create(&a).await.expect("create");
-    let err = lock.create(&record("b", 0)).await.expect_err("second create must fail");
-    assert!(matches!(err, LockError::Conflict { .. }), "expected Conflict, got {err:?}");
+    let err = lock
+        .create(&record("b", 0))
+        .await
+        .expect_err("second create must fail");
+    assert!(
+        matches!(err, LockError::Conflict { .. }),
+        "expected Conflict, got {err:?}"
+    );
     assert_same(&lock.get().await.unwrap().unwrap().record, &a);
 }
 
@@ -60,7 +74,10 @@ pub async fn create_of_existing_conflicts<B: LockBackend>(lock: B) {
 pub async fn update_with_current_version_succeeds<B: LockBackend>(lock: B) {
     let v1 = lock.create(&record("a", 0)).await.expect("create");
     let b = record("b", 1);
-    let v2 = lock.update(&b, &v1).await.expect("update at current version");
+    let v2 = lock
+        .update(&b, &v1)
+        .await
+        .expect("update at current version");
     assert_ne!(v1, v2, "a write yields a new version");
     let got = lock.get().await.unwrap().unwrap();
     assert_eq!(got.version, v2);
@@ -72,8 +89,14 @@ pub async fn stale_update_conflicts_and_changes_nothing<B: LockBackend>(lock: B)
     let v1 = lock.create(&record("a", 0)).await.expect("create");
     let b = record("b", 1);
     let v2 = lock.update(&b, &v1).await.expect("update");
-    let err = lock.update(&record("c", 1), &v1).await.expect_err("stale update must fail");
-    assert!(matches!(err, LockError::Conflict { .. }), "expected Conflict, got {err:?}");
+    let err = lock
+        .update(&record("c", 1), &v1)
+        .await
+        .expect_err("stale update must fail");
+    assert!(
+        matches!(err, LockError::Conflict { .. }),
+        "expected Conflict, got {err:?}"
+    );
     let got = lock.get().await.unwrap().unwrap();
     assert_eq!(got.version, v2, "stale update changed the version");
     assert_same(&got.record, &b);
@@ -81,8 +104,14 @@ pub async fn stale_update_conflicts_and_changes_nothing<B: LockBackend>(lock: B)
 
 /// `update` of an object that does not exist is a `Conflict`.
 pub async fn update_of_absent_conflicts<B: LockBackend>(lock: B) {
-    let err = lock.update(&record("a", 0), &Version::new("1")).await.expect_err("must fail");
-    assert!(matches!(err, LockError::Conflict { .. }), "expected Conflict, got {err:?}");
+    let err = lock
+        .update(&record("a", 0), &Version::new("1"))
+        .await
+        .expect_err("must fail");
+    assert!(
+        matches!(err, LockError::Conflict { .. }),
+        "expected Conflict, got {err:?}"
+    );
     assert_eq!(lock.get().await.unwrap(), None, "update must not create");
 }
 
@@ -97,10 +126,17 @@ pub async fn racing_updates_have_one_winner<B: LockBackend>(lock: B) {
     });
     let results = futures_util::future::join_all(attempts).await;
     let winners: Vec<_> = results.iter().filter(|(_, r)| r.is_ok()).collect();
-    assert_eq!(winners.len(), 1, "exactly one CAS from the same version wins: {results:?}");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one CAS from the same version wins: {results:?}"
+    );
     for (_, r) in &results {
         if let Err(e) = r {
-            assert!(matches!(e, LockError::Conflict { .. }), "losers get Conflict, got {e:?}");
+            assert!(
+                matches!(e, LockError::Conflict { .. }),
+                "losers get Conflict, got {e:?}"
+            );
         }
     }
     assert_same(&lock.get().await.unwrap().unwrap().record, &winners[0].0);
@@ -112,7 +148,10 @@ pub async fn watch_reports_changes_in_order<B: LockBackend>(lock: B) {
     let mut watch = lock.watch(Some(&v1));
     let mut v = v1;
     for i in 1..=3 {
-        v = lock.update(&record(&format!("h{i}"), i), &v).await.expect("update");
+        v = lock
+            .update(&record(&format!("h{i}"), i), &v)
+            .await
+            .expect("update");
     }
     let mut last_transitions = 0;
     loop {
@@ -122,7 +161,10 @@ pub async fn watch_reports_changes_in_order<B: LockBackend>(lock: B) {
             .expect("watch ended early")
             .expect("watch error");
         let got = item.expect("object present");
-        assert!(got.record.leader_transitions >= last_transitions, "watch went backwards");
+        assert!(
+            got.record.leader_transitions >= last_transitions,
+            "watch went backwards"
+        );
         last_transitions = got.record.leader_transitions;
         if got.version == v {
             assert_eq!(got.record.holder_identity, "h3");

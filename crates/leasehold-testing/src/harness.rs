@@ -42,8 +42,17 @@ pub fn bins() -> Bins {
             .stderr(Stdio::inherit())
             .output()
             .expect("run scripts/build-servers.sh");
-        assert!(out.status.success(), "scripts/build-servers.sh failed: {}", out.status);
-        let dir = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_owned();
+        assert!(
+            out.status.success(),
+            "scripts/build-servers.sh failed: {}",
+            out.status
+        );
+        let dir = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         let dir = PathBuf::from(dir);
         let bins = Bins {
             etcd: dir.join("etcd"),
@@ -51,7 +60,12 @@ pub fn bins() -> Bins {
             leader_election: dir.join("leader-election"),
             go_elector: dir.join("go-elector"),
         };
-        for b in [&bins.etcd, &bins.kube_apiserver, &bins.leader_election, &bins.go_elector] {
+        for b in [
+            &bins.etcd,
+            &bins.kube_apiserver,
+            &bins.leader_election,
+            &bins.go_elector,
+        ] {
             assert!(b.exists(), "{} missing after build-servers.sh", b.display());
         }
         bins
@@ -61,12 +75,18 @@ pub fn bins() -> Bins {
 
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A process started by the harness; killed when the test process exits.
@@ -117,8 +137,15 @@ impl Proc {
                 let _ = exit_tx.send(status);
             })
             .expect("spawn thread");
-        let pid = pid_rx.recv().expect("spawn result").unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self { pid: i32::try_from(pid).expect("pid"), exited: Mutex::new(exit_rx), name: name.to_owned() }
+        let pid = pid_rx
+            .recv()
+            .expect("spawn result")
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            pid: i32::try_from(pid).expect("pid"),
+            exited: Mutex::new(exit_rx),
+            name: name.to_owned(),
+        }
     }
 
     /// Sends `sig`.
@@ -186,7 +213,13 @@ impl KubeServer {
             format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n{NOBODY_TOKEN},nobody,nobody-uid\n"),
         )
         .expect("tokens.csv");
-        let mut s = Self { dir, port: free_port(), etcd_port: free_port(), etcd: None, apiserver: None };
+        let mut s = Self {
+            dir,
+            port: free_port(),
+            etcd_port: free_port(),
+            etcd: None,
+            apiserver: None,
+        };
         s.write_kubeconfig("admin", ADMIN_TOKEN);
         s.write_kubeconfig("nobody", NOBODY_TOKEN);
         s.start_etcd(&bins);
@@ -201,13 +234,21 @@ impl KubeServer {
             "--name=default".into(),
             format!("--data-dir={}", data.display()),
             format!("--listen-client-urls=http://127.0.0.1:{}", self.etcd_port),
-            format!("--advertise-client-urls=http://127.0.0.1:{}", self.etcd_port),
+            format!(
+                "--advertise-client-urls=http://127.0.0.1:{}",
+                self.etcd_port
+            ),
             format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
             format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
             format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
             "--log-level=warn".into(),
         ];
-        self.etcd = Some(Proc::spawn("etcd", &bins.etcd, &args, &self.dir.join("etcd.log")));
+        self.etcd = Some(Proc::spawn(
+            "etcd",
+            &bins.etcd,
+            &args,
+            &self.dir.join("etcd.log"),
+        ));
     }
 
     fn apiserver_args(&self) -> Vec<String> {
@@ -234,7 +275,12 @@ impl KubeServer {
 
     async fn start_apiserver_with(&mut self, bins: &Bins) {
         let log = self.dir.join("kube-apiserver.log");
-        self.apiserver = Some(Proc::spawn("kube-apiserver", &bins.kube_apiserver, &self.apiserver_args(), &log));
+        self.apiserver = Some(Proc::spawn(
+            "kube-apiserver",
+            &bins.kube_apiserver,
+            &self.apiserver_args(),
+            &log,
+        ));
         self.wait_ready(Duration::from_secs(90)).await;
     }
 
@@ -314,9 +360,10 @@ impl KubeServer {
     /// A kube client for `user`.
     pub async fn client(&self, user: &str) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(self.kubeconfig(user)).expect("kubeconfig");
-        let mut config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .expect("config");
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .expect("config");
         config.default_retry = false;
         config.read_timeout = Some(Duration::from_secs(5));
         kube::Client::try_from(config).expect("client")
@@ -327,12 +374,23 @@ impl KubeServer {
         let client = self.client("admin").await;
         let text = http_get(&client, "/metrics").await.unwrap_or_default();
         let mut out = std::collections::BTreeMap::new();
-        for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("apiserver_request_total{"))
+        {
             if !line.contains(&format!("resource=\"{resource}\"")) {
                 continue;
             }
-            let verb = line.split("verb=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("?");
-            let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let verb = line
+                .split("verb=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("?");
+            let value: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
             *out.entry(verb.to_owned()).or_default() += value;
         }
         out
@@ -352,7 +410,9 @@ impl Drop for KubeServer {
 }
 
 async fn http_get(client: &kube::Client, path: &str) -> Result<String, String> {
-    let req = http::Request::get(path).body(Vec::new()).map_err(|e| e.to_string())?;
+    let req = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
     tokio::time::timeout(Duration::from_secs(5), client.request_text(req))
         .await
         .map_err(|_| "timeout".to_owned())?
@@ -380,7 +440,9 @@ pub fn serial() -> &'static Mutex<()> {
 }
 
 fn clean_stale(base: &Path) {
-    let Ok(entries) = fs::read_dir(base) else { return };
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
@@ -394,21 +456,79 @@ fn clean_stale(base: &Path) {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run openssl");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn make_certs(dir: &Path) {
     let p = |f: &str| dir.join(f).display().to_string();
-    run(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "7", "-subj", "/CN=leasehold-test-ca", "-keyout", &p("ca.key"), "-out", &p("ca.crt")]));
-    run(Command::new("openssl").args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver", "-keyout", &p("server.key"), "-out", &p("server.csr")]));
-    fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("san.ext");
-    run(Command::new("openssl").args(["x509", "-req", "-days", "7", "-in", &p("server.csr"), "-CA", &p("ca.crt"), "-CAkey", &p("ca.key"), "-CAcreateserial", "-extfile", &p("san.ext"), "-out", &p("server.crt")]));
+    run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "7",
+        "-subj",
+        "/CN=leasehold-test-ca",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.crt"),
+    ]));
+    run(Command::new("openssl").args([
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=kube-apiserver",
+        "-keyout",
+        &p("server.key"),
+        "-out",
+        &p("server.csr"),
+    ]));
+    fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("san.ext");
+    run(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-days",
+        "7",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-extfile",
+        &p("san.ext"),
+        "-out",
+        &p("server.crt"),
+    ]));
     run(Command::new("openssl").args(["genrsa", "-out", &p("sa.key"), "2048"]));
-    run(Command::new("openssl").args(["rsa", "-in", &p("sa.key"), "-pubout", "-out", &p("sa.pub")]));
+    run(Command::new("openssl").args([
+        "rsa",
+        "-in",
+        &p("sa.key"),
+        "-pubout",
+        "-out",
+        &p("sa.pub"),
+    ]));
 }
 
 /// Reads lines from a child's output as they come, stamped with the time they arrived.
-pub fn stamp_lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<(tokio::time::Instant, String)> {
+pub fn stamp_lines(
+    reader: impl std::io::Read + Send + 'static,
+) -> mpsc::Receiver<(tokio::time::Instant, String)> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines().map_while(Result::ok) {

@@ -27,7 +27,12 @@ pub fn check(intervals: &[Interval]) -> Result<(), String> {
     for pair in sorted.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         match a.end {
-            None => return Err(format!("{} (token {}) never stopped, yet {} started at {:?}", a.who, a.token, b.who, b.start)),
+            None => {
+                return Err(format!(
+                    "{} (token {}) never stopped, yet {} started at {:?}",
+                    a.who, a.token, b.who, b.start
+                ));
+            }
             Some(end) if end > b.start => {
                 return Err(format!(
                     "overlap: {} (token {}) acted until {:?}, {} (token {}) started at {:?}",
@@ -37,7 +42,10 @@ pub fn check(intervals: &[Interval]) -> Result<(), String> {
             _ => {}
         }
         if b.token <= a.token {
-            return Err(format!("token did not increase: {} had {}, then {} had {}", a.who, a.token, b.who, b.token));
+            return Err(format!(
+                "token did not increase: {} had {}, then {} had {}",
+                a.who, a.token, b.who, b.token
+            ));
         }
     }
     Ok(())
@@ -52,11 +60,20 @@ pub fn parse_log(text: &str) -> Result<Vec<Interval>, String> {
     let mut out: Vec<Interval> = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let [kind, who, token, nanos] = f.as_slice() else { return Err(format!("bad line {line:?}")) };
-        let token: u64 = token.parse().map_err(|_| format!("bad token in {line:?}"))?;
+        let [kind, who, token, nanos] = f.as_slice() else {
+            return Err(format!("bad line {line:?}"));
+        };
+        let token: u64 = token
+            .parse()
+            .map_err(|_| format!("bad token in {line:?}"))?;
         let at = Duration::from_nanos(nanos.parse().map_err(|_| format!("bad time in {line:?}"))?);
         match *kind {
-            "start" => out.push(Interval { who: (*who).to_owned(), token, start: at, end: None }),
+            "start" => out.push(Interval {
+                who: (*who).to_owned(),
+                token,
+                start: at,
+                end: None,
+            }),
             "stop" => {
                 let open = out
                     .iter_mut()
@@ -81,13 +98,33 @@ mod tests {
         let ok = parse_log("start a 1 0\nstop a 1 1000000000\nstart b 2 2000000000\n").unwrap();
         assert_eq!(check(&ok), Ok(()));
         let overlap = vec![
-            Interval { who: "a".into(), token: 1, start: s(0), end: Some(s(3)) },
-            Interval { who: "b".into(), token: 2, start: s(2), end: None },
+            Interval {
+                who: "a".into(),
+                token: 1,
+                start: s(0),
+                end: Some(s(3)),
+            },
+            Interval {
+                who: "b".into(),
+                token: 2,
+                start: s(2),
+                end: None,
+            },
         ];
         assert!(check(&overlap).unwrap_err().contains("overlap"));
         let regress = vec![
-            Interval { who: "a".into(), token: 2, start: s(0), end: Some(s(1)) },
-            Interval { who: "b".into(), token: 2, start: s(2), end: None },
+            Interval {
+                who: "a".into(),
+                token: 2,
+                start: s(0),
+                end: Some(s(1)),
+            },
+            Interval {
+                who: "b".into(),
+                token: 2,
+                start: s(2),
+                end: None,
+            },
         ];
         assert!(check(&regress).unwrap_err().contains("did not increase"));
     }

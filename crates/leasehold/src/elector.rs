@@ -4,8 +4,7 @@
 use futures_util::StreamExt as _;
 use jiff::Timestamp;
 use leasehold_core::{
-    Action, ConfigError, Event, FencingToken, LockBackend, Machine, Role, Status, StepDown,
-    Timing,
+    Action, ConfigError, Event, FencingToken, LockBackend, Machine, Role, Status, StepDown, Timing,
     lock::{ErrorKind, LockError, WatchStream},
 };
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
@@ -204,7 +203,9 @@ impl<B: LockBackend> Elector<B> {
 
     /// A view of the status, usable while [`run`](Self::run) runs.
     pub fn handle(&self) -> ElectorHandle {
-        ElectorHandle { rx: self.tx.subscribe() }
+        ElectorHandle {
+            rx: self.tx.subscribe(),
+        }
     }
 
     /// The backend this elector runs on.
@@ -254,7 +255,10 @@ impl<B: LockBackend> Elector<B> {
                                 match timeout_at(at, b.get()).await {
                                     Ok(Ok(v)) => (Event::ReadDone(Ok(v)), None),
                                     Ok(Err(e)) => (Event::ReadDone(Err(e.kind())), Some(chain(&e))),
-                                    Err(_) => (Event::ReadDone(Err(ErrorKind::Timeout)), Some(timed_out("get"))),
+                                    Err(_) => (
+                                        Event::ReadDone(Err(ErrorKind::Timeout)),
+                                        Some(timed_out("get")),
+                                    ),
                                 }
                             }));
                         }
@@ -265,11 +269,18 @@ impl<B: LockBackend> Elector<B> {
                                 write_event(timeout_at(at, b.create(&record)).await, "create")
                             }));
                         }
-                        Action::Update { record, version, deadline } => {
+                        Action::Update {
+                            record,
+                            version,
+                            deadline,
+                        } => {
                             let b = Arc::clone(&self.backend);
                             let at = origin + deadline;
                             pending = Some(Box::pin(async move {
-                                write_event(timeout_at(at, b.update(&record, &version)).await, "update")
+                                write_event(
+                                    timeout_at(at, b.update(&record, &version)).await,
+                                    "update",
+                                )
                             }));
                         }
                         Action::Abandon => pending = None,
@@ -295,10 +306,18 @@ impl<B: LockBackend> Elector<B> {
                             }
                             valid_until = None;
                             match &reason {
-                                StepDown::Cancelled => tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: shutting down"),
-                                StepDown::DeadlineExceeded => tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: no renewal succeeded within the renew deadline"),
-                                StepDown::Lost { holder } => tracing::warn!(lock = %describe, fencing_token = %token, new_holder = %holder, "stopped leading: lock taken over"),
-                                StepDown::Deleted => tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: lock object deleted"),
+                                StepDown::Cancelled => {
+                                    tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: shutting down")
+                                }
+                                StepDown::DeadlineExceeded => {
+                                    tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: no renewal succeeded within the renew deadline")
+                                }
+                                StepDown::Lost { holder } => {
+                                    tracing::warn!(lock = %describe, fencing_token = %token, new_holder = %holder, "stopped leading: lock taken over")
+                                }
+                                StepDown::Deleted => {
+                                    tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: lock object deleted")
+                                }
                             }
                             if let Some(f) = &mut self.on_stopped {
                                 f();
@@ -333,10 +352,14 @@ impl<B: LockBackend> Elector<B> {
             }
 
             // Keep a watch open once the lock has been observed; restart it after a failure.
-            if watch.is_none() && self.machine.status().observed && Instant::now() >= watch_retry_at {
+            if watch.is_none() && self.machine.status().observed && Instant::now() >= watch_retry_at
+            {
                 watch = Some(self.backend.watch(self.machine.version().as_ref()));
             }
-            let timer_at = match (self.machine.deadline(), watch.is_none() && self.machine.status().observed) {
+            let timer_at = match (
+                self.machine.deadline(),
+                watch.is_none() && self.machine.status().observed,
+            ) {
                 (Some(d), true) => (origin + d).min(watch_retry_at),
                 (Some(d), false) => origin + d,
                 (None, true) => watch_retry_at,
@@ -398,7 +421,10 @@ fn write_event<E>(
     match r {
         Ok(Ok(v)) => (Event::WriteDone(Ok(v)), None),
         Ok(Err(e)) => (Event::WriteDone(Err(e.kind())), Some(chain(&e))),
-        Err(_) => (Event::WriteDone(Err(ErrorKind::Timeout)), Some(timed_out(op))),
+        Err(_) => (
+            Event::WriteDone(Err(ErrorKind::Timeout)),
+            Some(timed_out(op)),
+        ),
     }
 }
 

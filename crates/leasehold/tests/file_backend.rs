@@ -7,7 +7,10 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test]
 async fn conformance() {
     let dir = tempfile::tempdir().unwrap();
-    leasehold_testing::conformance::run_all(|name| FileLock::new(dir.path().join(format!("{name}.json")))).await;
+    leasehold_testing::conformance::run_all(|name| {
+        FileLock::new(dir.path().join(format!("{name}.json")))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -31,7 +34,13 @@ async fn a_corrupt_file_is_an_error_naming_the_path_and_is_never_overwritten() {
     let elector = Elector::new(FileLock::new(&path), "a", timing).unwrap();
     let mut status = elector.handle().subscribe();
     let task = tokio::spawn(elector.run(cancel.clone()));
-    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.last_error.is_some())).await.unwrap().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        status.wait_for(|s| s.last_error.is_some()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let err = status.borrow().last_error.clone().unwrap();
     assert!(err.contains("corrupt") && err.contains("bad.json"), "{err}");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -43,7 +52,10 @@ async fn a_corrupt_file_is_an_error_naming_the_path_and_is_never_overwritten() {
 #[tokio::test]
 async fn a_missing_directory_is_an_error_naming_the_path() {
     let lock = FileLock::new("/nonexistent-leasehold-dir/x.json");
-    let err = lock.create(&leasehold::LeaderRecord::default()).await.unwrap_err();
+    let err = lock
+        .create(&leasehold::LeaderRecord::default())
+        .await
+        .unwrap_err();
     let text = leasehold_testing_chain(&err);
     assert!(text.contains("/nonexistent-leasehold-dir"), "{text}");
 }
@@ -85,7 +97,10 @@ async fn three_electors_one_leader_and_fast_handover() {
         tasks.push(tokio::spawn(elector.run(cancel.clone())));
         cancels.push(cancel);
     }
-    let (first, token, _) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    let (first, token, _) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let leaders: Vec<_> = handles.iter().filter(|h| h.is_leader()).collect();
     assert_eq!(leaders.len(), 1);
@@ -96,11 +111,20 @@ async fn three_electors_one_leader_and_fast_handover() {
     let idx: usize = first[1..].parse().unwrap();
     let t0 = tokio::time::Instant::now();
     cancels[idx].cancel();
-    let (second, token2, at) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    let (second, token2, at) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(second, first);
-    assert!(token2 > token, "fencing token increases: {token} -> {token2}");
+    assert!(
+        token2 > token,
+        "fencing token increases: {token} -> {token2}"
+    );
     let handover = at - t0;
-    assert!(handover < Duration::from_secs(2), "handover took {handover:?}, not a lease duration");
+    assert!(
+        handover < Duration::from_secs(2),
+        "handover took {handover:?}, not a lease duration"
+    );
     for c in &cancels {
         c.cancel();
     }

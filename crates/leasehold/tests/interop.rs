@@ -2,7 +2,7 @@
 //! from the `k8s.io/client-go` module, as shipped: lease 60 s, renew 15 s, retry 5 s) and a
 //! leasehold elector with the same durations on one Lease.
 
-use leasehold::{Elector, Timing, backend::kube::LeaseLock, LockBackend};
+use leasehold::{Elector, LockBackend, Timing, backend::kube::LeaseLock};
 use leasehold_testing::harness::{self, Proc, unique};
 use std::{path::Path, time::Duration};
 use tokio::{sync::mpsc, time::Instant};
@@ -27,10 +27,17 @@ fn go_timing() -> Timing {
 async fn wait_log(path: &Path, needle: &str, limit: Duration) -> Instant {
     let start = Instant::now();
     loop {
-        if std::fs::read_to_string(path).unwrap_or_default().contains(needle) {
+        if std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(needle)
+        {
             return Instant::now();
         }
-        assert!(start.elapsed() < limit, "`{needle}` not in {} after {limit:?}", path.display());
+        assert!(
+            start.elapsed() < limit,
+            "`{needle}` not in {} after {limit:?}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -47,7 +54,10 @@ fn go_example(server: &harness::KubeServer, id: &str, name: &str) -> (Proc, std:
         "-lease-lock-namespace".into(),
         "default".into(),
     ];
-    (Proc::spawn(id, &harness::bins().leader_election, &args, &log), log)
+    (
+        Proc::spawn(id, &harness::bins().leader_election, &args, &log),
+        log,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +67,12 @@ async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
 
     // 1. client-go leads.
     let (go_a, log_a) = go_example(server, "go-a", &name);
-    let go_a_acquired = wait_log(&log_a, "Successfully acquired lease", Duration::from_secs(60)).await;
+    let go_a_acquired = wait_log(
+        &log_a,
+        "Successfully acquired lease",
+        Duration::from_secs(60),
+    )
+    .await;
 
     // 2. leasehold stands by and sees it.
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -78,7 +93,10 @@ async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
     let task = tokio::spawn(elector.run(cancel.clone()));
     let mut events = Vec::new();
     let mut next = async || {
-        let e = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("event").expect("open");
+        let e = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("event")
+            .expect("open");
         eprintln!("event: {e:?}");
         e
     };
@@ -94,27 +112,53 @@ async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
         match next().await {
             Ev::NewLeader(who, at) if who.is_empty() => events.push(("released", at)),
             Ev::NewLeader(who, at) if who == "rs-1" => events.push(("rs-1 observed", at)),
-            Ev::Started(token, at) => break (events.iter().find(|e| e.0 == "released").map(|e| e.1), at, token),
+            Ev::Started(token, at) => {
+                break (
+                    events.iter().find(|e| e.0 == "released").map(|e| e.1),
+                    at,
+                    token,
+                );
+            }
             other => panic!("unexpected {other:?}"),
         }
     };
-    let released_seen = released_seen.expect("the Go release (empty holder) was observed before leasehold acquired");
+    let released_seen = released_seen
+        .expect("the Go release (empty holder) was observed before leasehold acquired");
     assert!(released_seen <= started_at);
     assert!(go_a_acquired < sigterm_at);
     let handover = started_at - sigterm_at;
-    eprintln!("client-go -> leasehold handover (SIGTERM to started): {:.1} ms", handover.as_secs_f64() * 1e3);
-    assert!(handover < Duration::from_secs(5), "leasehold must not wait for a poll or the 60 s lease");
-    let rec = LeaseLock::new(server.client("admin").await, "default", &name).get().await.unwrap().unwrap().record;
+    eprintln!(
+        "client-go -> leasehold handover (SIGTERM to started): {:.1} ms",
+        handover.as_secs_f64() * 1e3
+    );
+    assert!(
+        handover < Duration::from_secs(5),
+        "leasehold must not wait for a poll or the 60 s lease"
+    );
+    let rec = LeaseLock::new(server.client("admin").await, "default", &name)
+        .get()
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
     assert_eq!(rec.holder_identity, "rs-1");
     assert_eq!(rec.lease_duration_seconds, 60);
     assert_eq!(token, rec.leader_transitions as u64);
-    assert_eq!(token, 1, "Go created at 0; leasehold's acquisition is the next term");
+    assert_eq!(
+        token, 1,
+        "Go created at 0; leasehold's acquisition is the next term"
+    );
 
     // 4. A new client-go candidate stands by while leasehold leads...
     let (go_b, log_b) = go_example(server, "go-b", &name);
     wait_log(&log_b, "new leader elected: rs-1", Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!std::fs::read_to_string(&log_b).unwrap().contains("Successfully acquired lease"), "go-b must not lead while rs-1 does");
+    assert!(
+        !std::fs::read_to_string(&log_b)
+            .unwrap()
+            .contains("Successfully acquired lease"),
+        "go-b must not lead while rs-1 does"
+    );
 
     // 5. ...and takes over within its retry period once leasehold releases.
     let cancel_at = Instant::now();
@@ -124,15 +168,37 @@ async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
         other => panic!("{other:?}"),
     };
     task.await.unwrap();
-    let go_b_acquired = wait_log(&log_b, "Successfully acquired lease", Duration::from_secs(20)).await;
-    assert!(stopped_at < go_b_acquired, "leasehold stopped leading before client-go started");
+    let go_b_acquired = wait_log(
+        &log_b,
+        "Successfully acquired lease",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        stopped_at < go_b_acquired,
+        "leasehold stopped leading before client-go started"
+    );
     let took = go_b_acquired - cancel_at;
-    eprintln!("leasehold -> client-go handover (cancel to acquired): {:.2} s", took.as_secs_f64());
+    eprintln!(
+        "leasehold -> client-go handover (cancel to acquired): {:.2} s",
+        took.as_secs_f64()
+    );
     // client-go polls every RetryPeriod (5 s) plus up to 1.2x jitter: at most 11 s; never the 60 s lease.
-    assert!(took < Duration::from_secs(12), "client-go took {took:?}: the release was not honoured");
-    let rec = LeaseLock::new(server.client("admin").await, "default", &name).get().await.unwrap().unwrap().record;
+    assert!(
+        took < Duration::from_secs(12),
+        "client-go took {took:?}: the release was not honoured"
+    );
+    let rec = LeaseLock::new(server.client("admin").await, "default", &name)
+        .get()
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
     assert_eq!(rec.holder_identity, "go-b");
-    assert_eq!(rec.leader_transitions, 2, "client-go counts the change from the released record");
+    assert_eq!(
+        rec.leader_transitions, 2,
+        "client-go counts the change from the released record"
+    );
     go_b.kill();
     go_a.kill();
 }

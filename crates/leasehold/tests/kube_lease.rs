@@ -33,23 +33,39 @@ struct Candidate {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn candidate(name: &str, id: &str, timing: Timing, tx: mpsc::UnboundedSender<Ev>) -> Candidate {
+async fn candidate(
+    name: &str,
+    id: &str,
+    timing: Timing,
+    tx: mpsc::UnboundedSender<Ev>,
+) -> Candidate {
     let cancel = CancellationToken::new();
     let (t1, t2, id1, id2) = (tx.clone(), tx, id.to_owned(), id.to_owned());
     let elector = Elector::new(lock("admin", name).await, id, timing)
         .unwrap()
         .on_started_leading(move |l| {
-            let _ = t1.send(Ev::Started(id1.clone(), l.fencing_token().0, Instant::now()));
+            let _ = t1.send(Ev::Started(
+                id1.clone(),
+                l.fencing_token().0,
+                Instant::now(),
+            ));
         })
         .on_stopped_leading(move || {
             let _ = (&id2, t2.send(Ev::Stopped));
         });
     let handle = elector.handle();
     let task = tokio::spawn(elector.run(cancel.clone()));
-    Candidate { cancel, handle, task }
+    Candidate {
+        cancel,
+        handle,
+        task,
+    }
 }
 
-async fn next_started(rx: &mut mpsc::UnboundedReceiver<Ev>, limit: Duration) -> (String, u64, Instant) {
+async fn next_started(
+    rx: &mut mpsc::UnboundedReceiver<Ev>,
+    limit: Duration,
+) -> (String, u64, Instant) {
     let deadline = Instant::now() + limit;
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -76,18 +92,34 @@ fn stats(name: &str, mut v: Vec<Duration>) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance() {
     let client = harness::shared().await.client("admin").await;
-    leasehold_testing::conformance::run_all(|name| LeaseLock::new(client.clone(), "default", &unique(name))).await;
+    leasehold_testing::conformance::run_all(|name| {
+        LeaseLock::new(client.clone(), "default", &unique(name))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_denial_names_the_verb_and_resource() {
     let lock = lock("nobody", &unique("denied")).await;
     let err = lock.get().await.unwrap_err();
-    assert!(matches!(err, LockError::Forbidden { verb: "get", .. }), "{err:?}");
+    assert!(
+        matches!(err, LockError::Forbidden { verb: "get", .. }),
+        "{err:?}"
+    );
     let text = err.to_string();
-    assert!(text.contains("needs `get` on `leases.coordination.k8s.io`"), "{text}");
-    let err = lock.create(&leasehold::LeaderRecord::default()).await.unwrap_err();
-    assert!(err.to_string().contains("needs `create` on `leases.coordination.k8s.io`"), "{err}");
+    assert!(
+        text.contains("needs `get` on `leases.coordination.k8s.io`"),
+        "{text}"
+    );
+    let err = lock
+        .create(&leasehold::LeaderRecord::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("needs `create` on `leases.coordination.k8s.io`"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,13 +132,25 @@ async fn three_electors_one_leader_and_the_stored_lease_field_by_field() {
     }
     let (leader, token, _) = next_started(&mut rx, Duration::from_secs(10)).await;
     // Read the Lease before the first renewal (≥ 250 ms later).
-    let lease = lock("admin", &name).await.get().await.unwrap().unwrap().record;
+    let lease = lock("admin", &name)
+        .await
+        .get()
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
     assert_eq!(lease.holder_identity, leader);
     assert_eq!(lease.lease_duration_seconds, 2);
-    assert_eq!(lease.leader_transitions, 0, "created by the first acquisition");
+    assert_eq!(
+        lease.leader_transitions, 0,
+        "created by the first acquisition"
+    );
     assert_eq!(token, 0);
     assert!(lease.acquire_time.is_some());
-    assert_eq!(lease.acquire_time, lease.renew_time, "acquireTime == renewTime on acquire");
+    assert_eq!(
+        lease.acquire_time, lease.renew_time,
+        "acquireTime == renewTime on acquire"
+    );
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let leaders: Vec<_> = cands.iter().filter(|c| c.handle.is_leader()).collect();
@@ -114,10 +158,22 @@ async fn three_electors_one_leader_and_the_stored_lease_field_by_field() {
     for c in &cands {
         assert_eq!(c.handle.leader(), leader);
     }
-    let renewed = lock("admin", &name).await.get().await.unwrap().unwrap().record;
+    let renewed = lock("admin", &name)
+        .await
+        .get()
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
     assert!(renewed.renew_time > lease.renew_time, "the leader renews");
-    assert_eq!(renewed.acquire_time, lease.acquire_time, "renewal keeps acquireTime");
-    assert_eq!(renewed.leader_transitions, 0, "renewal keeps leaseTransitions");
+    assert_eq!(
+        renewed.acquire_time, lease.acquire_time,
+        "renewal keeps acquireTime"
+    );
+    assert_eq!(
+        renewed.leader_transitions, 0,
+        "renewal keeps leaseTransitions"
+    );
     for c in cands {
         c.cancel.cancel();
         c.task.await.unwrap();
@@ -135,26 +191,36 @@ async fn graceful_handover_takes_milliseconds() {
     }
     let (mut leader, mut token, _) = next_started(&mut rx, Duration::from_secs(10)).await;
     let mut times = Vec::new();
-    let mut next_id = 3;
-    for _ in 0..12 {
+    for next_id in 3..15 {
         let old = cands.remove(&leader).unwrap();
         let t0 = Instant::now();
         old.cancel.cancel();
         let (new, new_token, at) = next_started(&mut rx, Duration::from_secs(5)).await;
         assert_ne!(new, leader);
-        assert!(new_token > token, "fencing token strictly increases: {token} -> {new_token}");
+        assert!(
+            new_token > token,
+            "fencing token strictly increases: {token} -> {new_token}"
+        );
         times.push(at - t0);
         old.task.await.unwrap();
-        let lease = lock("admin", &name).await.get().await.unwrap().unwrap().record;
+        let lease = lock("admin", &name)
+            .await
+            .get()
+            .await
+            .unwrap()
+            .unwrap()
+            .record;
         assert_eq!(lease.leader_transitions as u64, new_token);
         // Keep three candidates.
         let id = format!("h{next_id}");
-        next_id += 1;
         cands.insert(id.clone(), candidate(&name, &id, fast(), tx.clone()).await);
         (leader, token) = (new, new_token);
     }
     let median = stats("graceful handover (cancel -> new leader started)", times);
-    assert!(median < Duration::from_secs(1), "handover must not wait for expiry or polling");
+    assert!(
+        median < Duration::from_secs(1),
+        "handover must not wait for expiry or polling"
+    );
     for (_, c) in cands {
         c.cancel.cancel();
         c.task.await.unwrap();
@@ -178,14 +244,20 @@ async fn a_leader_dropped_without_release_is_replaced_after_the_lease_duration()
         old.task.abort(); // a crash: no release, no callbacks
         let (new, new_token, at) = next_started(&mut rx, Duration::from_secs(10)).await;
         let took = at - t0;
-        assert!(took >= Duration::from_millis(1000), "took over a live lease after {took:?}");
+        assert!(
+            took >= Duration::from_millis(1000),
+            "took over a live lease after {took:?}"
+        );
         assert!(new_token > token);
         times.push(took);
         let id = format!("k{}", 3 + round);
         cands.insert(id.clone(), candidate(&name, &id, fast(), tx.clone()).await);
         (leader, token) = (new, new_token);
     }
-    let median = stats("crash failover (abort -> new leader started), lease 2 s", times);
+    let median = stats(
+        "crash failover (abort -> new leader started), lease 2 s",
+        times,
+    );
     assert!(median < Duration::from_secs(4));
     for (_, c) in cands {
         c.cancel.cancel();
@@ -217,6 +289,10 @@ async fn an_update_keeps_every_other_field_of_the_lease() {
     assert_eq!(got.metadata.annotations.unwrap()["note"], "keep me");
     let spec = got.spec.unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some(""), "released");
-    assert_eq!(spec.lease_duration_seconds, Some(1), "released as client-go does");
+    assert_eq!(
+        spec.lease_duration_seconds,
+        Some(1),
+        "released as client-go does"
+    );
     assert_eq!(spec.lease_transitions, Some(8));
 }

@@ -38,8 +38,13 @@ struct Inner {
 }
 
 /// The record's fields in the file; everything else in it is kept as it is.
-const RECORD_KEYS: [&str; 5] =
-    ["holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime", "leaderTransitions"];
+const RECORD_KEYS: [&str; 5] = [
+    "holderIdentity",
+    "leaseDurationSeconds",
+    "acquireTime",
+    "renewTime",
+    "leaderTransitions",
+];
 
 // === impl FileLock ===
 
@@ -52,14 +57,26 @@ impl FileLock {
         let path = path.into();
         let mut lock_path = path.clone().into_os_string();
         lock_path.push(".lock");
-        Self { inner: Arc::new(Inner { path, lock_path: lock_path.into(), poll: Self::DEFAULT_POLL }) }
+        Self {
+            inner: Arc::new(Inner {
+                path,
+                lock_path: lock_path.into(),
+                poll: Self::DEFAULT_POLL,
+            }),
+        }
     }
 
     /// Sets how often a watch polls the file.
     #[must_use]
     pub fn with_poll_interval(self, poll: Duration) -> Self {
         let inner = &self.inner;
-        Self { inner: Arc::new(Inner { path: inner.path.clone(), lock_path: inner.lock_path.clone(), poll }) }
+        Self {
+            inner: Arc::new(Inner {
+                path: inner.path.clone(),
+                lock_path: inner.lock_path.clone(),
+                poll,
+            }),
+        }
     }
 
     /// The record file's path.
@@ -98,7 +115,10 @@ impl LockBackend for FileLock {
         Box::pin(self.blocking(move |inner| {
             let _guard = inner.lock("create")?;
             if inner.read("create")?.is_some() {
-                return Err(LockError::Conflict { op: "create", object: inner.describe() });
+                return Err(LockError::Conflict {
+                    op: "create",
+                    object: inner.describe(),
+                });
             }
             // Start generations from the clock so a deleted and re-created file never reuses a
             // version an old reader still holds.
@@ -107,17 +127,31 @@ impl LockBackend for FileLock {
         }))
     }
 
-    fn update(&self, record: &LeaderRecord, version: &Version) -> BoxFuture<'_, Result<Version, LockError>> {
+    fn update(
+        &self,
+        record: &LeaderRecord,
+        version: &Version,
+    ) -> BoxFuture<'_, Result<Version, LockError>> {
         let record = record.clone();
         let version = version.clone();
         Box::pin(self.blocking(move |inner| {
             let _guard = inner.lock("update")?;
-            let conflict = || LockError::Conflict { op: "update", object: inner.describe() };
-            let Some(stored) = inner.read("update")? else { return Err(conflict()) };
+            let conflict = || LockError::Conflict {
+                op: "update",
+                object: inner.describe(),
+            };
+            let Some(stored) = inner.read("update")? else {
+                return Err(conflict());
+            };
             if stored.generation.to_string() != *version.0 {
                 return Err(conflict());
             }
-            inner.write(stored.object, &record, stored.generation.wrapping_add(1), "update")
+            inner.write(
+                stored.object,
+                &record,
+                stored.generation.wrapping_add(1),
+                "update",
+            )
         }))
     }
 
@@ -128,7 +162,12 @@ impl LockBackend for FileLock {
             last_version: Option<Version>,
             first: bool,
         }
-        let state = State { lock: self.clone(), last_meta: None, last_version: version.cloned(), first: true };
+        let state = State {
+            lock: self.clone(),
+            last_meta: None,
+            last_version: version.cloned(),
+            first: true,
+        };
         Box::pin(stream::unfold(state, |mut st| async move {
             loop {
                 if !st.first {
@@ -166,7 +205,11 @@ impl Meta {
     fn of(path: &Path) -> Option<Self> {
         use std::os::unix::fs::MetadataExt as _;
         let m = fs::metadata(path).ok()?;
-        Some(Self { ino: m.ino(), len: m.len(), mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()) })
+        Some(Self {
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
     }
 }
 
@@ -178,7 +221,10 @@ struct Stored {
 
 impl Stored {
     fn versioned(self) -> Versioned {
-        Versioned { record: self.record, version: Version::new(self.generation.to_string()) }
+        Versioned {
+            record: self.record,
+            version: Version::new(self.generation.to_string()),
+        }
     }
 }
 
@@ -207,7 +253,13 @@ impl Inner {
             .truncate(false)
             .write(true)
             .open(&self.lock_path)
-            .map_err(|e| self.io_error(op, &format!("open lock file {}", self.lock_path.display()), e))?;
+            .map_err(|e| {
+                self.io_error(
+                    op,
+                    &format!("open lock file {}", self.lock_path.display()),
+                    e,
+                )
+            })?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| self.io_error(op, "lock the lock file", e.into()))?;
         Ok(Guard(f))
@@ -219,7 +271,10 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io_error(op, "read the record file", e)),
         };
-        let corrupt = |source| LockError::Corrupt { object: self.describe(), source };
+        let corrupt = |source| LockError::Corrupt {
+            object: self.describe(),
+            source,
+        };
         let record = LeaderRecord::from_json(&bytes).map_err(corrupt)?;
         let object: Map<String, Value> = serde_json::from_slice(&bytes)
             .map_err(|e| corrupt(leasehold_core::RecordError::Json(e)))?;
@@ -232,7 +287,11 @@ impl Inner {
                 })
             })?,
         };
-        Ok(Some(Stored { object, record, generation }))
+        Ok(Some(Stored {
+            object,
+            record,
+            generation,
+        }))
     }
 
     fn write(

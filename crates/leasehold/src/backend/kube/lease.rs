@@ -63,10 +63,15 @@ impl LeaseLock {
     }
 
     fn decode(&self, obj: &DynamicObject) -> Result<Versioned, LockError> {
-        let record = spec_to_record(obj.data.get("spec"))
-            .map_err(|source| LockError::Corrupt { object: self.describe(), source })?;
+        let record = spec_to_record(obj.data.get("spec")).map_err(|source| LockError::Corrupt {
+            object: self.describe(),
+            source,
+        })?;
         let version = obj.metadata.resource_version.clone().unwrap_or_default();
-        Ok(Versioned { record, version: Version::new(version) })
+        Ok(Versioned {
+            record,
+            version: Version::new(version),
+        })
     }
 
     fn remember(&self, obj: &DynamicObject) {
@@ -77,13 +82,22 @@ impl LeaseLock {
 
     async fn base_object(&self, version: &Version) -> Result<DynamicObject, LockError> {
         let cached = self.last.lock().ok().and_then(|l| l.clone());
-        if let Some(obj) = cached.filter(|o| o.metadata.resource_version.as_deref() == Some(&*version.0)) {
+        if let Some(obj) =
+            cached.filter(|o| o.metadata.resource_version.as_deref() == Some(&*version.0))
+        {
             return Ok(obj);
         }
-        let obj = self.api.get_opt(&self.name).await.map_err(|e| self.err(e, "update", "get"))?;
+        let obj = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e, "update", "get"))?;
         match obj {
             Some(o) if o.metadata.resource_version.as_deref() == Some(&*version.0) => Ok(o),
-            _ => Err(LockError::Conflict { op: "update", object: self.describe() }),
+            _ => Err(LockError::Conflict {
+                op: "update",
+                object: self.describe(),
+            }),
         }
     }
 }
@@ -95,7 +109,11 @@ impl LockBackend for LeaseLock {
 
     fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
         Box::pin(async move {
-            let obj = self.api.get_opt(&self.name).await.map_err(|e| self.err(e, "get", "get"))?;
+            let obj = self
+                .api
+                .get_opt(&self.name)
+                .await
+                .map_err(|e| self.err(e, "get", "get"))?;
             match obj {
                 None => Ok(None),
                 Some(o) => {
@@ -109,26 +127,48 @@ impl LockBackend for LeaseLock {
     fn create(&self, record: &LeaderRecord) -> BoxFuture<'_, Result<Version, LockError>> {
         let record = record.clone();
         Box::pin(async move {
-            let mut obj = DynamicObject::new(&self.name, &ApiResource::erase::<Lease>(&())).within(&self.namespace);
+            let mut obj = DynamicObject::new(&self.name, &ApiResource::erase::<Lease>(&()))
+                .within(&self.namespace);
             let mut spec = Map::new();
             record_into_spec(&record, &mut spec);
             obj.data = serde_json::json!({ "spec": spec });
-            let created = self.api.create(&PostParams::default(), &obj).await.map_err(|e| self.err(e, "create", "create"))?;
+            let created = self
+                .api
+                .create(&PostParams::default(), &obj)
+                .await
+                .map_err(|e| self.err(e, "create", "create"))?;
             self.remember(&created);
-            Ok(Version::new(created.metadata.resource_version.clone().unwrap_or_default()))
+            Ok(Version::new(
+                created
+                    .metadata
+                    .resource_version
+                    .clone()
+                    .unwrap_or_default(),
+            ))
         })
     }
 
-    fn update(&self, record: &LeaderRecord, version: &Version) -> BoxFuture<'_, Result<Version, LockError>> {
+    fn update(
+        &self,
+        record: &LeaderRecord,
+        version: &Version,
+    ) -> BoxFuture<'_, Result<Version, LockError>> {
         let record = record.clone();
         let version = version.clone();
         Box::pin(async move {
             let mut obj = self.base_object(&version).await?;
             let data = obj.data.as_object_mut();
             let Some(data) = data else {
-                return Err(LockError::Other { op: "update", object: self.describe(), message: "object is not a JSON object".into(), source: None });
+                return Err(LockError::Other {
+                    op: "update",
+                    object: self.describe(),
+                    message: "object is not a JSON object".into(),
+                    source: None,
+                });
             };
-            let spec = data.entry("spec").or_insert_with(|| Value::Object(Map::new()));
+            let spec = data
+                .entry("spec")
+                .or_insert_with(|| Value::Object(Map::new()));
             if !spec.is_object() {
                 *spec = Value::Object(Map::new());
             }
@@ -142,17 +182,30 @@ impl LockBackend for LeaseLock {
                 .await
                 .map_err(|e| self.err(e, "update", "update"))?;
             self.remember(&stored);
-            Ok(Version::new(stored.metadata.resource_version.clone().unwrap_or_default()))
+            Ok(Version::new(
+                stored.metadata.resource_version.clone().unwrap_or_default(),
+            ))
         })
     }
 
     fn watch(&self, version: Option<&Version>) -> WatchStream {
         enum St {
             Start(LeaseLock, String),
-            Running(LeaseLock, std::pin::Pin<Box<dyn futures_util::Stream<Item = kube::Result<WatchEvent<DynamicObject>>> + Send>>),
+            Running(
+                LeaseLock,
+                std::pin::Pin<
+                    Box<
+                        dyn futures_util::Stream<Item = kube::Result<WatchEvent<DynamicObject>>>
+                            + Send,
+                    >,
+                >,
+            ),
             Done,
         }
-        let start = St::Start(self.clone(), version.map(|v| v.0.to_string()).unwrap_or_default());
+        let start = St::Start(
+            self.clone(),
+            version.map(|v| v.0.to_string()).unwrap_or_default(),
+        );
         Box::pin(stream::unfold(start, |st| async move {
             let (lock, mut events) = match st {
                 St::Done => return None,
@@ -160,7 +213,9 @@ impl LockBackend for LeaseLock {
                 St::Start(lock, version) => {
                     // Server-side timeout below the 5-minute default of proxies; the caller
                     // re-reads and re-watches when it ends.
-                    let wp = WatchParams::default().fields(&format!("metadata.name={}", lock.name)).timeout(290);
+                    let wp = WatchParams::default()
+                        .fields(&format!("metadata.name={}", lock.name))
+                        .timeout(290);
                     match lock.api.watch(&wp, &version).await {
                         Ok(s) => (lock, s.boxed()),
                         Err(e) => {
@@ -183,7 +238,9 @@ impl LockBackend for LeaseLock {
                         let item = lock.decode(&o).map(Some);
                         return Some((item, St::Running(lock, events)));
                     }
-                    Some(Ok(WatchEvent::Deleted(_))) => return Some((Ok(None), St::Running(lock, events))),
+                    Some(Ok(WatchEvent::Deleted(_))) => {
+                        return Some((Ok(None), St::Running(lock, events)));
+                    }
                     Some(Ok(WatchEvent::Error(status))) => {
                         // 410 Gone: the version is too old; the caller reads and watches again.
                         let err = lock.err(kube::Error::Api(status), "watch", "watch");
@@ -214,7 +271,10 @@ fn spec_to_record(spec: Option<&Value>) -> Result<LeaderRecord, RecordError> {
             }
         }
         Some(other) => {
-            return Err(RecordError::Field { field: "spec", reason: format!("expected an object, got {other}") });
+            return Err(RecordError::Field {
+                field: "spec",
+                reason: format!("expected an object, got {other}"),
+            });
         }
     }
     let bytes = serde_json::to_vec(&m).map_err(RecordError::Json)?;
@@ -228,8 +288,14 @@ fn record_into_spec(r: &LeaderRecord, spec: &mut Map<String, Value>) {
         Some(t) => Value::String(t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
         None => Value::Null,
     };
-    spec.insert("holderIdentity".into(), Value::String(r.holder_identity.clone()));
-    spec.insert("leaseDurationSeconds".into(), Value::from(r.lease_duration_seconds));
+    spec.insert(
+        "holderIdentity".into(),
+        Value::String(r.holder_identity.clone()),
+    );
+    spec.insert(
+        "leaseDurationSeconds".into(),
+        Value::from(r.lease_duration_seconds),
+    );
     spec.insert("acquireTime".into(), micro(&r.acquire_time));
     spec.insert("renewTime".into(), micro(&r.renew_time));
     spec.insert("leaseTransitions".into(), Value::from(r.leader_transitions));
@@ -248,7 +314,11 @@ mod tests {
         let r = spec_to_record(Some(&Value::Object(spec.clone()))).unwrap();
         assert_eq!(r.holder_identity, "a");
         assert_eq!(r.leader_transitions, 2);
-        let r2 = LeaderRecord { holder_identity: "c".into(), leader_transitions: 3, ..r.clone() };
+        let r2 = LeaderRecord {
+            holder_identity: "c".into(),
+            leader_transitions: 3,
+            ..r.clone()
+        };
         record_into_spec(&r2, &mut spec);
         assert_eq!(spec["strategy"], "OldestEmulationVersion");
         assert_eq!(spec["preferredHolder"], "b");

@@ -8,7 +8,8 @@ pub use lease::LeaseLock;
 use std::path::{Path, PathBuf};
 
 /// Where the service-account namespace is mounted in a Pod.
-pub const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+pub const SERVICE_ACCOUNT_NAMESPACE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 /// Why a Kubernetes client could not be configured.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +24,9 @@ pub enum ClientError {
         source: kube::config::KubeconfigError,
     },
     /// No configuration was found (KUBECONFIG, ~/.kube/config, in-cluster).
-    #[error("no Kubernetes client configuration found (tried KUBECONFIG, ~/.kube/config, in-cluster)")]
+    #[error(
+        "no Kubernetes client configuration found (tried KUBECONFIG, ~/.kube/config, in-cluster)"
+    )]
     Infer(#[source] kube::config::InferConfigError),
     /// The client could not be built from the configuration.
     #[error("cannot build a Kubernetes client")]
@@ -41,11 +44,18 @@ pub enum ClientError {
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
     let mut config = match kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|source| ClientError::Kubeconfig { path: path.to_owned(), source })?;
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ClientError::Kubeconfig {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|source| ClientError::Kubeconfig { path: path.to_owned(), source })?
+                .map_err(|source| ClientError::Kubeconfig {
+                    path: path.to_owned(),
+                    source,
+                })?
         }
         None => kube::Config::infer().await.map_err(ClientError::Infer)?,
     };
@@ -64,20 +74,34 @@ pub fn default_namespace() -> String {
 }
 
 /// Maps a kube error to the lock contract's kinds. `verb` and `resource` name what a 403 denied.
-pub(crate) fn map_error(e: kube::Error, op: &'static str, verb: &'static str, resource: &str, object: String) -> leasehold_core::LockError {
+pub(crate) fn map_error(
+    e: kube::Error,
+    op: &'static str,
+    verb: &'static str,
+    resource: &str,
+    object: String,
+) -> leasehold_core::LockError {
     use leasehold_core::LockError;
     match e {
         kube::Error::Api(status) => match status.code {
             409 => LockError::Conflict { op, object },
             404 if op == "update" => LockError::Conflict { op, object },
-            403 => LockError::Forbidden { verb, resource: resource.to_owned(), object },
+            403 => LockError::Forbidden {
+                verb,
+                resource: resource.to_owned(),
+                object,
+            },
             401 => LockError::Other {
                 op,
                 object,
                 message: "unauthorized: the API server rejected the credentials".into(),
                 source: Some(Box::new(kube::Error::Api(status))),
             },
-            429 | 500..=599 => LockError::Unavailable { op, object, source: Box::new(kube::Error::Api(status)) },
+            429 | 500..=599 => LockError::Unavailable {
+                op,
+                object,
+                source: Box::new(kube::Error::Api(status)),
+            },
             code => LockError::Other {
                 op,
                 object,
@@ -85,6 +109,10 @@ pub(crate) fn map_error(e: kube::Error, op: &'static str, verb: &'static str, re
                 source: Some(Box::new(kube::Error::Api(status))),
             },
         },
-        other => LockError::Unavailable { op, object, source: Box::new(other) },
+        other => LockError::Unavailable {
+            op,
+            object,
+            source: Box::new(other),
+        },
     }
 }
