@@ -40,6 +40,11 @@
 pub mod backend;
 mod elector;
 
+/// The README's examples, compiled as doctests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use elector::{Elector, ElectorHandle, Error, Leadership, Result};
 pub use leasehold_core::{
     ConfigError, FencingToken, LeaderRecord, LockBackend, LockError, Role, Status, StepDown,
