@@ -269,6 +269,10 @@ impl KubeServer {
             format!("--service-account-key-file={}", d("sa.pub")),
             format!("--service-account-signing-key-file={}", d("sa.key")),
             format!("--cert-dir={}", d("certs")),
+            // Enables spec.strategy and spec.preferredHolder on Leases, so tests can show an
+            // update keeps them (with the gate off the server drops them itself).
+            "--feature-gates=CoordinatedLeaderElection=true".into(),
+            "--runtime-config=coordination.k8s.io/v1beta1=true".into(),
             "--v=0".into(),
         ]
     }

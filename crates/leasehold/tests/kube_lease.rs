@@ -273,7 +273,8 @@ async fn an_update_keeps_every_other_field_of_the_lease() {
     let api: kube::Api<Lease> = kube::Api::namespaced(client, "default");
     let lease: Lease = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": {"team": "a"}, "annotations": {"note": "keep me"}},
-        "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "leaseTransitions": 7}
+        "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "leaseTransitions": 7,
+                 "strategy": "OldestEmulationVersion", "preferredHolder": "someone"}
     }))
     .unwrap();
     api.create(&Default::default(), &lease).await.unwrap();
@@ -295,4 +296,6 @@ async fn an_update_keeps_every_other_field_of_the_lease() {
         "released as client-go does"
     );
     assert_eq!(spec.lease_transitions, Some(8));
+    assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
+    assert_eq!(spec.preferred_holder.as_deref(), Some("someone"));
 }
