@@ -14,10 +14,31 @@ fn sidecar(kubeconfig: &Path, name: &str, id: &str, log: &Path) -> Child {
     // The child logs `start ID TOKEN` and, on SIGTERM, `stop ID TOKEN`.
     let child = r#"echo "start $LEASEHOLD_IDENTITY $LEASEHOLD_FENCING_TOKEN" >> "$LOG"; trap 'echo "stop $LEASEHOLD_IDENTITY $LEASEHOLD_FENCING_TOKEN" >> "$LOG"; exit 0' TERM; while true; do sleep 0.05; done"#;
     Command::new(BIN)
-        .args(["run", "--backend", "kube", "--namespace", "default", "--name", name, "--id", id])
+        .args([
+            "run",
+            "--backend",
+            "kube",
+            "--namespace",
+            "default",
+            "--name",
+            name,
+            "--id",
+            id,
+        ])
         .arg("--kubeconfig")
         .arg(kubeconfig)
-        .args(["--lease-duration", "2s", "--renew-deadline", "1s", "--retry-period", "250ms", "--", "sh", "-c", child])
+        .args([
+            "--lease-duration",
+            "2s",
+            "--renew-deadline",
+            "1s",
+            "--retry-period",
+            "250ms",
+            "--",
+            "sh",
+            "-c",
+            child,
+        ])
         .env("LOG", log)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -39,18 +60,36 @@ async fn wait_starts(log: &Path, n: usize, limit: Duration) -> Instant {
         if lines(log).iter().filter(|l| l[0] == "start").count() >= n {
             return Instant::now();
         }
-        assert!(t0.elapsed() < limit, "no start #{n} within {limit:?}: {:?}", lines(log));
+        assert!(
+            t0.elapsed() < limit,
+            "no start #{n} within {limit:?}: {:?}",
+            lines(log)
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
 fn status_json(kubeconfig: &Path, name: &str) -> serde_json::Value {
     let out = Command::new(BIN)
-        .args(["status", "--backend", "kube", "--namespace", "default", "--name", name, "--json", "--kubeconfig"])
+        .args([
+            "status",
+            "--backend",
+            "kube",
+            "--namespace",
+            "default",
+            "--name",
+            name,
+            "--json",
+            "--kubeconfig",
+        ])
         .arg(kubeconfig)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -61,10 +100,12 @@ async fn sidecars_hand_over_on_sigterm_and_kill_9_with_one_child_at_a_time() {
     let name = unique("sidecar");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    let mut procs: Vec<(String, Child)> = (0..3).map(|i| {
-        let id = format!("s{i}");
-        (id.clone(), sidecar(&kc, &name, &id, &log))
-    }).collect();
+    let mut procs: Vec<(String, Child)> = (0..3)
+        .map(|i| {
+            let id = format!("s{i}");
+            (id.clone(), sidecar(&kc, &name, &id, &log))
+        })
+        .collect();
     wait_starts(&log, 1, Duration::from_secs(20)).await;
 
     let mut handovers = Vec::new();
@@ -75,7 +116,11 @@ async fn sidecars_hand_over_on_sigterm_and_kill_9_with_one_child_at_a_time() {
         let idx = procs.iter().position(|(id, _)| *id == leader).unwrap();
         let (_, mut p) = procs.remove(idx);
         let t0 = Instant::now();
-        rustix::process::kill_process(rustix::process::Pid::from_raw(p.id() as i32).unwrap(), rustix::process::Signal::TERM).unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(p.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
         let at = wait_starts(&log, round + 2, Duration::from_secs(10)).await;
         handovers.push(at - t0);
         assert_eq!(p.wait().unwrap().code(), Some(0));
@@ -100,8 +145,14 @@ async fn sidecars_hand_over_on_sigterm_and_kill_9_with_one_child_at_a_time() {
     p.wait().unwrap();
     let at = wait_starts(&log, 12, Duration::from_secs(10)).await;
     let failover = at - t0;
-    eprintln!("sidecar crash failover (kill -9 to the next child's start), lease 2 s: {:.0} ms", failover.as_secs_f64() * 1e3);
-    assert!(failover >= Duration::from_millis(1000), "took over a live lease after {failover:?}");
+    eprintln!(
+        "sidecar crash failover (kill -9 to the next child's start), lease 2 s: {:.0} ms",
+        failover.as_secs_f64() * 1e3
+    );
+    assert!(
+        failover >= Duration::from_millis(1000),
+        "took over a live lease after {failover:?}"
+    );
 
     // One child at a time, tokens strictly increasing.
     let log_lines = lines(&log);
@@ -114,9 +165,15 @@ async fn sidecars_hand_over_on_sigterm_and_kill_9_with_one_child_at_a_time() {
                 // A killed leader's child cannot log its stop; a start after it must come from
                 // the crash round only.
                 if let Some(r) = &running {
-                    assert_eq!(r.0, leader, "two children at once: {r:?} and {id}: {log_lines:?}");
+                    assert_eq!(
+                        r.0, leader,
+                        "two children at once: {r:?} and {id}: {log_lines:?}"
+                    );
                 }
-                assert!(last_token.is_none_or(|t| token > t), "token did not increase: {log_lines:?}");
+                assert!(
+                    last_token.is_none_or(|t| token > t),
+                    "token did not increase: {log_lines:?}"
+                );
                 last_token = Some(token);
                 running = Some((id, token));
             }
@@ -128,7 +185,13 @@ async fn sidecars_hand_over_on_sigterm_and_kill_9_with_one_child_at_a_time() {
         }
     }
     let st = status_json(&kc, &name);
-    for key in ["holder", "acquire_time", "renew_time", "lease_duration_seconds", "transitions"] {
+    for key in [
+        "holder",
+        "acquire_time",
+        "renew_time",
+        "lease_duration_seconds",
+        "transitions",
+    ] {
         assert!(!st[key].is_null(), "status --json lacks {key}: {st}");
     }
     assert_eq!(st["transitions"].as_u64(), last_token);
@@ -142,11 +205,23 @@ async fn sidecars_hand_over_on_sigterm_and_kill_9_with_one_child_at_a_time() {
 async fn an_rbac_denial_is_reported_naming_verb_and_resource() {
     let server = harness::shared().await;
     let out = Command::new(BIN)
-        .args(["status", "--backend", "kube", "--namespace", "default", "--name", "x", "--kubeconfig"])
+        .args([
+            "status",
+            "--backend",
+            "kube",
+            "--namespace",
+            "default",
+            "--name",
+            "x",
+            "--kubeconfig",
+        ])
         .arg(server.kubeconfig("nobody"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("needs `get` on `leases.coordination.k8s.io`"), "{err}");
+    assert!(
+        err.contains("needs `get` on `leases.coordination.k8s.io`"),
+        "{err}"
+    );
 }

@@ -1362,6 +1362,35 @@ mod tests {
     }
 
     #[test]
+    fn own_writes_are_recognised_at_the_precision_the_backend_stores() {
+        // Annotations keep whole seconds, Leases microseconds: a leader reading back its own
+        // write with truncated times must not take it for a foreign record.
+        let mut m = leader();
+        let at = m.deadline().unwrap();
+        let precise = "2030-01-01T00:00:02.123456789Z".parse().unwrap();
+        let a = m.handle(Event::Timer, at, precise);
+        let [Action::Update { record, .. }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            record.renew_time.unwrap().subsec_nanosecond() % 1000,
+            0,
+            "written at microseconds"
+        );
+        let truncated = LeaderRecord {
+            renew_time: Some("2030-01-01T00:00:02Z".parse().unwrap()),
+            ..record.clone()
+        };
+        m.handle(Event::WriteDone(Err(ErrorKind::Conflict)), at, wall());
+        let a = m.handle(Event::ReadDone(Ok(seen(truncated, "9"))), at, wall());
+        assert!(m.is_leader(), "{a:?}");
+        assert!(
+            matches!(a.as_slice(), [Action::Update { version, .. }] if *version == ver("9")),
+            "{a:?}"
+        );
+    }
+
+    #[test]
     fn invalid_config_is_rejected() {
         assert!(matches!(
             Machine::new("", timing(), 1),

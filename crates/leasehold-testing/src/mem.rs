@@ -1,0 +1,170 @@
+//! An in-memory [`LockBackend`] with fault injection, for driver tests on tokio's paused clock.
+//!
+//! It never replaces the real servers: it adds what they won't do on demand (hang every
+//! request, fail the next ones) and counts requests by kind.
+
+use futures_util::stream;
+use leasehold_core::{
+    LeaderRecord, LockBackend, LockError, Version, Versioned,
+    lock::{BoxFuture, WatchStream},
+};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct State {
+    current: Option<Versioned>,
+    next_version: u64,
+    hang: bool,
+    fail_next: u32,
+    requests: Vec<(&'static str, tokio::time::Instant)>,
+}
+
+/// A lock held in memory, shared by clones.
+#[derive(Clone)]
+pub struct MemLock {
+    state: Arc<Mutex<State>>,
+    tx: Arc<watch::Sender<Option<Versioned>>>,
+}
+
+impl Default for MemLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// === impl MemLock ===
+
+impl MemLock {
+    /// An empty lock.
+    pub fn new() -> Self {
+        Self {
+            state: Arc::default(),
+            tx: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// Every request from now on hangs (never answers) until set back to false.
+    pub fn set_hang(&self, hang: bool) {
+        self.state.lock().expect("poisoned").hang = hang;
+    }
+
+    /// The next `n` requests fail with `Unavailable`.
+    pub fn fail_next(&self, n: u32) {
+        self.state.lock().expect("poisoned").fail_next = n;
+    }
+
+    /// Requests received so far, by kind (`get`, `create`, `update`), with their arrival times.
+    pub fn requests(&self) -> Vec<(&'static str, tokio::time::Instant)> {
+        self.state.lock().expect("poisoned").requests.clone()
+    }
+
+    /// The stored record.
+    pub fn current(&self) -> Option<Versioned> {
+        self.state.lock().expect("poisoned").current.clone()
+    }
+
+    /// Writes a record as another writer would (bypassing compare-and-swap).
+    pub fn put(&self, record: LeaderRecord) -> Version {
+        let mut st = self.state.lock().expect("poisoned");
+        st.next_version += 1;
+        let v = Version::new(st.next_version.to_string());
+        st.current = Some(Versioned {
+            record,
+            version: v.clone(),
+        });
+        self.tx.send_replace(st.current.clone());
+        v
+    }
+
+    async fn enter(&self, op: &'static str) -> Result<(), LockError> {
+        let hang = {
+            let mut st = self.state.lock().expect("poisoned");
+            st.requests.push((op, tokio::time::Instant::now()));
+            if st.fail_next > 0 {
+                st.fail_next -= 1;
+                return Err(LockError::Unavailable {
+                    op,
+                    object: "mem".into(),
+                    source: "injected failure".into(),
+                });
+            }
+            st.hang
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+impl LockBackend for MemLock {
+    fn describe(&self) -> String {
+        "mem".into()
+    }
+
+    fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
+        Box::pin(async move {
+            self.enter("get").await?;
+            Ok(self.current())
+        })
+    }
+
+    fn create(&self, record: &LeaderRecord) -> BoxFuture<'_, Result<Version, LockError>> {
+        let record = record.clone();
+        Box::pin(async move {
+            self.enter("create").await?;
+            if self.current().is_some() {
+                return Err(LockError::Conflict {
+                    op: "create",
+                    object: "mem".into(),
+                });
+            }
+            Ok(self.put(record))
+        })
+    }
+
+    fn update(
+        &self,
+        record: &LeaderRecord,
+        version: &Version,
+    ) -> BoxFuture<'_, Result<Version, LockError>> {
+        let record = record.clone();
+        let version = version.clone();
+        Box::pin(async move {
+            self.enter("update").await?;
+            match self.current() {
+                Some(cur) if cur.version == version => Ok(self.put(record)),
+                _ => Err(LockError::Conflict {
+                    op: "update",
+                    object: "mem".into(),
+                }),
+            }
+        })
+    }
+
+    fn watch(&self, version: Option<&Version>) -> WatchStream {
+        let mut rx = self.tx.subscribe();
+        let from = version.cloned();
+        let first = {
+            let cur = rx.borrow_and_update().clone();
+            (cur.as_ref().map(|c| &c.version) != from.as_ref()).then_some(cur)
+        };
+        Box::pin(stream::unfold((rx, first), |(mut rx, first)| async move {
+            if let Some(cur) = first {
+                return Some((Ok(cur), (rx, None)));
+            }
+            rx.changed().await.ok()?;
+            let cur = rx.borrow_and_update().clone();
+            Some((Ok(cur), (rx, None)))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn conformance() {
+        crate::conformance::run_all(|_| super::MemLock::new()).await;
+    }
+}

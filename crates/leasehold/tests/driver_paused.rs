@@ -1,0 +1,174 @@
+//! The tokio driver on paused time, against the in-memory backend: exact timing of renewal,
+//! step-down under a hung store, takeover from observation, and no polling while a watch works.
+
+use leasehold::{Elector, LeaderRecord, Timing};
+use leasehold_testing::mem::MemLock;
+use std::time::Duration;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, PartialEq)]
+enum Ev {
+    Started(u64),
+    Stopped,
+}
+
+fn spawn(
+    lock: MemLock,
+    id: &str,
+) -> (
+    CancellationToken,
+    mpsc::UnboundedReceiver<(Ev, Instant)>,
+    tokio::task::JoinHandle<()>,
+    leasehold::ElectorHandle,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let t2 = tx.clone();
+    let cancel = CancellationToken::new();
+    let elector = Elector::new(lock, id, Timing::default())
+        .unwrap()
+        .on_started_leading(move |l| {
+            let _ = tx.send((Ev::Started(l.fencing_token().0), Instant::now()));
+        })
+        .on_stopped_leading(move || {
+            let _ = t2.send((Ev::Stopped, Instant::now()));
+        });
+    let handle = elector.handle();
+    let task = tokio::spawn(elector.run(cancel.clone()));
+    (cancel, rx, task, handle)
+}
+
+#[tokio::test(start_paused = true)]
+async fn renews_every_retry_period_and_steps_down_exactly_at_the_renew_deadline_when_the_store_hangs()
+ {
+    let lock = MemLock::new();
+    let (cancel, mut rx, task, handle) = spawn(lock.clone(), "me");
+    let (ev, _) = rx.recv().await.unwrap();
+    assert_eq!(ev, Ev::Started(0));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let updates: Vec<_> = lock
+        .requests()
+        .into_iter()
+        .filter(|r| r.0 == "update")
+        .map(|r| r.1)
+        .collect();
+    // 20 s at one renewal per 2–2.4 s.
+    assert!(
+        (8..=10).contains(&updates.len()),
+        "{} renewals in 20 s",
+        updates.len()
+    );
+    for w in updates.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_secs(2) && gap < Duration::from_millis(2400),
+            "renewal gap {gap:?}"
+        );
+    }
+    assert!(handle.is_leader());
+
+    // The store hangs: requests never answer. The leader steps down exactly a renew deadline
+    // after sending its last successful renewal.
+    lock.set_hang(true);
+    let last_ok = lock
+        .requests()
+        .iter()
+        .filter(|r| r.0 == "update")
+        .last()
+        .unwrap()
+        .1;
+    let (ev, at) = rx.recv().await.unwrap();
+    assert_eq!(ev, Ev::Stopped);
+    assert_eq!(
+        at - last_ok,
+        Duration::from_secs(10),
+        "step-down at last successful send + renew deadline"
+    );
+    assert!(!handle.is_leader());
+    lock.set_hang(false);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn takes_over_a_silent_holder_exactly_a_lease_duration_after_observing_it() {
+    let lock = MemLock::new();
+    // Another holder whose timestamps are hours in the future: they must not matter.
+    let future = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(3))
+        .unwrap();
+    lock.put(LeaderRecord {
+        holder_identity: "other".into(),
+        lease_duration_seconds: 15,
+        acquire_time: Some(future),
+        renew_time: Some(future),
+        leader_transitions: 4,
+    });
+    let t0 = Instant::now();
+    let (cancel, mut rx, task, handle) = spawn(lock.clone(), "me");
+    let (ev, at) = rx.recv().await.unwrap();
+    assert_eq!(ev, Ev::Started(5));
+    let took = at - t0;
+    assert!(
+        took >= Duration::from_secs(15) && took < Duration::from_millis(15_100),
+        "took {took:?}"
+    );
+    assert_eq!(handle.leader(), "me");
+    cancel.cancel();
+    task.await.unwrap();
+    let rec = lock.current().unwrap().record;
+    assert_eq!(
+        (
+            rec.holder_identity.as_str(),
+            rec.lease_duration_seconds,
+            rec.leader_transitions
+        ),
+        ("", 1, 5),
+        "released"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_learns_from_the_watch_and_does_not_poll() {
+    let lock = MemLock::new();
+    let (c1, mut rx1, t1, _) = spawn(lock.clone(), "a");
+    assert_eq!(rx1.recv().await.unwrap().0, Ev::Started(0));
+    let before = lock.requests().len();
+    let (c2, mut rx2, t2, h2) = spawn(lock.clone(), "b");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let gets_by_b = lock.requests()[before..]
+        .iter()
+        .filter(|r| r.0 == "get")
+        .count();
+    assert!(
+        gets_by_b <= 1,
+        "the standby read {gets_by_b} times in 120 s while the watch worked"
+    );
+    assert_eq!(h2.leader(), "a");
+    // A release reaches the standby through the watch: it leads at once.
+    let t0 = Instant::now();
+    c1.cancel();
+    t1.await.unwrap();
+    let (ev, at) = rx2.recv().await.unwrap();
+    assert_eq!(ev, Ev::Started(1));
+    assert!(
+        at - t0 < Duration::from_millis(5),
+        "handover took {:?}",
+        at - t0
+    );
+    c2.cancel();
+    t2.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_are_retried_without_losing_leadership() {
+    let lock = MemLock::new();
+    let (cancel, mut rx, task, handle) = spawn(lock.clone(), "me");
+    assert_eq!(rx.recv().await.unwrap().0, Ev::Started(0));
+    lock.fail_next(3); // three failed renewals: ~6 s without success, under the 10 s deadline
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(handle.is_leader());
+    assert!(rx.try_recv().is_err(), "no step-down");
+    cancel.cancel();
+    task.await.unwrap();
+}
