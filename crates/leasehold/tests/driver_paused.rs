@@ -70,13 +70,7 @@ async fn renews_every_retry_period_and_steps_down_exactly_at_the_renew_deadline_
     // The store hangs: requests never answer. The leader steps down exactly a renew deadline
     // after sending its last successful renewal.
     lock.set_hang(true);
-    let last_ok = lock
-        .requests()
-        .iter()
-        .filter(|r| r.0 == "update")
-        .last()
-        .unwrap()
-        .1;
+    let last_ok = lock.requests().iter().rfind(|r| r.0 == "update").unwrap().1;
     let (ev, at) = rx.recv().await.unwrap();
     assert_eq!(ev, Ev::Stopped);
     assert_eq!(
