@@ -230,6 +230,7 @@ impl<B: LockBackend> Elector<B> {
         let mut valid_until: Option<watch::Sender<Instant>> = None;
         let mut cancel_sent = false;
         let mut last_error: Option<String> = None;
+        let mut last_watch_error: Option<String> = None;
         let describe = self.backend.describe();
 
         let mut event = Some(Event::Start);
@@ -396,11 +397,21 @@ impl<B: LockBackend> Elector<B> {
                     match item {
                         Some(Ok(v)) => {
                             watch_backoff = Duration::from_millis(100);
+                            last_watch_error = None;
                             event = Some(Event::Watched(v));
                         }
                         other => {
-                            if let Some(Err(e)) = other {
-                                tracing::debug!(lock = %describe, error = %chain(&e), "watch ended; re-reading");
+                            match other {
+                                // Not transient (e.g. RBAC lacks `watch`): say so, once per kind.
+                                Some(Err(e)) if !e.is_retryable() => {
+                                    let msg = chain(&e);
+                                    if last_watch_error.as_deref() != Some(msg.as_str()) {
+                                        tracing::warn!(lock = %describe, error = %msg, "watch failed; falling back to reads every retry period");
+                                        last_watch_error = Some(msg);
+                                    }
+                                }
+                                Some(Err(e)) => tracing::debug!(lock = %describe, error = %chain(&e), "watch ended; re-reading"),
+                                _ => tracing::debug!(lock = %describe, "watch ended; re-reading"),
                             }
                             watch = None;
                             watch_retry_at = Instant::now() + watch_backoff;

@@ -97,7 +97,8 @@ pub(crate) fn map_error(
                 message: "unauthorized: the API server rejected the credentials".into(),
                 source: Some(Box::new(kube::Error::Api(status))),
             },
-            429 | 500..=599 => LockError::Unavailable {
+            // 410 Gone: a watch's version is too old; the caller reads and watches again.
+            410 | 429 | 500..=599 => LockError::Unavailable {
                 op,
                 object,
                 source: Box::new(kube::Error::Api(status)),
