@@ -62,6 +62,10 @@ fn go_example(server: &harness::KubeServer, id: &str, name: &str) -> (Proc, std:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_default())
+        .with_test_writer()
+        .try_init();
     let server = harness::shared().await;
     let name = unique("interop");
 
