@@ -19,6 +19,11 @@ pub enum ConfigError {
         "lease_duration must be a whole number of seconds (it is stored as leaseDurationSeconds), got {0:?}"
     )]
     FractionalLease(Duration),
+    /// The lease does not fit the record's 32-bit `leaseDurationSeconds`.
+    #[error(
+        "lease_duration must be at most 2147483647 seconds (leaseDurationSeconds is 32-bit), got {0:?}"
+    )]
+    LeaseTooLong(Duration),
     /// The lease does not outlast the renew deadline.
     #[error("lease_duration ({lease:?}) must be greater than renew_deadline ({renew:?})")]
     LeaseNotAboveRenew {
@@ -104,6 +109,9 @@ impl Timing {
         }
         if self.lease_duration.subsec_nanos() != 0 {
             return Err(ConfigError::FractionalLease(self.lease_duration));
+        }
+        if self.lease_duration.as_secs() > i32::MAX as u64 {
+            return Err(ConfigError::LeaseTooLong(self.lease_duration));
         }
         if self.lease_duration <= self.renew_deadline {
             return Err(ConfigError::LeaseNotAboveRenew {

@@ -212,6 +212,12 @@ pub struct Machine {
     trust_own_name: bool,
     cancelling: bool,
     rng: u64,
+    /// The highest `leaderTransitions` ever observed: a re-created lock continues from it, so
+    /// tokens never go backwards even if the object is deleted.
+    max_transitions: Option<i32>,
+    /// When the lock disappeared while held: the holder's lease still runs, measured from the
+    /// observation of the deletion, before the lock may be re-created.
+    deleted_lease: Option<Duration>,
 }
 
 // === impl Machine ===
@@ -245,6 +251,8 @@ impl Machine {
             trust_own_name: true,
             cancelling: false,
             rng: seed | 1,
+            max_transitions: None,
+            deleted_lease: None,
         })
     }
 
@@ -432,6 +440,17 @@ impl Machine {
             if r.holder_identity != self.identity && !r.is_released() {
                 self.trust_own_name = false;
             }
+            self.max_transitions = Some(
+                self.max_transitions
+                    .map_or(r.leader_transitions, |m| m.max(r.leader_transitions)),
+            );
+            self.deleted_lease = None;
+        } else if let Some(Some(prev)) = self.seen.as_ref().map(|s| s.record.as_ref()) {
+            // Deleted while held: whoever held it may still be acting until its lease runs out
+            // (by our observation), so the deletion is treated like an unchanged record.
+            if !prev.is_released() {
+                self.deleted_lease = Some(prev.lease_duration());
+            }
         }
         let since = match &self.seen {
             Some(s) if s.record == record => s.since,
@@ -478,6 +497,14 @@ impl Machine {
             _ => false,
         };
         match &mut self.state {
+            State::Leading(term)
+                if !from_read
+                    && v.as_ref()
+                        .is_some_and(|obs| obs.record.leader_transitions < term.transitions) =>
+            {
+                // A watch restarted from an older version replays states from before this
+                // term: they say nothing about the present.
+            }
             State::Leading(term) => {
                 if let (true, Some(obs)) = (own || same_record, &v) {
                     // Our own write coming back, or another field of the object changed. Adopt
@@ -769,7 +796,15 @@ impl Machine {
                 };
                 match (&seen.record, &seen.version) {
                     (None, _) | (_, None) => {
-                        let record = acquire(0);
+                        if self.deleted_lease.is_some_and(|d| now < seen.since + d) {
+                            return;
+                        }
+                        let Some(next) = self.max_transitions.map_or(Some(0), |m| m.checked_add(1))
+                        else {
+                            self.retry_at = Some(now + self.timing.lease_duration);
+                            return;
+                        };
+                        let record = acquire(next);
                         self.remember_write(record.clone());
                         self.inflight = Some(Inflight::Acquire {
                             sent_at: now,
@@ -1388,6 +1423,74 @@ mod tests {
             matches!(a.as_slice(), [Action::Update { version, .. }] if *version == ver("9")),
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn a_deleted_held_lock_is_recreated_only_after_the_lease_and_with_a_larger_token() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("x", 6, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        // Someone deletes the Lease while x may still be acting.
+        let a = m.handle(Event::Watched(None), 3 * S, wall());
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::Create { .. })),
+            "{a:?}"
+        );
+        assert_eq!(
+            m.deadline(),
+            Some(3 * S + 15 * S),
+            "x's lease runs from the observed deletion"
+        );
+        let a = m.handle(Event::Timer, 18 * S, wall());
+        let [Action::Create { record, .. }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            record.leader_transitions, 7,
+            "tokens continue across the deletion"
+        );
+    }
+
+    #[test]
+    fn a_released_then_deleted_lock_is_recreated_at_once() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("", 2, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        m.handle(
+            Event::WriteDone(Err(ErrorKind::Conflict)),
+            Duration::ZERO,
+            wall(),
+        );
+        let a = m.handle(Event::ReadDone(Ok(None)), S, wall());
+        assert!(
+            matches!(a.as_slice(), [Action::Create { record, .. }] if record.leader_transitions == 3),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_replayed_state_from_an_earlier_term_does_not_depose_the_leader() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("", 4, 0), "5"))),
+            Duration::ZERO,
+            wall(),
+        );
+        m.handle(Event::WriteDone(Ok(ver("6"))), ms(1), wall());
+        assert!(m.is_leader());
+        // A restarted watch delivers version 4 (x's term 4) after we acquired term 5.
+        let a = m.handle(Event::Watched(seen(other("x", 4, 0), "4")), ms(2), wall());
+        assert!(a.is_empty(), "{a:?}");
+        assert!(m.is_leader());
     }
 
     #[test]
