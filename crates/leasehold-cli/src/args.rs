@@ -91,7 +91,8 @@ OPTIONS:
   --id ID               this candidate's identity (default: $HOSTNAME; with the file
                         backend and no --id, $HOSTNAME-PID so local candidates differ)
   --backend kube|file   lock backend (default: kube)
-  --file PATH           record file for --backend file (default: $TMPDIR/leasehold-NAME.json)
+  --file PATH           record file for --backend file (default: leasehold-NAME.json in
+                        $XDG_RUNTIME_DIR, else $TMPDIR)
   --kubeconfig PATH     kubeconfig (default: $KUBECONFIG, ~/.kube/config, then in-cluster)
   --lease-duration DUR  how long standbys wait after the last change they saw (default 15s;
                         whole seconds)

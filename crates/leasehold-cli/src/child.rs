@@ -8,6 +8,28 @@ use tokio::{
     time::Instant,
 };
 
+/// Waits until no process of group `pgid` is left, up to `limit`; returns whether it is gone.
+/// The direct child being reaped is not enough: its own children share the group and may still
+/// be running (or finishing a write) after SIGKILL was sent.
+pub async fn wait_group_gone(pgid: u32, limit: Duration) -> bool {
+    let Some(pid) = i32::try_from(pgid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return true;
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        if rustix::process::test_kill_process_group(pid).is_err() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Starts `command` in its own process group with the leadership in its environment, tied to
 /// this process by a parent-death signal.
 ///
@@ -63,9 +85,18 @@ impl Watchdog {
     /// # Errors
     /// If this executable cannot be started again.
     pub async fn start(pgid: u32, grace: Duration, until: Instant) -> io::Result<Self> {
-        let exe = std::env::current_exe()?;
+        // /proc/self/exe still works after the binary was replaced on disk (an in-place upgrade),
+        // where current_exe() names a deleted path.
+        let exe = if std::path::Path::new("/proc/self/exe").exists() {
+            std::path::PathBuf::from("/proc/self/exe")
+        } else {
+            std::env::current_exe()?
+        };
         let mut process = Command::new(exe)
             .arg("__watchdog")
+            // Its own group: signals aimed at leasehold's group (Ctrl-Z, Ctrl-C, kill -STOP
+            // -PGID) must not stop or kill the one process that guards the deadline.
+            .process_group(0)
             .arg(pgid.to_string())
             .arg(grace.as_millis().to_string())
             .stdin(Stdio::piped())
@@ -111,5 +142,10 @@ impl Watchdog {
     /// Completes if the watchdog process exits (it should not while the child runs).
     pub async fn exited(&mut self) -> io::Result<std::process::ExitStatus> {
         self.process.wait().await
+    }
+
+    /// Whether the watchdog has already killed the group at its deadline.
+    pub fn fired(&mut self) -> bool {
+        matches!(self.process.try_wait(), Ok(Some(s)) if s.code() == Some(crate::watchdog::DEADLINE_EXIT))
     }
 }

@@ -35,7 +35,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The watchdog could not be started or died (exit 1).
-    #[error("watchdog failed; the child was stopped")]
+    #[error("watchdog failed; the command was stopped")]
     Watchdog(#[source] std::io::Error),
     /// Signal handlers could not be installed (exit 1).
     #[error("cannot install signal handlers")]
@@ -57,9 +57,14 @@ impl Error {
     }
 }
 
-/// The default record file for `--backend file`.
+/// The default record file for `--backend file`: in `$XDG_RUNTIME_DIR` (private to the user)
+/// when set, else the temporary directory.
 pub fn default_file(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("leasehold-{name}.json"))
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("leasehold-{name}.json"))
 }
 
 /// Builds the backend from the lock flags and hands it to `f` (generic over the backend type).
@@ -224,7 +229,10 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
     loop {
         // Start the command when leading and no earlier child is left.
         if running.is_none() && !shutting_down && !args.command.is_empty() {
-            if let Some(l) = current.as_ref().filter(|l| !l.is_lost()) {
+            if let Some(l) = current
+                .as_ref()
+                .filter(|l| !l.is_lost() && l.valid_until() > Instant::now())
+            {
                 let env = [
                     ("LEASEHOLD_NAME", name.clone()),
                     ("LEASEHOLD_IDENTITY", identity.clone()),
@@ -235,9 +243,19 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
                     source,
                 })?;
                 let pgid = child.id().unwrap_or_default();
-                let watchdog = Watchdog::start(pgid, grace, l.valid_until())
-                    .await
-                    .map_err(Error::Watchdog)?;
+                let watchdog = match Watchdog::start(pgid, grace, l.valid_until()).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        // Never leave a child running without its guard.
+                        let mut child = child;
+                        kill_group(pgid, rustix::process::Signal::KILL);
+                        let _ = child.wait().await;
+                        child::wait_group_gone(pgid, grace).await;
+                        cancel.cancel();
+                        let _ = (&mut elector_task).await;
+                        return Err(Error::Watchdog(e));
+                    }
+                };
                 tracing::info!(pid = pgid, fencing_token = %l.fencing_token(), "started command");
                 let mut rx = l.subscribe_valid_until();
                 rx.mark_unchanged();
@@ -324,16 +342,24 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
                         continue;
                     }
                 };
-                let r = running.take().expect("guarded");
+                let mut r = running.take().expect("guarded");
                 until_rx = None;
-                // Make sure nothing of the group is left before anyone else may start.
+                // The term was over if the watchdog fired or its deadline passed, even if this
+                // process (frozen until now) has not heard of the step-down yet.
+                let term_over = r.leadership.is_lost()
+                    || r.watchdog.fired()
+                    || Instant::now() >= r.leadership.valid_until();
+                // Nothing of the group may be left before anyone else may start, or a new child.
                 kill_group(r.pgid, rustix::process::Signal::KILL);
+                if !child::wait_group_gone(r.pgid, grace.max(Duration::from_secs(1))).await {
+                    tracing::warn!(pgid = r.pgid, "processes of the command's group survive SIGKILL (uninterruptible sleep?)");
+                }
                 r.watchdog.finish().await;
                 let code = match &status {
                     Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
                     Err(_) => 1,
                 };
-                if r.kill_at.is_some() || r.leadership.is_lost() || shutting_down {
+                if r.kill_at.is_some() || term_over || shutting_down {
                     tracing::info!(code, "command stopped");
                     println!("stopped leading: {identity}");
                     if shutting_down {
@@ -385,12 +411,13 @@ fn on_signal(
     name: &str,
 ) {
     if *shutting_down {
-        // A second signal: stop now.
+        // A second signal: SIGKILL now. The release still waits until the command's group is
+        // gone (the child-exit path does it).
         tracing::warn!(signal = name, "second signal: killing the command");
-        if let Some(r) = running.as_mut() {
-            kill(r);
+        match running.as_mut() {
+            Some(r) => kill(r),
+            None => cancel.cancel(),
         }
-        cancel.cancel();
         return;
     }
     *shutting_down = true;

@@ -4,12 +4,14 @@
 //! Why a process and not a task: a task shares the elector's fate. If the elector is stopped by
 //! SIGSTOP, stalls in its runtime, or is killed, the child must still be stopped before the lease
 //! can expire for others. The elector extends the watchdog's deadline after every successful
-//! renewal, by writing `D <ns>\n` (an absolute `CLOCK_MONOTONIC` time, shared by all processes)
+//! renewal, by writing `D <ns>\n` (an absolute `CLOCK_BOOTTIME` time, shared by all processes)
 //! to the watchdog's stdin. At that deadline the watchdog sends SIGTERM to the group, and SIGKILL
 //! `grace` later. If the pipe reaches EOF (the elector died) it sends SIGKILL at once. `X\n`
 //! means the child ended normally: the watchdog exits.
 //!
-//! This process has no parent-death signal on purpose: the EOF of its stdin is how it learns of
+//! It runs in its own process group, so job control and group-wide signals aimed at leasehold
+//! (Ctrl-Z, `kill -STOP -PGID`, Ctrl-C) do not reach it; its stdin is its only control channel.
+//! It has no parent-death signal on purpose: the EOF of its stdin is how it learns of
 //! the elector's death, and it must outlive the elector to kill the child's whole group
 //! (grandchildren included, which a parent-death signal on the child alone would miss).
 
@@ -23,9 +25,10 @@ use std::{io::Read as _, time::Duration};
 /// The watchdog's exit code after it killed the group at its deadline.
 pub const DEADLINE_EXIT: i32 = 3;
 
-/// Now on `CLOCK_MONOTONIC`, in nanoseconds.
+/// Now on `CLOCK_BOOTTIME`, in nanoseconds: like `CLOCK_MONOTONIC`, shared by all processes,
+/// but it keeps counting while the host is suspended, as other hosts' clocks do.
 pub fn monotonic_ns() -> u128 {
-    let t = clock_gettime(ClockId::Monotonic);
+    let t = clock_gettime(ClockId::Boottime);
     u128::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u128::try_from(t.tv_nsec).unwrap_or(0)
 }
 

@@ -3,6 +3,7 @@
 
 use leasehold_testing::history;
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, SystemTime},
@@ -162,31 +163,49 @@ use std::io::Write as _;
 fn a_frozen_elector_cannot_keep_its_child_running_past_the_lease() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // A child that ignores SIGTERM: only SIGKILL stops it.
-    let stubborn = r#"echo $$ > "$DIR/$LEASEHOLD_IDENTITY.pid"; trap '' TERM; while true; do sleep 0.05; done"#;
-    let mut p = leasehold(
-        d,
-        "frozen",
-        &[
+    // A child that ignores SIGTERM (only SIGKILL stops it) and logs its start and token.
+    let stubborn = r#"echo $$ > "$DIR/$LEASEHOLD_IDENTITY.pid"; echo "start $LEASEHOLD_IDENTITY $LEASEHOLD_FENCING_TOKEN $(date +%s%N)" >> "$DIR/log"; trap '' TERM; while true; do sleep 0.05; done"#;
+    // leasehold in a process group of its own, so the whole group can be frozen as Ctrl-Z or
+    // `kill -STOP -PGID` would do.
+    let mut p = Command::new(BIN)
+        .args([
+            "run",
+            "--backend",
+            "file",
+            "--name",
+            "t",
+            "--id",
+            "frozen",
+            "--file",
+        ])
+        .arg(d.join("lock.json"))
+        .args([
             "--lease-duration",
             "3s",
             "--renew-deadline",
             "2s",
             "--retry-period",
             "400ms",
-        ],
-        &["sh", "-c", stubborn],
-    );
-    assert!(wait_for(Duration::from_secs(10), || d
-        .join("frozen.pid")
-        .exists()));
+            "--",
+            "sh",
+            "-c",
+            stubborn,
+        ])
+        .env("DIR", d)
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let group = rustix::process::Pid::from_raw(p.id() as i32).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || starts(d).len() == 1));
     let child = pid_of(d, "frozen");
     std::thread::sleep(Duration::from_millis(500));
-    signal(&p, rustix::process::Signal::STOP);
+    rustix::process::kill_process_group(group, rustix::process::Signal::STOP).unwrap();
     let frozen_at = Instant::now();
     assert!(
         wait_for(Duration::from_secs(6), || is_dead(child)),
-        "child still running 6 s after its elector froze"
+        "child still running 6 s after its elector's group froze"
     );
     let took = frozen_at.elapsed();
     // Others may take over 3 s (lease) after observing the last renewal, which was sent before
@@ -195,8 +214,23 @@ fn a_frozen_elector_cannot_keep_its_child_running_past_the_lease() {
         took < Duration::from_secs(3),
         "child died {took:?} after the freeze, not before the lease (3 s)"
     );
-    signal(&p, rustix::process::Signal::CONT);
+
+    // Thawed, leasehold learns its term ended, keeps running, and leads again in a new term
+    // with a new child (never the old term's).
+    rustix::process::kill_process_group(group, rustix::process::Signal::CONT).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || starts(d).len() == 2),
+        "no new term after the thaw"
+    );
+    assert!(
+        p.try_wait().unwrap().is_none(),
+        "leasehold exited after the thaw"
+    );
+    let tokens: Vec<u64> = starts(d).iter().map(|s| s.1).collect();
+    assert!(tokens[1] > tokens[0], "{tokens:?}");
     signal(&p, rustix::process::Signal::TERM);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&p, rustix::process::Signal::TERM); // the child ignores SIGTERM: a second signal kills it
     assert_eq!(p.wait().unwrap().code(), Some(0));
 }
 

@@ -132,3 +132,31 @@ async fn three_electors_one_leader_and_fast_handover() {
         t.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_lock_held_by_another_process_fails_as_unavailable_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held.json");
+    let lock = FileLock::new(&path);
+    lock.create(&leasehold::LeaderRecord::default())
+        .await
+        .unwrap();
+    // Someone (a frozen candidate, another user) holds the flock.
+    let holder = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("held.json.lock"))
+        .unwrap();
+    rustix::fs::flock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let v = lock.get().await.unwrap().unwrap().version;
+    let started = tokio::time::Instant::now();
+    let err = lock
+        .update(&leasehold::LeaderRecord::default(), &v)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(holder);
+    lock.update(&leasehold::LeaderRecord::default(), &v)
+        .await
+        .unwrap();
+}

@@ -37,6 +37,9 @@ struct Inner {
     poll: Duration,
 }
 
+/// The longest an operation waits for another process's `flock`.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+
 /// The record's fields in the file; everything else in it is kept as it is.
 const RECORD_KEYS: [&str; 5] = [
     "holderIdentity",
@@ -247,6 +250,9 @@ impl Inner {
         }
     }
 
+    /// Takes the exclusive lock without ever blocking indefinitely: a holder frozen inside its
+    /// few-millisecond critical section (or another user holding the file) must not hang every
+    /// candidate, so after [`LOCK_WAIT`] the operation fails as `Unavailable` and is retried.
     fn lock(&self, op: &'static str) -> Result<Guard, LockError> {
         let f = OpenOptions::new()
             .create(true)
@@ -260,9 +266,29 @@ impl Inner {
                     e,
                 )
             })?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| self.io_error(op, "lock the lock file", e.into()))?;
-        Ok(Guard(f))
+        // Counted in 1 ms sleeps: this runs on a blocking thread, outside tokio's clock.
+        let mut waited = Duration::ZERO;
+        loop {
+            match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(Guard(f)),
+                Err(rustix::io::Errno::WOULDBLOCK) if waited < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    waited += Duration::from_millis(1);
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(LockError::Unavailable {
+                        op,
+                        object: self.describe(),
+                        source: format!(
+                            "{} is held by another process for more than {LOCK_WAIT:?}",
+                            self.lock_path.display()
+                        )
+                        .into(),
+                    });
+                }
+                Err(e) => return Err(self.io_error(op, "lock the lock file", e.into())),
+            }
+        }
     }
 
     fn read(&self, op: &'static str) -> Result<Option<Stored>, LockError> {
@@ -315,7 +341,10 @@ impl Inner {
         tmp.push(format!(".tmp.{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let result = (|| {
-            let mut f = File::create(&tmp)?;
+            // Under the lock no other leasehold writes this name; a leftover from a crash is
+            // removed, and create_new (O_EXCL) never follows a planted symlink.
+            let _ = fs::remove_file(&tmp);
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             fs::rename(&tmp, &self.path)?;
