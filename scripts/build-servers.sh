@@ -91,7 +91,9 @@ if [ ! -x "$bin/kube-apiserver" ] || ! "$bin/kube-apiserver" --version | grep -q
   rm -rf "$w"
 fi
 
-if [ ! -x "$bin/leader-election" ] || [ ! -x "$bin/go-elector" ] || [ "$go_src/client-go-peer/main.go" -nt "$bin/go-elector" ]; then
+# Rebuilt when our peer's source changes (by content: a fresh clone has new mtimes).
+peer_sum=$(sha256sum "$go_src/client-go-peer/main.go" | cut -d' ' -f1)
+if [ ! -x "$bin/leader-election" ] || [ ! -x "$bin/go-elector" ] || [ "$(cat "$bin/go-elector.sha256" 2>/dev/null)" != "$peer_sum" ]; then
   log "building client-go peers (k8s.io/client-go $STAGING_VERSION)"
   w=$(mktemp -d)
   build_module "$w" leasehold.test/client-go-peer "	k8s.io/client-go $STAGING_VERSION
@@ -104,6 +106,7 @@ if [ ! -x "$bin/leader-election" ] || [ ! -x "$bin/go-elector" ] || [ "$go_src/c
     && go build -trimpath -ldflags=-s -o "$bin/go-elector.tmp" ./goelector)
   mv "$bin/leader-election.tmp" "$bin/leader-election"
   mv "$bin/go-elector.tmp" "$bin/go-elector"
+  echo "$peer_sum" >"$bin/go-elector.sha256"
   rm -rf "$w"
 fi
 
