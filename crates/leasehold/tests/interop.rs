@@ -82,7 +82,13 @@ async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (t1, t2, t3) = (tx.clone(), tx.clone(), tx);
     let cancel = CancellationToken::new();
-    let lock = LeaseLock::new(server.client("admin").await, "default", &name);
+    let lock = LeaseLock::new(
+        leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
+            .await
+            .unwrap(),
+        "default",
+        &name,
+    );
     let elector = Elector::new(lock, "rs-1", go_timing())
         .unwrap()
         .on_new_leader(move |who| {
@@ -139,12 +145,18 @@ async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
         handover < Duration::from_secs(5),
         "leasehold must not wait for a poll or the 60 s lease"
     );
-    let rec = LeaseLock::new(server.client("admin").await, "default", &name)
-        .get()
-        .await
-        .unwrap()
-        .unwrap()
-        .record;
+    let rec = LeaseLock::new(
+        leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
+            .await
+            .unwrap(),
+        "default",
+        &name,
+    )
+    .get()
+    .await
+    .unwrap()
+    .unwrap()
+    .record;
     assert_eq!(rec.holder_identity, "rs-1");
     assert_eq!(rec.lease_duration_seconds, 60);
     assert_eq!(token, rec.leader_transitions as u64);
@@ -192,12 +204,18 @@ async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
         took < Duration::from_secs(12),
         "client-go took {took:?}: the release was not honoured"
     );
-    let rec = LeaseLock::new(server.client("admin").await, "default", &name)
-        .get()
-        .await
-        .unwrap()
-        .unwrap()
-        .record;
+    let rec = LeaseLock::new(
+        leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
+            .await
+            .unwrap(),
+        "default",
+        &name,
+    )
+    .get()
+    .await
+    .unwrap()
+    .unwrap()
+    .record;
     assert_eq!(rec.holder_identity, "go-b");
     assert_eq!(
         rec.leader_transitions, 2,

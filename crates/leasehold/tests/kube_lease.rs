@@ -18,7 +18,13 @@ fn fast() -> Timing {
 
 async fn lock(user: &str, name: &str) -> LeaseLock {
     let server = harness::shared().await;
-    LeaseLock::new(server.client(user).await, "default", name)
+    LeaseLock::new(
+        leasehold::backend::kube::client(Some(&server.kubeconfig(user)))
+            .await
+            .unwrap(),
+        "default",
+        name,
+    )
 }
 
 #[derive(Debug)]
@@ -91,7 +97,10 @@ fn stats(name: &str, mut v: Vec<Duration>) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance() {
-    let client = harness::shared().await.client("admin").await;
+    let client =
+        leasehold::backend::kube::client(Some(&harness::shared().await.kubeconfig("admin")))
+            .await
+            .unwrap();
     leasehold_testing::conformance::run_all(|name| {
         LeaseLock::new(client.clone(), "default", &unique(name))
     })
@@ -269,7 +278,10 @@ async fn a_leader_dropped_without_release_is_replaced_after_the_lease_duration()
 async fn an_update_keeps_every_other_field_of_the_lease() {
     use k8s_openapi::api::coordination::v1::Lease;
     let name = unique("keep");
-    let client = harness::shared().await.client("admin").await;
+    let client =
+        leasehold::backend::kube::client(Some(&harness::shared().await.kubeconfig("admin")))
+            .await
+            .unwrap();
     let api: kube::Api<Lease> = kube::Api::namespaced(client, "default");
     let lease: Lease = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": {"team": "a"}, "annotations": {"note": "keep me"}},

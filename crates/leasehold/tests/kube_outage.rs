@@ -33,7 +33,13 @@ async fn the_leader_steps_down_within_the_renew_deadline_when_the_api_server_han
     let (tx, mut rx) = mpsc::unbounded_channel();
     let t2 = tx.clone();
     let cancel = CancellationToken::new();
-    let lock = LeaseLock::new(server.client("admin").await, "default", &unique("outage"));
+    let lock = LeaseLock::new(
+        leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
+            .await
+            .unwrap(),
+        "default",
+        &unique("outage"),
+    );
     let elector = Elector::new(lock, "solo", timing.clone())
         .unwrap()
         .on_started_leading(move |l| {

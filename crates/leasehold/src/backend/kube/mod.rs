@@ -42,7 +42,7 @@ pub enum ClientError {
 /// # Errors
 /// A [`ClientError`] naming what could not be read.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
-    let mut config = match kubeconfig {
+    let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 ClientError::Kubeconfig {
@@ -59,8 +59,54 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
         }
         None => kube::Config::infer().await.map_err(ClientError::Infer)?,
     };
-    config.default_retry = false;
-    kube::Client::try_from(config).map_err(ClientError::Build)
+    client_from_config(config)
+}
+
+/// Builds a client from a [`kube::Config`] the way leasehold needs it:
+///
+/// - **HTTP/2 when the API server offers it** (it does): the watch and every read and write share
+///   one TLS connection, which the watch keeps warm, so a standby's takeover write goes out on a
+///   live connection. With kube's default HTTP/1.1 client the watch holds one connection and the
+///   first write after a release (or after 90 s idle) has to open a new one: a new TCP + TLS
+///   handshake in the middle of a handover.
+/// - **No idle expiry** of pooled connections, and HTTP/2 keep-alive pings every 30 s.
+/// - **No retry layer**: kube's retries 429/5xx with backoffs that could outlast a renew
+///   deadline; the elector retries itself, under a deadline per request.
+///
+/// Authentication, the base URI and impersonation headers come from the config as in kube's
+/// own builder.
+///
+/// # Errors
+/// [`ClientError::Build`] when the TLS or auth configuration is unusable.
+pub fn client_from_config(config: kube::Config) -> Result<kube::Client, ClientError> {
+    use kube::client::ConfigExt as _;
+    use std::time::Duration;
+    use tower::ServiceBuilder;
+
+    let tls = config.rustls_client_config().map_err(ClientError::Build)?;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout.or(Some(Duration::from_secs(10))));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    let hyper = hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(None)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_while_idle(true)
+        .build(https);
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().map_err(ClientError::Build)?)
+        .layer(config.extra_headers_layer().map_err(ClientError::Build)?)
+        .map_err(tower::BoxError::from)
+        .service(hyper);
+    Ok(kube::Client::new(service, config.default_namespace))
 }
 
 /// The namespace a lock lives in when none is given: the Pod's own (from the service-account
