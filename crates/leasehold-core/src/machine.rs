@@ -5,10 +5,13 @@
 //! be tested exactly, and the driver can run on tokio's paused clock.
 //!
 //! # The rules
-//! - **Takeover** is allowed only when the record is released (empty holder), names this
-//!   candidate from a write it made itself (or at start-up, client-go's restart rule), or has
-//!   been observed *unchanged* for its own `leaseDurationSeconds`, measured on the local
-//!   monotonic clock from when it was first observed. The record's wall-clock timestamps never
+//! - **Takeover** is allowed only when the record is released (empty holder), is a write this
+//!   candidate made itself, or has been observed *unchanged* for its own `leaseDurationSeconds`,
+//!   measured on the local monotonic clock from when it was first observed. A record naming this
+//!   identity that this process did not write is foreign: unlike client-go, a restarted
+//!   candidate does not resume it at once, because the "previous incarnation" may be a live
+//!   twin with the same identity. If such a record *changes* while observed, another process is
+//!   renewing under this identity: [`Action::DuplicateIdentity`] reports it. The record's wall-clock timestamps never
 //!   decide expiry, so clock offset between hosts is harmless.
 //! - **Step-down** happens when no renewal has succeeded within the renew deadline, counted from
 //!   the *send* time of the last one that did. Others wait at least the lease duration from when
@@ -92,6 +95,13 @@ pub enum Action {
         /// The new holder.
         identity: String,
     },
+    /// Another process writes records under this candidate's identity (two candidates share one
+    /// identity). Emitted when seen, at most once per lease duration; the driver reports it
+    /// loudly. This candidate never treats those records as its own.
+    DuplicateIdentity {
+        /// The record the other process wrote.
+        record: LeaderRecord,
+    },
     /// The machine is done (after a cancel); the driver may return.
     Finished,
 }
@@ -108,6 +118,8 @@ pub enum StepDown {
     },
     /// The lock object was deleted.
     Deleted,
+    /// Another process renewed the lock under this candidate's identity.
+    DuplicateIdentity,
     /// Shutdown was requested.
     Cancelled,
 }
@@ -207,9 +219,8 @@ pub struct Machine {
     reported_leader: Option<String>,
     /// Records this candidate wrote, newest last.
     own_writes: VecDeque<LeaderRecord>,
-    /// Until another holder is observed, a record naming this identity is trusted as this
-    /// process's own (client-go's rule for a restarted candidate).
-    trust_own_name: bool,
+    /// When a duplicate identity was last reported.
+    duplicate_reported_at: Option<Tick>,
     cancelling: bool,
     rng: u64,
     /// The highest `leaderTransitions` ever observed: a re-created lock continues from it, so
@@ -248,7 +259,7 @@ impl Machine {
             inflight: None,
             reported_leader: None,
             own_writes: VecDeque::with_capacity(OWN_WRITES),
-            trust_own_name: true,
+            duplicate_reported_at: None,
             cancelling: false,
             rng: seed | 1,
             max_transitions: None,
@@ -437,8 +448,20 @@ impl Machine {
             None => (None, None),
         };
         if let Some(r) = &record {
-            if r.holder_identity != self.identity && !r.is_released() {
-                self.trust_own_name = false;
+            // A record under our name that we did not write, and that differs from the one seen
+            // before: someone else is renewing as us.
+            let changed = self
+                .seen
+                .as_ref()
+                .is_some_and(|s| s.record.as_ref() != Some(r));
+            if r.holder_identity == self.identity && !self.is_own(r) && changed {
+                let due = self
+                    .duplicate_reported_at
+                    .is_none_or(|at| now >= at + self.timing.lease_duration);
+                if due {
+                    self.duplicate_reported_at = Some(now);
+                    out.push(Action::DuplicateIdentity { record: r.clone() });
+                }
             }
             self.max_transitions = Some(
                 self.max_transitions
@@ -521,6 +544,9 @@ impl Machine {
                 } else {
                     let reason = match &v {
                         None => StepDown::Deleted,
+                        Some(obs) if obs.record.holder_identity == self.identity => {
+                            StepDown::DuplicateIdentity
+                        }
                         Some(obs) => StepDown::Lost {
                             holder: obs.record.holder_identity.clone(),
                         },
@@ -813,8 +839,7 @@ impl Machine {
                         out.push(Action::Create { record, deadline });
                     }
                     (Some(r), Some(version)) => {
-                        let own = r.holder_identity == self.identity
-                            && (self.is_own(r) || self.trust_own_name);
+                        let own = r.holder_identity == self.identity && self.is_own(r);
                         let expired = now >= seen.since + r.lease_duration();
                         if r.is_released() || own || expired {
                             let Some(next) = r.leader_transitions.checked_add(1) else {
@@ -1367,7 +1392,9 @@ mod tests {
     }
 
     #[test]
-    fn restart_with_the_same_identity_resumes_at_once_but_a_stranger_using_it_does_not() {
+    fn a_record_under_our_name_that_we_did_not_write_is_foreign_and_a_renewal_of_it_is_reported() {
+        // Restarted with the same identity: the record may be a dead predecessor's or a live
+        // twin's. Wait it out like any foreign record.
         let mut m = machine();
         m.handle(Event::Start, Duration::ZERO, wall());
         let a = m.handle(
@@ -1375,25 +1402,72 @@ mod tests {
             Duration::ZERO,
             wall(),
         );
-        assert!(
-            matches!(a.last(), Some(Action::Update { record, .. }) if record.leader_transitions == 3)
-        );
-
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        m.handle(
-            Event::ReadDone(Ok(seen(other("x", 2, 0), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
-        let a = m.handle(Event::Watched(seen(other("me", 3, 0), "2")), S, wall());
         assert_eq!(
             a,
             vec![Action::NewLeader {
                 identity: "me".into()
             }],
-            "not ours: wait"
+            "no immediate takeover"
         );
+        assert_eq!(m.deadline(), Some(15 * S));
+        // It is renewed: a twin is alive and uses our identity. Report, keep waiting.
+        let mut renewed = other("me", 2, 0);
+        renewed.renew_time = Some(
+            wall()
+                .checked_add(jiff::SignedDuration::from_secs(2))
+                .unwrap(),
+        );
+        let a = m.handle(Event::Watched(seen(renewed.clone(), "2")), 2 * S, wall());
+        assert_eq!(
+            a,
+            vec![Action::DuplicateIdentity {
+                record: renewed.clone()
+            }]
+        );
+        assert_eq!(m.deadline(), Some(17 * S));
+        // Reported at most once per lease duration.
+        renewed.renew_time = Some(
+            wall()
+                .checked_add(jiff::SignedDuration::from_secs(4))
+                .unwrap(),
+        );
+        assert!(
+            m.handle(Event::Watched(seen(renewed, "3")), 4 * S, wall())
+                .is_empty()
+        );
+        // A dead predecessor's record (unchanged for a lease) is taken over, with a new token.
+        let a = m.handle(Event::Timer, 19 * S, wall());
+        assert!(
+            matches!(a.as_slice(), [Action::Update { record, .. }] if record.leader_transitions == 3),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_leader_that_sees_its_identity_renewed_by_another_steps_down_and_reports() {
+        let mut m = leader();
+        let mut twin = other("me", 0, 0);
+        twin.renew_time = Some(
+            wall()
+                .checked_add(jiff::SignedDuration::from_millis(1234))
+                .unwrap(),
+        );
+        let a = m.handle(Event::Watched(seen(twin.clone(), "7")), S, wall());
+        assert_eq!(
+            a[..2],
+            [
+                Action::StoppedLeading {
+                    token: FencingToken(0),
+                    reason: StepDown::DuplicateIdentity
+                },
+                Action::DuplicateIdentity { record: twin },
+            ]
+        );
+        assert!(
+            matches!(a[2..], [Action::Read { .. }]),
+            "then it reads again: {a:?}"
+        );
+        assert!(!m.is_leader());
     }
 
     #[test]

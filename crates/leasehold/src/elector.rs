@@ -231,6 +231,9 @@ impl<B: LockBackend> Elector<B> {
         let mut cancel_sent = false;
         let mut last_error: Option<String> = None;
         let mut last_watch_error: Option<String> = None;
+        // A duplicate identity stays reported until none has been seen for two lease durations
+        // (the machine repeats the report once per lease duration while it lasts).
+        let mut duplicate: Option<(String, Instant)> = None;
         let describe = self.backend.describe();
 
         let mut event = Some(Event::Start);
@@ -319,6 +322,9 @@ impl<B: LockBackend> Elector<B> {
                                 StepDown::Deleted => {
                                     tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: lock object deleted")
                                 }
+                                StepDown::DuplicateIdentity => {
+                                    tracing::error!(lock = %describe, fencing_token = %token, "stopped leading: another process renewed the lock under this identity")
+                                }
                             }
                             if let Some(f) = &mut self.on_stopped {
                                 f();
@@ -329,6 +335,15 @@ impl<B: LockBackend> Elector<B> {
                             if let Some(f) = &mut self.on_new_leader {
                                 f(&identity);
                             }
+                        }
+                        Action::DuplicateIdentity { record } => {
+                            let msg = format!(
+                                "another candidate is writing the lock under this identity `{}` (renew time {}): two processes share one identity; give each a unique one",
+                                self.identity,
+                                record.renew_time.map(|t| t.to_string()).unwrap_or_default()
+                            );
+                            tracing::error!(lock = %describe, "{msg}");
+                            duplicate = Some((msg, Instant::now()));
                         }
                         Action::Finished => finished = true,
                     }
@@ -341,7 +356,11 @@ impl<B: LockBackend> Elector<B> {
                     });
                 }
                 let mut status = self.machine.status();
-                status.last_error = last_error.clone();
+                let lease = self.machine.timing().lease_duration;
+                duplicate = duplicate.take().filter(|(_, at)| at.elapsed() < lease * 2);
+                status.last_error = last_error
+                    .clone()
+                    .or_else(|| duplicate.as_ref().map(|(m, _)| m.clone()));
                 self.tx.send_if_modified(|s| {
                     let changed = *s != status;
                     *s = status;

@@ -166,3 +166,32 @@ async fn transient_failures_are_retried_without_losing_leadership() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_candidates_with_one_identity_never_both_lead_and_the_newcomer_reports_it() {
+    let lock = MemLock::new();
+    let (ca, mut rxa, ta, ha) = spawn(lock.clone(), "twin");
+    assert_eq!(rxa.recv().await.unwrap().0, Ev::Started(0));
+    // A second process with the same identity: it must not take the record for its own.
+    let (cb, mut rxb, tb, hb) = spawn(lock.clone(), "twin");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(ha.is_leader());
+    assert!(!hb.is_leader());
+    assert!(rxb.try_recv().is_err(), "the twin never started leading");
+    let err = hb.status().last_error.unwrap_or_default();
+    assert!(err.contains("under this identity `twin`"), "{err}");
+    // The first one goes away without releasing: the twin takes over only after the lease.
+    ta.abort();
+    let t0 = Instant::now();
+    let (ev, at) = rxb.recv().await.unwrap();
+    assert_eq!(ev, Ev::Started(1));
+    assert!(
+        at - t0 >= Duration::from_secs(13),
+        "took over after {:?}",
+        at - t0
+    );
+    ca.cancel();
+    cb.cancel();
+    tb.await.unwrap();
+    let _ = rxa;
+}
