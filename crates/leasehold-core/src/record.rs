@@ -23,6 +23,9 @@ pub enum RecordError {
     /// The bytes are not a JSON object of the record's shape.
     #[error("not a leader election record")]
     Json(#[source] serde_json::Error),
+    /// The bytes are JSON (or not), but not a JSON object.
+    #[error("not a leader election record: expected a JSON object")]
+    NotAnObject,
     /// A field is present but its value cannot be a record's.
     #[error("field `{field}` is invalid: {reason}")]
     Field {
@@ -121,6 +124,11 @@ impl LeaderRecord {
     /// [`RecordError::Json`] when the bytes are not a JSON object of this shape,
     /// [`RecordError::Field`] when a time does not parse as RFC 3339.
     pub fn from_json(bytes: &[u8]) -> Result<Self, RecordError> {
+        // serde would also accept a JSON array as the struct's tuple form: only an object is a
+        // record.
+        if !bytes.trim_ascii_start().starts_with(b"{") {
+            return Err(RecordError::NotAnObject);
+        }
         let raw: wire::Record = serde_json::from_slice(bytes).map_err(RecordError::Json)?;
         let time =
             |field: &'static str, v: Option<String>| -> Result<Option<Timestamp>, RecordError> {
@@ -218,11 +226,11 @@ mod tests {
     fn bad_input_is_a_typed_error() {
         assert!(matches!(
             LeaderRecord::from_json(b"\xff\x00"),
-            Err(RecordError::Json(_))
+            Err(RecordError::NotAnObject)
         ));
         assert!(matches!(
             LeaderRecord::from_json(b"[1]"),
-            Err(RecordError::Json(_))
+            Err(RecordError::NotAnObject)
         ));
         assert!(matches!(
             LeaderRecord::from_json(br#"{"leaseDurationSeconds":1e99}"#),

@@ -160,3 +160,28 @@ async fn a_lock_held_by_another_process_fails_as_unavailable_instead_of_hanging(
         .await
         .unwrap();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// Arbitrary bytes in the record file: a record or `Corrupt` naming the path, never a panic,
+    /// and the file is never rewritten by a failed read or a refused write.
+    #[test]
+    fn any_file_content_reads_cleanly_and_is_never_overwritten(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.json");
+        std::fs::write(&path, &bytes).unwrap();
+        let lock = FileLock::new(&path);
+        match rt.block_on(lock.get()) {
+            Ok(_) => {}
+            Err(LockError::Corrupt { object, .. }) => {
+                proptest::prop_assert!(object.contains("x.json"));
+                let err = rt.block_on(lock.update(&leasehold::LeaderRecord::default(), &leasehold::Version::new("0"))).unwrap_err();
+                proptest::prop_assert!(matches!(err, LockError::Corrupt { .. }), "{:?}", err);
+                proptest::prop_assert_eq!(std::fs::read(&path).unwrap(), bytes);
+            }
+            Err(e) => proptest::prop_assert!(false, "unexpected {:?}", e),
+        }
+    }
+}

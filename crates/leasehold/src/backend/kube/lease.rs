@@ -304,6 +304,7 @@ fn record_into_spec(r: &LeaderRecord, spec: &mut Map<String, Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     #[test]
     fn spec_round_trip_keeps_other_keys() {
@@ -325,6 +326,37 @@ mod tests {
         assert_eq!(spec["futureField"]["x"], 1);
         assert_eq!(spec["renewTime"], "2024-01-02T03:04:06.000001Z");
         assert_eq!(spec_to_record(Some(&Value::Object(spec))).unwrap(), r2);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Whatever a Lease's spec holds, reading it gives a record or a typed error, and
+        /// writing a record back keeps every key that is not one of the record's five.
+        #[test]
+        fn any_spec_reads_cleanly_and_an_update_keeps_other_keys(
+            spec in proptest::collection::btree_map(
+                proptest::sample::select(vec!["holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime", "leaseTransitions", "strategy", "preferredHolder", "x-future"]),
+                proptest::prop_oneof![
+                    proptest::prelude::Just(Value::Null),
+                    proptest::prelude::any::<i64>().prop_map(Value::from),
+                    ".{0,30}".prop_map(Value::String),
+                    proptest::prelude::any::<bool>().prop_map(Value::Bool),
+                ],
+                0..8,
+            )
+        ) {
+            let mut map: Map<String, Value> = spec.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+            let before = map.clone();
+            let _ = spec_to_record(Some(&Value::Object(map.clone())));
+            record_into_spec(&LeaderRecord { holder_identity: "me".into(), ..Default::default() }, &mut map);
+            for (k, v) in &before {
+                if !["holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime", "leaseTransitions"].contains(&k.as_str()) {
+                    proptest::prop_assert_eq!(map.get(k), Some(v));
+                }
+            }
+            proptest::prop_assert!(spec_to_record(Some(&Value::Object(map))).is_ok());
+        }
     }
 
     #[test]
