@@ -56,22 +56,8 @@ fn block_on(f: impl Future<Output = Result<i32, run::Error>>) -> i32 {
     }
 }
 
-/// `a: b: c` from an error and its sources, skipping a source whose text the previous one
-/// already contains (some dependencies repeat their cause in their own message).
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut prev = s.clone();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !prev.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        prev = text;
-        cur = c.source();
-    }
-    s
+    leasehold::display_chain(e)
 }
 
 fn init_tracing() {

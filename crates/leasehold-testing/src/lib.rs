@@ -7,6 +7,7 @@
 //! - [`history`]: a recorder of leadership intervals and the checker of their invariants.
 
 pub mod conformance;
+pub mod fake_api;
 pub mod harness;
 pub mod history;
 pub mod mem;

@@ -462,16 +462,26 @@ fn timed_out(op: &str) -> String {
     format!("{op}: no answer before the request deadline")
 }
 
-/// Formats an error with its sources, `a: b: c`.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// Formats an error with its sources, `a: b: c`, skipping a source whose text the previous one
+/// already contains (some dependencies repeat their cause in their own message).
+pub fn display_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
+    let mut prev = s.clone();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !prev.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        prev = text;
         cur = c.source();
     }
     s
+}
+
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    display_chain(e)
 }
 
 fn seed_from(identity: &str) -> u64 {

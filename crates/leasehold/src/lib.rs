@@ -45,7 +45,7 @@ mod elector;
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 
-pub use elector::{Elector, ElectorHandle, Error, Leadership, Result};
+pub use elector::{Elector, ElectorHandle, Error, Leadership, Result, display_chain};
 pub use leasehold_core::{
     ConfigError, FencingToken, LeaderRecord, LockBackend, LockError, Role, Status, StepDown,
     Timing, Version, Versioned, record,

@@ -119,6 +119,19 @@ pub fn default_namespace() -> String {
         .unwrap_or_else(|| "default".to_owned())
 }
 
+/// An error answer of the API server, in one line (kube's own `Display` of it repeats the
+/// message and dumps the whole `Status`).
+#[derive(Debug, thiserror::Error)]
+#[error("API server answered {code} {reason}: {message}")]
+pub struct ApiStatus {
+    /// HTTP status code.
+    pub code: u16,
+    /// The `Status` reason (`Forbidden`, `Conflict`, `TooManyRequests`, ...).
+    pub reason: String,
+    /// The `Status` message.
+    pub message: String,
+}
+
 /// Maps a kube error to the lock contract's kinds. `verb` and `resource` name what a 403 denied.
 pub(crate) fn map_error(
     e: kube::Error,
@@ -129,33 +142,40 @@ pub(crate) fn map_error(
 ) -> leasehold_core::LockError {
     use leasehold_core::LockError;
     match e {
-        kube::Error::Api(status) => match status.code {
-            409 => LockError::Conflict { op, object },
-            404 if op == "update" => LockError::Conflict { op, object },
-            403 => LockError::Forbidden {
-                verb,
-                resource: resource.to_owned(),
-                object,
-            },
-            401 => LockError::Other {
-                op,
-                object,
-                message: "unauthorized: the API server rejected the credentials".into(),
-                source: Some(Box::new(kube::Error::Api(status))),
-            },
-            // 410 Gone: a watch's version is too old; the caller reads and watches again.
-            410 | 429 | 500..=599 => LockError::Unavailable {
-                op,
-                object,
-                source: Box::new(kube::Error::Api(status)),
-            },
-            code => LockError::Other {
-                op,
-                object,
-                message: format!("API server answered {code}"),
-                source: Some(Box::new(kube::Error::Api(status))),
-            },
-        },
+        kube::Error::Api(status) => {
+            let api = ApiStatus {
+                code: status.code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+            };
+            match status.code {
+                409 => LockError::Conflict { op, object },
+                404 if op == "update" => LockError::Conflict { op, object },
+                403 => LockError::Forbidden {
+                    verb,
+                    resource: resource.to_owned(),
+                    object,
+                },
+                401 => LockError::Other {
+                    op,
+                    object,
+                    message: "unauthorized: the API server rejected the credentials".into(),
+                    source: Some(Box::new(api)),
+                },
+                // 410 Gone: a watch's version is too old; the caller reads and watches again.
+                410 | 429 | 500..=599 => LockError::Unavailable {
+                    op,
+                    object,
+                    source: Box::new(api),
+                },
+                code => LockError::Other {
+                    op,
+                    object,
+                    message: format!("API server answered {code}"),
+                    source: Some(Box::new(api)),
+                },
+            }
+        }
         other => LockError::Unavailable {
             op,
             object,
