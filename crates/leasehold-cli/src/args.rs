@@ -43,6 +43,9 @@ pub struct RunArgs {
     pub timing: leasehold::Timing,
     /// The command after `--`.
     pub command: Vec<OsString>,
+    /// Test builds only (hidden flag `--x-clock-offset`): shift the wall-clock time written into
+    /// records, to show that a candidate whose clock is off cannot affect expiry.
+    pub clock_offset: Option<jiff::SignedDuration>,
 }
 
 /// `leasehold status`.
@@ -217,6 +220,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     let mut retry = None;
     let mut json = false;
     let mut command = Vec::new();
+    let mut clock_offset = None;
 
     while let Some(arg) = args.next() {
         let arg_s = arg.to_string_lossy().into_owned();
@@ -247,6 +251,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--renew-deadline",
             "--retry-period",
             "--ttl",
+            "--x-clock-offset",
         ];
         let known_all = [
             "--name",
@@ -289,6 +294,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--lease-duration" => lease = Some(dur(&value)?),
             "--renew-deadline" => renew = Some(dur(&value)?),
             "--retry-period" => retry = Some(dur(&value)?),
+            "--x-clock-offset" => {
+                let (neg, v) = value.strip_prefix('-').map_or((false, value.as_str()), |v| (true, v));
+                let d = jiff::SignedDuration::try_from(dur(v)?).map_err(|e| usage(format!("{flag}: {e}")))?;
+                clock_offset = Some(if neg { -d } else { d });
+            }
             _ => unreachable!("checked above"),
         }
     }
@@ -353,6 +363,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
         id,
         timing,
         command,
+        clock_offset,
     }))
 }
 

@@ -209,7 +209,8 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
         })
         .on_new_leader(move |who| {
             let _ = note_tx.send(Note::Leader(who.to_owned()));
-        });
+        })
+        .with_clock_offset(args.clock_offset.unwrap_or(jiff::SignedDuration::ZERO));
     let cancel = CancellationToken::new();
     let mut elector_task = tokio::spawn(elector.run(cancel.clone()));
 

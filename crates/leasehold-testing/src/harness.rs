@@ -190,6 +190,7 @@ pub struct KubeServer {
     dir: PathBuf,
     port: u16,
     etcd_port: u16,
+    etcd_peer: Option<u16>,
     etcd: Option<Proc>,
     apiserver: Option<Proc>,
 }
@@ -217,6 +218,7 @@ impl KubeServer {
             dir,
             port: free_port(),
             etcd_port: free_port(),
+            etcd_peer: None,
             etcd: None,
             apiserver: None,
         };
@@ -228,7 +230,7 @@ impl KubeServer {
     }
 
     fn start_etcd(&mut self, bins: &Bins) {
-        let peer = free_port();
+        let peer = *self.etcd_peer.get_or_insert_with(free_port);
         let data = self.dir.join("etcd-data");
         let args: Vec<String> = vec![
             "--name=default".into(),
@@ -322,6 +324,20 @@ impl KubeServer {
         self.stop_apiserver();
         let bins = bins();
         self.start_apiserver_with(&bins).await;
+    }
+
+    /// Kills etcd (kube-apiserver keeps running and fails its requests).
+    pub fn stop_etcd(&mut self) {
+        if let Some(p) = self.etcd.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data directory.
+    pub fn restart_etcd(&mut self) {
+        self.stop_etcd();
+        let bins = bins();
+        self.start_etcd(&bins);
     }
 
     /// The kube-apiserver process, to freeze (SIGSTOP) and thaw it.
