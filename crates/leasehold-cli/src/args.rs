@@ -295,8 +295,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--renew-deadline" => renew = Some(dur(&value)?),
             "--retry-period" => retry = Some(dur(&value)?),
             "--x-clock-offset" => {
-                let (neg, v) = value.strip_prefix('-').map_or((false, value.as_str()), |v| (true, v));
-                let d = jiff::SignedDuration::try_from(dur(v)?).map_err(|e| usage(format!("{flag}: {e}")))?;
+                let (neg, v) = value
+                    .strip_prefix('-')
+                    .map_or((false, value.as_str()), |v| (true, v));
+                let d = jiff::SignedDuration::try_from(dur(v)?)
+                    .map_err(|e| usage(format!("{flag}: {e}")))?;
                 clock_offset = Some(if neg { -d } else { d });
             }
             _ => unreachable!("checked above"),
