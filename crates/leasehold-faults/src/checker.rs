@@ -45,21 +45,17 @@ pub struct Report {
 fn bound(kind: &str, lease: Duration) -> (Duration, String) {
     let l = lease.as_secs_f64();
     match kind {
+        // The next leader's first write follows the release within milliseconds.
         "SIGTERM leader" => (Duration::from_secs(1), "release: < 1 s".into()),
-        "SIGKILL leader"
-        | "freeze elector only"
-        | "freeze leader tree"
-        | "proxy: cut leader off"
-        | "proxy: stall leader" => (
-            lease * 2 + Duration::from_secs(1),
-            format!("lease ({l} s) + detection ≤ {:.0} s", 2.0 * l + 1.0),
+        // Others wait one lease from the last renewal they saw, which is at or after the last
+        // write the old leader could make: the gap is at most a lease, plus scheduling.
+        "restart kube-apiserver" | "restart etcd" => (
+            lease * 3 + Duration::from_secs(5),
+            format!("outage + lease: ≤ {:.0} s", 3.0 * l + 5.0),
         ),
-        "restart kube-apiserver" | "restart etcd" => {
-            (lease * 3 + Duration::from_secs(30), "outage + lease".into())
-        }
         _ => (
-            lease * 2 + Duration::from_secs(1),
-            format!("≤ {:.0} s", 2.0 * l + 1.0),
+            lease + Duration::from_millis(500),
+            format!("lease + 0.5 s = {:.1} s", l + 0.5),
         ),
     }
 }

@@ -113,6 +113,8 @@ async fn a_lasting_fault_makes_the_leader_step_down_before_the_lease_and_it_reco
         Fault::Status(500),
         Fault::TooManyRequests,
         Fault::NotJson,
+        // A 409 storm: conflicts mean "read again", never "keep leading without a renewal".
+        Fault::Status(409),
     ] {
         let fake = FakeApi::start().await;
         let mut a = candidate(&fake, "a");
