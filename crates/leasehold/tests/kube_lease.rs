@@ -3,7 +3,7 @@
 
 use leasehold::{Elector, LockBackend, LockError, Timing, backend::kube::LeaseLock};
 use leasehold_testing::harness::{self, unique};
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +79,27 @@ async fn next_started(
             Ok(Some(Ev::Stopped)) => continue,
             other => panic!("no leader within {limit:?}: {other:?}"),
         }
+    }
+}
+
+/// Three candidates `{prefix}0..2` on one Lease.
+async fn three(
+    name: &str,
+    prefix: &str,
+    tx: &mpsc::UnboundedSender<Ev>,
+) -> HashMap<String, Candidate> {
+    let mut cands = HashMap::new();
+    for i in 0..3 {
+        let id = format!("{prefix}{i}");
+        cands.insert(id.clone(), candidate(name, &id, fast(), tx.clone()).await);
+    }
+    cands
+}
+
+async fn stop_all(cands: HashMap<String, Candidate>) {
+    for (_, c) in cands {
+        c.cancel.cancel();
+        let _ = c.task.await;
     }
 }
 
@@ -193,11 +214,7 @@ async fn three_electors_one_leader_and_the_stored_lease_field_by_field() {
 async fn graceful_handover_takes_milliseconds() {
     let name = unique("handover");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut cands = std::collections::HashMap::new();
-    for i in 0..3 {
-        let id = format!("h{i}");
-        cands.insert(id.clone(), candidate(&name, &id, fast(), tx.clone()).await);
-    }
+    let mut cands = three(&name, "h", &tx).await;
     let (mut leader, mut token, _) = next_started(&mut rx, Duration::from_secs(10)).await;
     let mut times = Vec::new();
     for next_id in 3..15 {
@@ -230,21 +247,14 @@ async fn graceful_handover_takes_milliseconds() {
         median < Duration::from_secs(1),
         "handover must not wait for expiry or polling"
     );
-    for (_, c) in cands {
-        c.cancel.cancel();
-        c.task.await.unwrap();
-    }
+    stop_all(cands).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_dropped_without_release_is_replaced_after_the_lease_duration() {
     let name = unique("crash");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut cands = std::collections::HashMap::new();
-    for i in 0..3 {
-        let id = format!("k{i}");
-        cands.insert(id.clone(), candidate(&name, &id, fast(), tx.clone()).await);
-    }
+    let mut cands = three(&name, "k", &tx).await;
     let (mut leader, mut token, _) = next_started(&mut rx, Duration::from_secs(10)).await;
     let mut times = Vec::new();
     for round in 0..10 {
@@ -268,10 +278,7 @@ async fn a_leader_dropped_without_release_is_replaced_after_the_lease_duration()
         times,
     );
     assert!(median < Duration::from_secs(4));
-    for (_, c) in cands {
-        c.cancel.cancel();
-        let _ = c.task.await;
-    }
+    stop_all(cands).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
