@@ -298,6 +298,12 @@ impl Machine {
         }
     }
 
+    /// Whether the lock has been observed at least once (cheap; [`status`](Self::status) clones
+    /// the record).
+    pub fn observed(&self) -> bool {
+        self.seen.is_some()
+    }
+
     /// The version of the lock object as last observed (the point to watch from).
     pub fn version(&self) -> Option<Version> {
         self.seen.as_ref().and_then(|s| s.version.clone())

@@ -245,16 +245,30 @@ impl Rng {
 }
 
 async fn run(args: &[String]) -> i32 {
-    let duration = flag(args, "--duration")
-        .and_then(parse_duration)
-        .unwrap_or(Duration::from_secs(60));
-    let seed = flag(args, "--seed")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| u64::from(std::process::id()) * 7919 + 1);
+    let duration = match flag(args, "--duration").map(|d| (d, parse_duration(d))) {
+        None => Duration::from_secs(60),
+        Some((_, Some(d))) if !d.is_zero() => d,
+        Some((d, _)) => {
+            eprintln!("leasehold-faults: --duration: `{d}` is not a duration (e.g. 60s, 10m)");
+            return 64;
+        }
+    };
+    let seed = match flag(args, "--seed").map(|s| (s, s.parse::<u64>())) {
+        None => u64::from(std::process::id()) * 7919 + 1,
+        Some((_, Ok(n))) => n,
+        Some((s, Err(_))) => {
+            eprintln!("leasehold-faults: --seed: `{s}` is not a non-negative integer");
+            return 64;
+        }
+    };
     let backends: Vec<&str> = match flag(args, "--backend").unwrap_or("both") {
         "kube" => vec!["kube"],
         "file" => vec!["file"],
-        _ => vec!["kube", "file"],
+        "both" => vec!["kube", "file"],
+        other => {
+            eprintln!("leasehold-faults: --backend: `{other}` is not kube, file or both");
+            return 64;
+        }
     };
     let me = std::env::current_exe().expect("exe");
     let leasehold = me.with_file_name("leasehold");

@@ -258,7 +258,9 @@ impl<B: LockBackend> Elector<B> {
                             pending = Some(Box::pin(async move {
                                 match timeout_at(at, b.get()).await {
                                     Ok(Ok(v)) => (Event::ReadDone(Ok(v)), None),
-                                    Ok(Err(e)) => (Event::ReadDone(Err(e.kind())), Some(chain(&e))),
+                                    Ok(Err(e)) => {
+                                        (Event::ReadDone(Err(e.kind())), Some(display_chain(&e)))
+                                    }
                                     Err(_) => (
                                         Event::ReadDone(Err(ErrorKind::Timeout)),
                                         Some(timed_out("get")),
@@ -372,13 +374,12 @@ impl<B: LockBackend> Elector<B> {
             }
 
             // Keep a watch open once the lock has been observed; restart it after a failure.
-            if watch.is_none() && self.machine.status().observed && Instant::now() >= watch_retry_at
-            {
+            if watch.is_none() && self.machine.observed() && Instant::now() >= watch_retry_at {
                 watch = Some(self.backend.watch(self.machine.version().as_ref()));
             }
             let timer_at = match (
                 self.machine.deadline(),
-                watch.is_none() && self.machine.status().observed,
+                watch.is_none() && self.machine.observed(),
             ) {
                 (Some(d), true) => (origin + d).min(watch_retry_at),
                 (Some(d), false) => origin + d,
@@ -423,13 +424,13 @@ impl<B: LockBackend> Elector<B> {
                             match other {
                                 // Not transient (e.g. RBAC lacks `watch`): say so, once per kind.
                                 Some(Err(e)) if !e.is_retryable() => {
-                                    let msg = chain(&e);
+                                    let msg = display_chain(&e);
                                     if last_watch_error.as_deref() != Some(msg.as_str()) {
                                         tracing::warn!(lock = %describe, error = %msg, "watch failed; falling back to reads every retry period");
                                         last_watch_error = Some(msg);
                                     }
                                 }
-                                Some(Err(e)) => tracing::debug!(lock = %describe, error = %chain(&e), "watch ended; re-reading"),
+                                Some(Err(e)) => tracing::debug!(lock = %describe, error = %display_chain(&e), "watch ended; re-reading"),
                                 _ => tracing::debug!(lock = %describe, "watch ended; re-reading"),
                             }
                             watch = None;
@@ -450,7 +451,7 @@ fn write_event<E>(
 ) -> (Event, Option<String>) {
     match r {
         Ok(Ok(v)) => (Event::WriteDone(Ok(v)), None),
-        Ok(Err(e)) => (Event::WriteDone(Err(e.kind())), Some(chain(&e))),
+        Ok(Err(e)) => (Event::WriteDone(Err(e.kind())), Some(display_chain(&e))),
         Err(_) => (
             Event::WriteDone(Err(ErrorKind::Timeout)),
             Some(timed_out(op)),
@@ -478,10 +479,6 @@ pub fn display_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
-}
-
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    display_chain(e)
 }
 
 fn seed_from(identity: &str) -> u64 {
