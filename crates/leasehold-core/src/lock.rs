@@ -76,6 +76,10 @@ pub enum LockError {
     Corrupt {
         /// The lock object's description (a path for the file backend).
         object: String,
+        /// The version of the object holding the unreadable record, when the store can tell.
+        /// With it, an elector that has seen this version unchanged for a full lease duration
+        /// may replace the record; without it the record is never overwritten.
+        version: Option<Version>,
         /// What is wrong.
         #[source]
         source: RecordError,
@@ -177,4 +181,51 @@ pub trait LockBackend: Send + Sync + 'static {
 
     /// Watches the object for changes after `version` (`None`: from now).
     fn watch(&self, version: Option<&Version>) -> WatchStream;
+
+    /// Records a leadership change for humans (a Kubernetes Event on the lock object). Best
+    /// effort: the elector logs a failure and carries on. The default records nothing.
+    ///
+    /// Replaces client-go's `resourcelock.Interface.RecordEvent`.
+    #[doc(alias = "RecordEvent")]
+    fn record_event(&self, event: &LockEvent) -> BoxFuture<'_, Result<(), LockError>> {
+        let _ = event;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A leadership change, as recorded by [`LockBackend::record_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockEvent {
+    /// The candidate whose leadership changed.
+    pub identity: String,
+    /// What happened.
+    pub kind: LockEventKind,
+    /// The term's fencing token.
+    pub fencing_token: crate::FencingToken,
+}
+
+/// What a [`LockEvent`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockEventKind {
+    /// The candidate acquired the lock.
+    BecameLeader,
+    /// The candidate stopped leading.
+    StoppedLeading,
+}
+
+// === impl LockEvent ===
+
+impl LockEvent {
+    /// The human-readable message, as client-go writes it (`<identity> became leader`), with
+    /// the fencing token appended.
+    pub fn message(&self) -> String {
+        let what = match self.kind {
+            LockEventKind::BecameLeader => "became leader",
+            LockEventKind::StoppedLeading => "stopped leading",
+        };
+        format!(
+            "{} {what} (fencing token {})",
+            self.identity, self.fencing_token
+        )
+    }
 }

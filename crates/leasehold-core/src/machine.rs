@@ -49,6 +49,16 @@ pub enum Event {
     Cancel,
     /// The watch ended or failed: changes may have been missed, so the next step reads again.
     WatchLost,
+    /// A read or the watch found the object at `version`, but its record cannot be decoded
+    /// ([`crate::LockError::Corrupt`] with a version). The machine never overwrites it unless it
+    /// has seen that version unchanged for a full lease duration (its own, since the record's
+    /// cannot be read), and then says so with [`Action::ReplaceUnreadable`].
+    Unreadable {
+        /// The version of the object holding the unreadable record.
+        version: Version,
+        /// Whether this came from a read (as opposed to the watch).
+        from_read: bool,
+    },
 }
 
 /// What the driver must do.
@@ -102,6 +112,14 @@ pub enum Action {
         /// The record the other process wrote.
         record: LeaderRecord,
     },
+    /// The next action overwrites a record that could not be read, after seeing it unchanged
+    /// for `unchanged_for` (at least a lease duration). The driver logs it.
+    ReplaceUnreadable {
+        /// The version being replaced.
+        version: Version,
+        /// How long it was observed unchanged.
+        unchanged_for: Duration,
+    },
     /// The machine is done (after a cancel); the driver may return.
     Finished,
 }
@@ -120,6 +138,8 @@ pub enum StepDown {
     Deleted,
     /// Another process renewed the lock under this candidate's identity.
     DuplicateIdentity,
+    /// Someone replaced the record with one that cannot be read.
+    Unreadable,
     /// Shutdown was requested.
     Cancelled,
 }
@@ -158,6 +178,8 @@ pub struct Status {
 struct Seen {
     record: Option<LeaderRecord>,
     version: Option<Version>,
+    /// The object exists at `version` but its record cannot be decoded (`record` is `None`).
+    unreadable: bool,
     /// When this record was first observed, unchanged since.
     since: Tick,
 }
@@ -229,6 +251,11 @@ pub struct Machine {
     /// When the lock disappeared while held: the holder's lease still runs, measured from the
     /// observation of the deletion, before the lock may be re-created.
     deleted_lease: Option<Duration>,
+    /// Expiry from the record's `renewTime` instead of from observation (seed 004's
+    /// `UseObservedTime = false`). Off by default: it trusts the holder's clock.
+    record_time_expiry: bool,
+    /// The monotonic and wall-clock times of the last event, to convert record times to ticks.
+    last_clock: (Tick, Timestamp),
 }
 
 // === impl Machine ===
@@ -264,7 +291,44 @@ impl Machine {
             rng: seed | 1,
             max_transitions: None,
             deleted_lease: None,
+            record_time_expiry: false,
+            last_clock: (Duration::ZERO, Timestamp::UNIX_EPOCH),
         })
+    }
+
+    /// Measures a holder's expiry from the `renewTime` written in its record (plus its lease
+    /// duration) on this host's wall clock, instead of from when this candidate observed the
+    /// record. This is seed 004's `UseObservedTime = false` and what client-go did before 1.14.
+    ///
+    /// # Safety of the election
+    /// Unsafe under clock skew: a candidate whose clock runs ahead of the holder's by more than
+    /// `lease − renew deadline` takes over while the holder still leads. Leave it off unless
+    /// every host's clock is tightly synchronised and the faster takeover after a restart (no
+    /// need to observe a lease first) matters.
+    #[must_use]
+    pub fn with_record_time_expiry(mut self, on: bool) -> Self {
+        self.record_time_expiry = on;
+        self
+    }
+
+    /// The tick at which the record `r`, observed since `since`, expires.
+    fn expires_at(&self, r: &LeaderRecord, since: Tick) -> Tick {
+        if !self.record_time_expiry {
+            return since + r.lease_duration();
+        }
+        let Some(renewed) = r.renew_time else {
+            return Duration::ZERO;
+        };
+        let (tick, wall) = self.last_clock;
+        let lease = jiff::SignedDuration::try_from(r.lease_duration()).unwrap_or_default();
+        let until = renewed.checked_add(lease).unwrap_or(renewed);
+        match Duration::try_from(until.duration_since(wall)) {
+            Ok(ahead) => tick + ahead,
+            Err(_) => {
+                let behind = Duration::try_from(wall.duration_since(until)).unwrap_or_default();
+                tick.saturating_sub(behind)
+            }
+        }
     }
 
     /// This candidate's identity.
@@ -352,7 +416,10 @@ impl Machine {
                 let read_at = self.last_heard + self.timing.lease_duration;
                 match &seen.record {
                     Some(r) if !r.is_released() => {
-                        Some(read_at.min(seen.since + r.lease_duration()))
+                        Some(read_at.min(self.expires_at(r, seen.since)))
+                    }
+                    None if seen.unreadable => {
+                        Some(read_at.min(seen.since + self.timing.lease_duration))
                     }
                     _ => Some(read_at),
                 }
@@ -369,6 +436,7 @@ impl Machine {
         }
         // MicroTime: the finest precision any backend stores.
         let wall = Timestamp::from_microsecond(wall.as_microsecond()).unwrap_or(wall);
+        self.last_clock = (now, wall);
         match event {
             Event::Start => {}
             Event::Timer => {}
@@ -397,6 +465,14 @@ impl Machine {
                 }
             }
             Event::WriteDone(result) => self.on_write_done(result, now, &mut out),
+            Event::Unreadable { version, from_read } => {
+                if from_read && matches!(self.inflight, Some(Inflight::Read)) {
+                    self.inflight = None;
+                    self.stale = false;
+                }
+                self.last_heard = now;
+                self.on_unreadable(version, now, &mut out);
+            }
         }
         self.check_step_down(now, &mut out);
         self.drive(now, wall, &mut out);
@@ -482,12 +558,13 @@ impl Machine {
             }
         }
         let since = match &self.seen {
-            Some(s) if s.record == record => s.since,
+            Some(s) if s.record == record && !s.unreadable => s.since,
             _ => now,
         };
         self.seen = Some(Seen {
             record,
             version,
+            unreadable: false,
             since,
         });
         self.report_leader(out);
@@ -570,6 +647,26 @@ impl Machine {
             }
             State::Standby | State::Finished => self.set_seen(v, now, out),
         }
+    }
+
+    fn on_unreadable(&mut self, version: Version, now: Tick, out: &mut Vec<Action>) {
+        match &self.state {
+            State::Leading(_) => self.step_down(StepDown::Unreadable, out),
+            State::Releasing { .. } => self.finish(out),
+            _ => {}
+        }
+        let since = match &self.seen {
+            Some(s) if s.unreadable && s.version.as_ref() == Some(&version) => s.since,
+            _ => now,
+        };
+        self.deleted_lease = None;
+        self.seen = Some(Seen {
+            record: None,
+            version: Some(version),
+            unreadable: true,
+            since,
+        });
+        self.report_leader(out);
     }
 
     fn on_error(&mut self, now: Tick) {
@@ -826,6 +923,36 @@ impl Machine {
                     renew_time: Some(wall),
                     leader_transitions: transitions,
                 };
+                if let (true, Some(version)) = (seen.unreadable, &seen.version) {
+                    let unchanged_for = now.saturating_sub(seen.since);
+                    if unchanged_for >= self.timing.lease_duration {
+                        let Some(next) = self.max_transitions.map_or(Some(0), |m| m.checked_add(1))
+                        else {
+                            self.retry_at = Some(now + self.timing.lease_duration);
+                            return;
+                        };
+                        let record = acquire(next);
+                        let version = version.clone();
+                        out.push(Action::ReplaceUnreadable {
+                            version: version.clone(),
+                            unchanged_for,
+                        });
+                        self.remember_write(record.clone());
+                        self.inflight = Some(Inflight::Acquire {
+                            sent_at: now,
+                            record: record.clone(),
+                        });
+                        out.push(Action::Update {
+                            record,
+                            version,
+                            deadline,
+                        });
+                    } else if now >= self.last_heard + self.timing.lease_duration {
+                        self.inflight = Some(Inflight::Read);
+                        out.push(Action::Read { deadline });
+                    }
+                    return;
+                }
                 match (&seen.record, &seen.version) {
                     (None, _) | (_, None) => {
                         if self.deleted_lease.is_some_and(|d| now < seen.since + d) {
@@ -846,7 +973,7 @@ impl Machine {
                     }
                     (Some(r), Some(version)) => {
                         let own = r.holder_identity == self.identity && self.is_own(r);
-                        let expired = now >= seen.since + r.lease_duration();
+                        let expired = now >= self.expires_at(r, seen.since);
                         if r.is_released() || own || expired {
                             let Some(next) = r.leader_transitions.checked_add(1) else {
                                 // leaderTransitions at i32::MAX: no larger token can be written.
@@ -1584,5 +1711,138 @@ mod tests {
             ..timing()
         };
         assert!(Machine::new("me", bad, 1).is_err());
+    }
+
+    fn unreadable(v: &str, from_read: bool) -> Event {
+        Event::Unreadable {
+            version: ver(v),
+            from_read,
+        }
+    }
+
+    #[test]
+    fn an_unreadable_record_is_replaced_only_after_a_full_lease_unchanged() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        let a = m.handle(unreadable("3", true), Duration::ZERO, wall());
+        assert!(
+            a.iter()
+                .all(|a| !matches!(a, Action::Update { .. } | Action::Create { .. })),
+            "{a:?}"
+        );
+        assert_eq!(m.deadline(), Some(15 * S));
+        // The object changes (still unreadable) at 10 s: the wait starts again.
+        let a = m.handle(unreadable("4", false), 10 * S, wall());
+        assert!(a.is_empty(), "{a:?}");
+        assert!(
+            m.handle(Event::Timer, 15 * S, wall())
+                .iter()
+                .all(|a| !matches!(a, Action::Update { .. }))
+        );
+        assert_eq!(m.deadline(), Some(25 * S));
+        let a = m.handle(Event::Timer, 25 * S, wall());
+        assert!(
+            matches!(&a[0], Action::ReplaceUnreadable { version, unchanged_for } if *version == ver("4") && *unchanged_for == 15 * S),
+            "{a:?}"
+        );
+        match &a[1] {
+            Action::Update {
+                record, version, ..
+            } => {
+                assert_eq!(version, &ver("4"));
+                assert_eq!(record.holder_identity, "me");
+                assert_eq!(record.leader_transitions, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        let a = m.handle(Event::WriteDone(Ok(ver("5"))), 25 * S + ms(1), wall());
+        assert!(
+            a.contains(&Action::StartedLeading {
+                token: FencingToken(0)
+            }),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn tokens_continue_past_an_unreadable_record() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("x", 7, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        m.handle(unreadable("2", false), S, wall());
+        let a = m.handle(Event::Timer, 16 * S, wall());
+        assert!(
+            a.iter().any(
+                |a| matches!(a, Action::Update { record, .. } if record.leader_transitions == 8)
+            ),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_leader_whose_record_turns_unreadable_steps_down() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(Event::ReadDone(Ok(None)), Duration::ZERO, wall());
+        m.handle(Event::WriteDone(Ok(ver("1"))), ms(1), wall());
+        assert!(m.is_leader());
+        let a = m.handle(unreadable("2", false), S, wall());
+        assert!(
+            a.iter().any(|a| matches!(
+                a,
+                Action::StoppedLeading {
+                    reason: StepDown::Unreadable,
+                    ..
+                }
+            )),
+            "{a:?}"
+        );
+        assert!(!m.is_leader());
+    }
+
+    #[test]
+    fn record_time_expiry_trusts_the_renew_time() {
+        // Renewed 20 s ago by the record's clock, lease 15 s: expired already.
+        let mut stale = other("x", 2, 0);
+        stale.renew_time = Some(wall() - jiff::SignedDuration::from_secs(20));
+        stale.lease_duration_seconds = 15;
+        let mut m = machine().with_record_time_expiry(true);
+        m.handle(Event::Start, Duration::ZERO, wall());
+        let a = m.handle(
+            Event::ReadDone(Ok(seen(stale.clone(), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        assert!(
+            a.iter().any(|a| matches!(a, Action::Update { .. })),
+            "{a:?}"
+        );
+        // Observed-time expiry (the default) waits a full lease from observation.
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        let a = m.handle(
+            Event::ReadDone(Ok(seen(stale.clone(), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::Update { .. })),
+            "{a:?}"
+        );
+        assert_eq!(m.deadline(), Some(15 * S));
+        // Renewed 5 s ago by the record's clock: record-time expiry waits 10 s more.
+        stale.renew_time = Some(wall() - jiff::SignedDuration::from_secs(5));
+        let mut m = machine().with_record_time_expiry(true);
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(stale, "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        assert_eq!(m.deadline(), Some(10 * S));
     }
 }

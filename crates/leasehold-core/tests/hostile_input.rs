@@ -116,6 +116,7 @@ enum Ev {
     Timer,
     Cancel,
     WatchLost,
+    Unreadable(u8, bool),
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -136,6 +137,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         Just(Ev::Timer),
         Just(Ev::Cancel),
         Just(Ev::WatchLost),
+        (any::<u8>(), any::<bool>()).prop_map(|(v, r)| Ev::Unreadable(v, r)),
     ]
 }
 
@@ -211,6 +213,8 @@ proptest! {
                 Ev::Watch(r) => Event::Watched(versioned(r)),
                 Ev::Cancel => Event::Cancel,
                 Ev::WatchLost => Event::WatchLost,
+                Ev::Unreadable(v, true) if inflight == Some(true) => { inflight = None; Event::Unreadable { version: Version::new(v.to_string()), from_read: true } }
+                Ev::Unreadable(v, false) => Event::Unreadable { version: Version::new(v.to_string()), from_read: false },
                 _ => {
                     // The driver only delivers the timer at the deadline.
                     if let Some(d) = m.deadline() { now = now.max(d); }

@@ -258,6 +258,27 @@ impl<B: LockBackend> Elector<B> {
                             pending = Some(Box::pin(async move {
                                 match timeout_at(at, b.get()).await {
                                     Ok(Ok(v)) => (Event::ReadDone(Ok(v)), None),
+                                    Ok(Err(
+                                        e @ LockError::Corrupt {
+                                            version: Some(_), ..
+                                        },
+                                    )) => {
+                                        let msg = display_chain(&e);
+                                        let LockError::Corrupt {
+                                            version: Some(version),
+                                            ..
+                                        } = e
+                                        else {
+                                            unreachable!("matched above")
+                                        };
+                                        (
+                                            Event::Unreadable {
+                                                version,
+                                                from_read: true,
+                                            },
+                                            Some(msg),
+                                        )
+                                    }
                                     Ok(Err(e)) => {
                                         (Event::ReadDone(Err(e.kind())), Some(display_chain(&e)))
                                     }
@@ -324,6 +345,9 @@ impl<B: LockBackend> Elector<B> {
                                 StepDown::Deleted => {
                                     tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: lock object deleted")
                                 }
+                                StepDown::Unreadable => {
+                                    tracing::error!(lock = %describe, fencing_token = %token, "stopped leading: the lock's record was replaced by one that cannot be read")
+                                }
                                 StepDown::DuplicateIdentity => {
                                     tracing::error!(lock = %describe, fencing_token = %token, "stopped leading: another process renewed the lock under this identity")
                                 }
@@ -346,6 +370,12 @@ impl<B: LockBackend> Elector<B> {
                             );
                             tracing::error!(lock = %describe, "{msg}");
                             duplicate = Some((msg, Instant::now()));
+                        }
+                        Action::ReplaceUnreadable {
+                            version,
+                            unchanged_for,
+                        } => {
+                            tracing::warn!(lock = %describe, %version, ?unchanged_for, "replacing a record that cannot be read: unchanged for a full lease duration, so no one is renewing it");
                         }
                         Action::Finished => finished = true,
                     }
@@ -419,6 +449,14 @@ impl<B: LockBackend> Elector<B> {
                             watch_backoff = Duration::from_millis(100);
                             last_watch_error = None;
                             event = Some(Event::Watched(v));
+                        }
+                        Some(Err(LockError::Corrupt { object, version: Some(version), source })) => {
+                            let msg = format!("{object}: stored record is corrupt: {source}");
+                            if last_error.as_deref() != Some(msg.as_str()) {
+                                tracing::error!(lock = %describe, error = %msg, "cannot read the lock's record; not overwriting it unless it stays unchanged for a full lease duration");
+                                last_error = Some(msg);
+                            }
+                            event = Some(Event::Unreadable { version, from_read: false });
                         }
                         other => {
                             match other {

@@ -297,8 +297,11 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io_error(op, "read the record file", e)),
         };
+        // No version: the generation lives inside the unreadable JSON, so the file is never
+        // replaced automatically; a human removes or fixes it.
         let corrupt = |source| LockError::Corrupt {
             object: self.describe(),
+            version: None,
             source,
         };
         let record = LeaderRecord::from_json(&bytes).map_err(corrupt)?;

@@ -63,11 +63,12 @@ impl LeaseLock {
     }
 
     fn decode(&self, obj: &DynamicObject) -> Result<Versioned, LockError> {
+        let version = obj.metadata.resource_version.clone().unwrap_or_default();
         let record = spec_to_record(obj.data.get("spec")).map_err(|source| LockError::Corrupt {
             object: self.describe(),
+            version: Some(Version::new(version.clone())),
             source,
         })?;
-        let version = obj.metadata.resource_version.clone().unwrap_or_default();
         Ok(Versioned {
             record,
             version: Version::new(version),
