@@ -175,10 +175,25 @@ pub async fn watch_reports_changes_in_order<B: LockBackend>(lock: B) {
 
 fn assert_same(got: &LeaderRecord, want: &LeaderRecord) {
     // Backends may store times at microsecond precision.
-    let micros = |t: Option<jiff::Timestamp>| t.map(|t| t.as_microsecond());
+    // Backends store times at microseconds (Lease MicroTime, file) or whole seconds
+    // (annotations, as client-go's `metav1.Time`).
+    let same_time = |got: Option<jiff::Timestamp>, want: Option<jiff::Timestamp>| match (got, want)
+    {
+        (Some(g), Some(w)) => {
+            g.as_microsecond() == w.as_microsecond()
+                || (g.subsec_nanosecond() == 0 && g.as_second() == w.as_second())
+        }
+        (g, w) => g == w,
+    };
     assert_eq!(got.holder_identity, want.holder_identity);
     assert_eq!(got.lease_duration_seconds, want.lease_duration_seconds);
     assert_eq!(got.leader_transitions, want.leader_transitions);
-    assert_eq!(micros(got.acquire_time), micros(want.acquire_time));
-    assert_eq!(micros(got.renew_time), micros(want.renew_time));
+    assert!(
+        same_time(got.acquire_time, want.acquire_time),
+        "acquireTime {got:?} vs {want:?}"
+    );
+    assert!(
+        same_time(got.renew_time, want.renew_time),
+        "renewTime {got:?} vs {want:?}"
+    );
 }

@@ -1,10 +1,12 @@
 //! The tokio driver: runs the [`Machine`] against a [`LockBackend`], fires callbacks and
 //! publishes [`Status`] on a watch channel.
 
+use crate::metrics::Metrics;
 use futures_util::StreamExt as _;
 use jiff::Timestamp;
 use leasehold_core::{
-    Action, ConfigError, Event, FencingToken, LockBackend, Machine, Role, Status, StepDown, Timing,
+    Action, ConfigError, Event, FencingToken, LockBackend, LockEvent, LockEventKind, Machine, Role,
+    Status, StepDown, Timing,
     lock::{ErrorKind, LockError, WatchStream},
 };
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
@@ -93,6 +95,7 @@ type NewLeaderFn = Box<dyn FnMut(&str) + Send>;
 #[derive(Clone, Debug)]
 pub struct ElectorHandle {
     rx: watch::Receiver<Status>,
+    metrics: Arc<Metrics>,
 }
 
 // === impl ElectorHandle ===
@@ -109,6 +112,18 @@ impl ElectorHandle {
     #[doc(alias = "GetLeader")]
     pub fn leader(&self) -> String {
         self.rx.borrow().leader.clone()
+    }
+
+    /// The current holder as last observed: "" before the first observation (and while the lock
+    /// is released). The same as [`leader`](Self::leader), by seed 001/002's name.
+    #[doc(alias = "GetLeader")]
+    pub fn get_leader(&self) -> String {
+        self.leader()
+    }
+
+    /// The elector's counters (renew latency, errors by kind, terms, leaderless time).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// A receiver of every status change.
@@ -138,6 +153,8 @@ pub struct Elector<B> {
     on_stopped: Option<StoppedFn>,
     on_new_leader: Option<NewLeaderFn>,
     clock_offset: jiff::SignedDuration,
+    metrics: Arc<Metrics>,
+    enabled: bool,
 }
 
 /// A request in flight: the event it ends with, and the error message if it failed.
@@ -164,7 +181,38 @@ impl<B: LockBackend> Elector<B> {
             on_stopped: None,
             on_new_leader: None,
             clock_offset: jiff::SignedDuration::ZERO,
+            metrics: Arc::default(),
+            enabled: true,
         })
+    }
+
+    /// Whether to elect at all (default true). With `false` the candidate leads at once, makes
+    /// no requests to the lock, and logs that election is disabled: for running one replica
+    /// locally or in tests with the same code path. Replaces seed 001's `Config.Enabled`.
+    #[doc(alias = "Enabled")]
+    #[must_use]
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Whether a holder's expiry is measured from when this candidate observed its record
+    /// (`true`, the default and the safe choice) or from the `renewTime` written in the record
+    /// (`false`: seed 004's `UseObservedTime = false`). See
+    /// [`Machine::with_record_time_expiry`](leasehold_core::Machine::with_record_time_expiry)
+    /// for why `false` is unsafe under clock skew.
+    #[doc(alias = "UseObservedTime")]
+    #[must_use]
+    pub fn use_observed_time(mut self, observed: bool) -> Self {
+        self.machine = self.machine.with_record_time_expiry(!observed);
+        self
+    }
+
+    /// This candidate's identity (client-go's `resourcelock.Interface.Identity`; in leasehold
+    /// the identity belongs to the candidate, not to the lock).
+    #[doc(alias = "Identity")]
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// Called when this candidate starts leading. It runs on the election task: spawn anything
@@ -205,6 +253,7 @@ impl<B: LockBackend> Elector<B> {
     pub fn handle(&self) -> ElectorHandle {
         ElectorHandle {
             rx: self.tx.subscribe(),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 
@@ -221,6 +270,9 @@ impl<B: LockBackend> Elector<B> {
     #[doc(alias = "Run")]
     #[doc(alias = "RunOrDie")]
     pub async fn run(mut self, cancel: CancellationToken) {
+        if !self.enabled {
+            return self.run_disabled(cancel).await;
+        }
         let origin = Instant::now();
         let mut pending: Option<Pending> = None;
         let mut watch: Option<WatchStream> = None;
@@ -254,9 +306,16 @@ impl<B: LockBackend> Elector<B> {
                     match action {
                         Action::Read { deadline } => {
                             let b = Arc::clone(&self.backend);
+                            let m = Arc::clone(&self.metrics);
                             let at = origin + deadline;
                             pending = Some(Box::pin(async move {
-                                match timeout_at(at, b.get()).await {
+                                let r = timeout_at(at, b.get()).await;
+                                match &r {
+                                    Ok(Err(e)) => m.failed(e),
+                                    Err(_) => m.timed_out(),
+                                    Ok(Ok(_)) => {}
+                                }
+                                match r {
                                     Ok(Ok(v)) => (Event::ReadDone(Ok(v)), None),
                                     Ok(Err(
                                         e @ LockError::Corrupt {
@@ -291,9 +350,11 @@ impl<B: LockBackend> Elector<B> {
                         }
                         Action::Create { record, deadline } => {
                             let b = Arc::clone(&self.backend);
+                            let m = Arc::clone(&self.metrics);
                             let at = origin + deadline;
                             pending = Some(Box::pin(async move {
-                                write_event(timeout_at(at, b.create(&record)).await, "create")
+                                let r = timeout_at(at, b.create(&record)).await;
+                                write_event(r, "create", &m, None)
                             }));
                         }
                         Action::Update {
@@ -302,17 +363,20 @@ impl<B: LockBackend> Elector<B> {
                             deadline,
                         } => {
                             let b = Arc::clone(&self.backend);
+                            let m = Arc::clone(&self.metrics);
                             let at = origin + deadline;
+                            // A renewal: the record is ours and we lead.
+                            let renewal = self.machine.is_leader().then(Instant::now);
                             pending = Some(Box::pin(async move {
-                                write_event(
-                                    timeout_at(at, b.update(&record, &version)).await,
-                                    "update",
-                                )
+                                let r = timeout_at(at, b.update(&record, &version)).await;
+                                write_event(r, "update", &m, renewal)
                             }));
                         }
                         Action::Abandon => pending = None,
                         Action::StartedLeading { token } => {
                             tracing::info!(lock = %describe, identity = %self.identity, fencing_token = %token, "started leading");
+                            self.metrics.started_term();
+                            self.record_event(LockEventKind::BecameLeader, token);
                             let t = cancel.child_token();
                             leadership = Some(t.clone());
                             let until = origin + self.machine.leading_until().unwrap_or_default();
@@ -332,6 +396,7 @@ impl<B: LockBackend> Elector<B> {
                                 t.cancel();
                             }
                             valid_until = None;
+                            self.record_event(LockEventKind::StoppedLeading, token);
                             match &reason {
                                 StepDown::Cancelled => {
                                     tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: shutting down")
@@ -388,6 +453,11 @@ impl<B: LockBackend> Elector<B> {
                     });
                 }
                 let mut status = self.machine.status();
+                if status.observed {
+                    let leaderless =
+                        status.leader.is_empty() || status.leader == crate::backend::UNKNOWN_LEADER;
+                    self.metrics.set_leaderless(leaderless, Instant::now());
+                }
                 let lease = self.machine.timing().lease_duration;
                 duplicate = duplicate.take().filter(|(_, at)| at.elapsed() < lease * 2);
                 status.last_error = last_error
@@ -483,17 +553,92 @@ impl<B: LockBackend> Elector<B> {
     }
 }
 
+impl<B: LockBackend> Elector<B> {
+    /// Records an Event about this candidate on the lock, in the background: best effort, never
+    /// in the way of the election.
+    fn record_event(&self, kind: LockEventKind, token: FencingToken) {
+        let event = LockEvent {
+            identity: self.identity.to_string(),
+            kind,
+            fencing_token: token,
+        };
+        let backend = Arc::clone(&self.backend);
+        let metrics = Arc::clone(&self.metrics);
+        tokio::spawn(async move {
+            let r =
+                tokio::time::timeout(Duration::from_secs(5), backend.record_event(&event)).await;
+            let error = match r {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => display_chain(&e),
+                Err(_) => "no answer within 5 s".to_owned(),
+            };
+            metrics.event_failed();
+            tracing::warn!(lock = %backend.describe(), %error, "could not record an Event (best effort; the election is unaffected)");
+        });
+    }
+
+    /// Election disabled: lead at once, touch nothing, stop when cancelled.
+    async fn run_disabled(mut self, cancel: CancellationToken) {
+        tracing::info!(identity = %self.identity, "leader election is disabled: leading at once without a lock");
+        let token = FencingToken(0);
+        let t = cancel.child_token();
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+        let (_until_tx, until_rx) = watch::channel(far);
+        self.tx.send_replace(Status {
+            role: Role::Leader,
+            leader: self.identity.to_string(),
+            fencing_token: Some(token),
+            observed: true,
+            record: None,
+            last_error: None,
+        });
+        if let Some(f) = &mut self.on_new_leader {
+            f(&self.identity);
+        }
+        if let Some(f) = &mut self.on_started {
+            f(Leadership {
+                token: t.clone(),
+                fencing_token: token,
+                identity: Arc::clone(&self.identity),
+                valid_until: until_rx,
+            });
+        }
+        cancel.cancelled().await;
+        t.cancel();
+        if let Some(f) = &mut self.on_stopped {
+            f();
+        }
+        self.tx.send_replace(Status {
+            role: Role::Stopped,
+            ..Status::default()
+        });
+    }
+}
+
 fn write_event<E>(
     r: std::result::Result<std::result::Result<leasehold_core::Version, LockError>, E>,
     op: &'static str,
+    metrics: &Metrics,
+    renewal_sent: Option<Instant>,
 ) -> (Event, Option<String>) {
     match r {
-        Ok(Ok(v)) => (Event::WriteDone(Ok(v)), None),
-        Ok(Err(e)) => (Event::WriteDone(Err(e.kind())), Some(display_chain(&e))),
-        Err(_) => (
-            Event::WriteDone(Err(ErrorKind::Timeout)),
-            Some(timed_out(op)),
-        ),
+        Ok(Ok(v)) => {
+            if let Some(at) = renewal_sent {
+                metrics.renewed(at.elapsed());
+            }
+            (Event::WriteDone(Ok(v)), None)
+        }
+        Ok(Err(e)) => {
+            metrics.failed(&e);
+            (Event::WriteDone(Err(e.kind())), Some(display_chain(&e)))
+        }
+        Err(_) => {
+            metrics.timed_out();
+            (
+                Event::WriteDone(Err(ErrorKind::Timeout)),
+                Some(timed_out(op)),
+            )
+        }
     }
 }
 

@@ -39,6 +39,7 @@
 
 pub mod backend;
 mod elector;
+pub mod metrics;
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.
 #[cfg(doctest)]
@@ -47,6 +48,6 @@ pub struct ReadmeDoctests;
 
 pub use elector::{Elector, ElectorHandle, Error, Leadership, Result, display_chain};
 pub use leasehold_core::{
-    ConfigError, FencingToken, LeaderRecord, LockBackend, LockError, Role, Status, StepDown,
-    Timing, Version, Versioned, record,
+    ConfigError, FencingToken, LeaderRecord, LockBackend, LockError, LockEvent, LockEventKind,
+    Role, Status, StepDown, Timing, Version, Versioned, record,
 };

@@ -1,20 +1,9 @@
 //! The `coordination.k8s.io/v1` Lease lock, client-go's default (`resourcelock.LeaseLock`).
 
-use super::map_error;
-use futures_util::{StreamExt as _, stream};
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::{
-    Api,
-    api::{ApiResource, DynamicObject, PostParams, WatchEvent, WatchParams},
-};
-use leasehold_core::{
-    LeaderRecord, LockBackend, LockError, RecordError, Version, Versioned,
-    lock::{BoxFuture, WatchStream},
-};
+use super::object::{Kind, ObjectLock, delegate_lock_backend};
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+use leasehold_core::{LeaderRecord, RecordError};
 use serde_json::{Map, Value};
-use std::sync::{Arc, Mutex};
-
-const RESOURCE: &str = "leases.coordination.k8s.io";
 
 /// A lock on a Kubernetes Lease.
 ///
@@ -24,237 +13,71 @@ const RESOURCE: &str = "leases.coordination.k8s.io";
 /// as raw JSON, so an update changes those five fields and nothing else: labels, annotations,
 /// `spec.strategy`, `spec.preferredHolder` and fields newer than this code survive it.
 ///
-/// Needs `get`, `create`, `update` and `watch` on `leases.coordination.k8s.io`.
+/// Needs `get`, `create`, `update` and `watch` on `leases.coordination.k8s.io` (and `create` on
+/// `events` with [`with_events`](Self::with_events)).
 #[derive(Clone)]
-pub struct LeaseLock {
-    api: Api<DynamicObject>,
-    name: String,
-    namespace: String,
-    /// The last object seen, to build updates from (keeps every other field).
-    last: Arc<Mutex<Option<DynamicObject>>>,
-}
+pub struct LeaseLock(ObjectLock);
+
+delegate_lock_backend!(LeaseLock);
 
 // === impl LeaseLock ===
 
 impl LeaseLock {
     /// A lock on the Lease `namespace/name`.
     pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
-        let ar = ApiResource::erase::<Lease>(&());
-        Self {
-            api: Api::namespaced_with(client, namespace, &ar),
-            name: name.to_owned(),
-            namespace: namespace.to_owned(),
-            last: Arc::default(),
-        }
+        Self(ObjectLock::new(client, Kind::Lease, namespace, name))
+    }
+
+    /// Records an Event on the Lease at every acquisition and loss (client-go's
+    /// `ResourceLockConfig.EventRecorder`). Best effort: a failure is logged, never fatal.
+    #[must_use]
+    pub fn with_events(self, on: bool) -> Self {
+        Self(self.0.with_events(on))
     }
 
     /// The Lease's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     /// The Lease's namespace.
     pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    fn err(&self, e: kube::Error, op: &'static str, verb: &'static str) -> LockError {
-        map_error(e, op, verb, RESOURCE, self.describe())
-    }
-
-    fn decode(&self, obj: &DynamicObject) -> Result<Versioned, LockError> {
-        let version = obj.metadata.resource_version.clone().unwrap_or_default();
-        let record = spec_to_record(obj.data.get("spec")).map_err(|source| LockError::Corrupt {
-            object: self.describe(),
-            version: Some(Version::new(version.clone())),
-            source,
-        })?;
-        Ok(Versioned {
-            record,
-            version: Version::new(version),
-        })
-    }
-
-    fn remember(&self, obj: &DynamicObject) {
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some(obj.clone());
-        }
-    }
-
-    async fn base_object(&self, version: &Version) -> Result<DynamicObject, LockError> {
-        let cached = self.last.lock().ok().and_then(|l| l.clone());
-        if let Some(obj) =
-            cached.filter(|o| o.metadata.resource_version.as_deref() == Some(&*version.0))
-        {
-            return Ok(obj);
-        }
-        let obj = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| self.err(e, "update", "get"))?;
-        match obj {
-            Some(o) if o.metadata.resource_version.as_deref() == Some(&*version.0) => Ok(o),
-            _ => Err(LockError::Conflict {
-                op: "update",
-                object: self.describe(),
-            }),
-        }
+        self.0.namespace()
     }
 }
 
-impl LockBackend for LeaseLock {
-    fn describe(&self) -> String {
-        format!("lease {}/{}", self.namespace, self.name)
+/// Converts a record to a Lease spec, as client-go's `LeaderElectionRecordToLeaseSpec` (seed
+/// 004's `LeaseLockRecordToLeaseSpec`) does. `strategy` and `preferredHolder` are left unset.
+#[doc(alias = "LeaseLockRecordToLeaseSpec")]
+#[doc(alias = "LeaderElectionRecordToLeaseSpec")]
+pub fn record_to_lease_spec(record: &LeaderRecord) -> LeaseSpec {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    LeaseSpec {
+        holder_identity: Some(record.holder_identity.clone()),
+        lease_duration_seconds: Some(record.lease_duration_seconds),
+        acquire_time: record.acquire_time.map(MicroTime),
+        renew_time: record.renew_time.map(MicroTime),
+        lease_transitions: Some(record.leader_transitions),
+        ..LeaseSpec::default()
     }
+}
 
-    fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
-        Box::pin(async move {
-            let obj = self
-                .api
-                .get_opt(&self.name)
-                .await
-                .map_err(|e| self.err(e, "get", "get"))?;
-            match obj {
-                None => Ok(None),
-                Some(o) => {
-                    self.remember(&o);
-                    self.decode(&o).map(Some)
-                }
-            }
-        })
-    }
-
-    fn create(&self, record: &LeaderRecord) -> BoxFuture<'_, Result<Version, LockError>> {
-        let record = record.clone();
-        Box::pin(async move {
-            let mut obj = DynamicObject::new(&self.name, &ApiResource::erase::<Lease>(&()))
-                .within(&self.namespace);
-            let mut spec = Map::new();
-            record_into_spec(&record, &mut spec);
-            obj.data = serde_json::json!({ "spec": spec });
-            let created = self
-                .api
-                .create(&PostParams::default(), &obj)
-                .await
-                .map_err(|e| self.err(e, "create", "create"))?;
-            self.remember(&created);
-            Ok(Version::new(
-                created
-                    .metadata
-                    .resource_version
-                    .clone()
-                    .unwrap_or_default(),
-            ))
-        })
-    }
-
-    fn update(
-        &self,
-        record: &LeaderRecord,
-        version: &Version,
-    ) -> BoxFuture<'_, Result<Version, LockError>> {
-        let record = record.clone();
-        let version = version.clone();
-        Box::pin(async move {
-            let mut obj = self.base_object(&version).await?;
-            let data = obj.data.as_object_mut();
-            let Some(data) = data else {
-                return Err(LockError::Other {
-                    op: "update",
-                    object: self.describe(),
-                    message: "object is not a JSON object".into(),
-                    source: None,
-                });
-            };
-            let spec = data
-                .entry("spec")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !spec.is_object() {
-                *spec = Value::Object(Map::new());
-            }
-            if let Some(spec) = spec.as_object_mut() {
-                record_into_spec(&record, spec);
-            }
-            obj.metadata.resource_version = Some(version.0.to_string());
-            let stored = self
-                .api
-                .replace(&self.name, &PostParams::default(), &obj)
-                .await
-                .map_err(|e| self.err(e, "update", "update"))?;
-            self.remember(&stored);
-            Ok(Version::new(
-                stored.metadata.resource_version.clone().unwrap_or_default(),
-            ))
-        })
-    }
-
-    fn watch(&self, version: Option<&Version>) -> WatchStream {
-        enum St {
-            Start(LeaseLock, String),
-            Running(
-                LeaseLock,
-                std::pin::Pin<
-                    Box<
-                        dyn futures_util::Stream<Item = kube::Result<WatchEvent<DynamicObject>>>
-                            + Send,
-                    >,
-                >,
-            ),
-            Done,
-        }
-        let start = St::Start(
-            self.clone(),
-            version.map(|v| v.0.to_string()).unwrap_or_default(),
-        );
-        Box::pin(stream::unfold(start, |st| async move {
-            let (lock, mut events) = match st {
-                St::Done => return None,
-                St::Running(lock, events) => (lock, events),
-                St::Start(lock, version) => {
-                    // Server-side timeout below the 5-minute default of proxies; the caller
-                    // re-reads and re-watches when it ends.
-                    let wp = WatchParams::default()
-                        .fields(&format!("metadata.name={}", lock.name))
-                        .timeout(290);
-                    match lock.api.watch(&wp, &version).await {
-                        Ok(s) => (lock, s.boxed()),
-                        Err(e) => {
-                            let err = lock.err(e, "watch", "watch");
-                            return Some((Err(err), St::Done));
-                        }
-                    }
-                }
-            };
-            loop {
-                match events.next().await {
-                    None => return None,
-                    Some(Err(e)) => {
-                        let err = lock.err(e, "watch", "watch");
-                        return Some((Err(err), St::Done));
-                    }
-                    Some(Ok(WatchEvent::Bookmark(_))) => continue,
-                    Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
-                        lock.remember(&o);
-                        let item = lock.decode(&o).map(Some);
-                        return Some((item, St::Running(lock, events)));
-                    }
-                    Some(Ok(WatchEvent::Deleted(_))) => {
-                        return Some((Ok(None), St::Running(lock, events)));
-                    }
-                    Some(Ok(WatchEvent::Error(status))) => {
-                        // 410 Gone: the version is too old; the caller reads and watches again.
-                        let err = lock.err(kube::Error::Api(status), "watch", "watch");
-                        return Some((Err(err), St::Done));
-                    }
-                }
-            }
-        }))
+/// Converts a Lease spec to a record, as client-go's `LeaseSpecToLeaderElectionRecord` (seed
+/// 004's `LeaseSpecToLeaseLockRecord`) does: absent fields read as zero values.
+#[doc(alias = "LeaseSpecToLeaseLockRecord")]
+#[doc(alias = "LeaseSpecToLeaderElectionRecord")]
+pub fn lease_spec_to_record(spec: &LeaseSpec) -> LeaderRecord {
+    LeaderRecord {
+        holder_identity: spec.holder_identity.clone().unwrap_or_default(),
+        lease_duration_seconds: spec.lease_duration_seconds.unwrap_or_default(),
+        acquire_time: spec.acquire_time.as_ref().map(|t| t.0),
+        renew_time: spec.renew_time.as_ref().map(|t| t.0),
+        leader_transitions: spec.lease_transitions.unwrap_or_default(),
     }
 }
 
 /// Reads the record out of a Lease's `spec` (absent `spec` reads as an empty record).
-fn spec_to_record(spec: Option<&Value>) -> Result<LeaderRecord, RecordError> {
+pub(crate) fn spec_to_record(spec: Option<&Value>) -> Result<LeaderRecord, RecordError> {
     let mut m = Map::new();
     match spec {
         None | Some(Value::Null) => {}
@@ -284,7 +107,7 @@ fn spec_to_record(spec: Option<&Value>) -> Result<LeaderRecord, RecordError> {
 
 /// Writes the record into a Lease's `spec` as client-go's `LeaderElectionRecordToLeaseSpec` does,
 /// leaving every other key alone.
-fn record_into_spec(r: &LeaderRecord, spec: &mut Map<String, Value>) {
+pub(crate) fn record_into_spec(r: &LeaderRecord, spec: &mut Map<String, Value>) {
     let micro = |t: &Option<jiff::Timestamp>| match t {
         Some(t) => Value::String(t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
         None => Value::Null,

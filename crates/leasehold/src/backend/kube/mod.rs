@@ -1,9 +1,151 @@
-//! Kubernetes backends (feature `kube`): the `coordination.k8s.io/v1` Lease lock, and the client
-//! configuration rules every Kubernetes lock shares.
+//! Kubernetes backends (feature `kube`): the `coordination.k8s.io/v1` Lease lock, the legacy
+//! ConfigMap/Endpoints annotation locks, the [`MultiLock`] that migrates between them, and the
+//! client configuration rules every Kubernetes lock shares.
 
+mod annotation;
 mod lease;
+mod multi;
+mod object;
 
-pub use lease::LeaseLock;
+pub use annotation::{AnnotationLock, LEADER_ANNOTATION};
+pub use lease::{LeaseLock, lease_spec_to_record, record_to_lease_spec};
+pub use multi::{MultiLock, UNKNOWN_LEADER};
+
+use leasehold_core::{
+    LeaderRecord, LockBackend, LockError, LockEvent, Version, Versioned,
+    lock::{BoxFuture, WatchStream},
+};
+
+/// Which Kubernetes object holds the record: client-go's lock types, by the same names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LockType {
+    /// `leases`: a `coordination.k8s.io/v1` Lease (the default, and client-go's only one today).
+    #[default]
+    Leases,
+    /// `configmaps`: an annotation on a ConfigMap (client-go ≤ 1.23).
+    ConfigMaps,
+    /// `endpoints`: an annotation on an Endpoints object (client-go ≤ 1.23, seed 002).
+    Endpoints,
+    /// `configmapsleases`: ConfigMap primary and Lease secondary, to migrate to Leases.
+    ConfigMapsLeases,
+    /// `endpointsleases`: Endpoints primary and Lease secondary, to migrate to Leases.
+    EndpointsLeases,
+}
+
+/// An unknown lock type name.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unknown lock type `{0}` (expected leases, configmaps, endpoints, configmapsleases or endpointsleases)"
+)]
+pub struct UnknownLockType(pub String);
+
+// === impl LockType ===
+
+impl std::str::FromStr for LockType {
+    type Err = UnknownLockType;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "leases" => Self::Leases,
+            "configmaps" => Self::ConfigMaps,
+            "endpoints" => Self::Endpoints,
+            "configmapsleases" => Self::ConfigMapsLeases,
+            "endpointsleases" => Self::EndpointsLeases,
+            other => return Err(UnknownLockType(other.to_owned())),
+        })
+    }
+}
+
+impl std::fmt::Display for LockType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Leases => "leases",
+            Self::ConfigMaps => "configmaps",
+            Self::Endpoints => "endpoints",
+            Self::ConfigMapsLeases => "configmapsleases",
+            Self::EndpointsLeases => "endpointsleases",
+        })
+    }
+}
+
+/// Any Kubernetes lock, chosen at run time by [`LockType`].
+///
+/// Replaces client-go's `resourcelock.New(lockType, ...)`.
+#[derive(Clone)]
+#[doc(alias = "New")]
+pub enum KubeLock {
+    /// A Lease.
+    Lease(LeaseLock),
+    /// A ConfigMap or Endpoints annotation.
+    Annotation(AnnotationLock),
+    /// An annotation lock (primary) and a Lease (secondary) together.
+    Multi(Box<MultiLock<AnnotationLock, LeaseLock>>),
+}
+
+// === impl KubeLock ===
+
+impl KubeLock {
+    /// The lock of `lock_type` named `namespace/name` (both objects of a multi-lock share the
+    /// name, as in client-go).
+    pub fn new(client: kube::Client, lock_type: LockType, namespace: &str, name: &str) -> Self {
+        let lease = || LeaseLock::new(client.clone(), namespace, name);
+        let cm = || AnnotationLock::config_map(client.clone(), namespace, name);
+        let ep = || AnnotationLock::endpoints(client.clone(), namespace, name);
+        match lock_type {
+            LockType::Leases => Self::Lease(lease()),
+            LockType::ConfigMaps => Self::Annotation(cm()),
+            LockType::Endpoints => Self::Annotation(ep()),
+            LockType::ConfigMapsLeases => Self::Multi(Box::new(MultiLock::new(cm(), lease()))),
+            LockType::EndpointsLeases => Self::Multi(Box::new(MultiLock::new(ep(), lease()))),
+        }
+    }
+
+    /// Records an Event on the lock object(s) at every acquisition and loss. Best effort.
+    #[must_use]
+    pub fn with_events(self, on: bool) -> Self {
+        match self {
+            Self::Lease(l) => Self::Lease(l.with_events(on)),
+            Self::Annotation(l) => Self::Annotation(l.with_events(on)),
+            Self::Multi(m) => Self::Multi(Box::new(MultiLock::new(
+                m.primary().clone().with_events(on),
+                m.secondary().clone().with_events(on),
+            ))),
+        }
+    }
+
+    fn inner(&self) -> &dyn LockBackend {
+        match self {
+            Self::Lease(l) => l,
+            Self::Annotation(l) => l,
+            Self::Multi(m) => m.as_ref(),
+        }
+    }
+}
+
+impl LockBackend for KubeLock {
+    fn describe(&self) -> String {
+        self.inner().describe()
+    }
+    fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
+        self.inner().get()
+    }
+    fn create(&self, record: &LeaderRecord) -> BoxFuture<'_, Result<Version, LockError>> {
+        self.inner().create(record)
+    }
+    fn update(
+        &self,
+        record: &LeaderRecord,
+        version: &Version,
+    ) -> BoxFuture<'_, Result<Version, LockError>> {
+        self.inner().update(record, version)
+    }
+    fn watch(&self, version: Option<&Version>) -> WatchStream {
+        self.inner().watch(version)
+    }
+    fn record_event(&self, event: &LockEvent) -> BoxFuture<'_, Result<(), LockError>> {
+        self.inner().record_event(event)
+    }
+}
 
 use std::path::{Path, PathBuf};
 
