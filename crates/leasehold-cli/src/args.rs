@@ -30,6 +30,33 @@ pub struct LockArgs {
     pub file: Option<PathBuf>,
     /// `--kubeconfig`.
     pub kubeconfig: Option<PathBuf>,
+    /// `--lock-type` (kube backend).
+    pub lock_type: leasehold::backend::kube::LockType,
+}
+
+/// When `/readyz` reports ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadyWhen {
+    /// Once the lock has been observed (the default).
+    #[default]
+    Observed,
+    /// Only while leading.
+    Leader,
+}
+
+/// The sidecar's extras: HTTP status, Pod role label, Events.
+#[derive(Clone, Debug, Default)]
+pub struct SidecarArgs {
+    /// `--http ADDR`.
+    pub http: Option<std::net::SocketAddr>,
+    /// `--ready-when`.
+    pub ready_when: ReadyWhen,
+    /// The Pod to label (`--pod-name`, `ELECTOR_POD_NAME`, `$HOSTNAME`), when labels are on.
+    pub pod_name: Option<String>,
+    /// `--label-key`.
+    pub label_key: String,
+    /// `--no-events`.
+    pub no_events: bool,
 }
 
 /// `leasehold run`.
@@ -46,6 +73,8 @@ pub struct RunArgs {
     /// Test builds only (hidden flag `--x-clock-offset`): shift the wall-clock time written into
     /// records, to show that a candidate whose clock is off cannot affect expiry.
     pub clock_offset: Option<jiff::SignedDuration>,
+    /// HTTP status, Pod label, Events.
+    pub sidecar: SidecarArgs,
 }
 
 /// `leasehold status`.
@@ -61,7 +90,7 @@ pub struct StatusArgs {
 #[derive(Debug)]
 pub enum Cli {
     /// `leasehold run ...`
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// `leasehold status ...`
     Status(StatusArgs),
     /// The hidden watchdog process (`leasehold __watchdog PGID GRACE_MS`).
@@ -83,10 +112,12 @@ leasehold: leader election for Kubernetes workloads (active/standby for any prog
 
 USAGE:
   leasehold run --name NAME [--namespace NS] [--id ID] [--backend kube|file] [--file PATH]
-                [--kubeconfig PATH] [--lease-duration DUR] [--renew-deadline DUR]
-                [--retry-period DUR] [--ttl DUR] [-- COMMAND [ARGS...]]
+                [--kubeconfig PATH] [--lock-type TYPE] [--lease-duration DUR]
+                [--renew-deadline DUR] [--retry-period DUR] [--ttl DUR] [--http ADDR]
+                [--ready-when observed|leader] [--label-pod] [--pod-name POD]
+                [--label-key KEY] [--no-events] [-- COMMAND [ARGS...]]
   leasehold status --name NAME [--namespace NS] [--backend kube|file] [--file PATH]
-                [--kubeconfig PATH] [--json]
+                [--kubeconfig PATH] [--lock-type TYPE] [--json]
 
 OPTIONS:
   --name NAME           election name: the Lease's name, or the file's stem (required)
@@ -97,12 +128,23 @@ OPTIONS:
   --file PATH           record file for --backend file (default: leasehold-NAME.json in
                         $XDG_RUNTIME_DIR, else $TMPDIR)
   --kubeconfig PATH     kubeconfig (default: $KUBECONFIG, ~/.kube/config, then in-cluster)
+  --lock-type TYPE      kube lock object: leases (default), configmaps, endpoints, or the
+                        migration pairs configmapsleases, endpointsleases
   --lease-duration DUR  how long standbys wait after the last change they saw (default 15s;
                         whole seconds)
   --renew-deadline DUR  leader steps down if no renewal succeeded for this long (default 10s)
   --retry-period DUR    renewal interval and retry delay (default 2s)
   --ttl DUR             sets all three in client-go's ratio 15:10:2
                         (lease = TTL, renew deadline = TTL*2/3, retry period = TTL*2/15)
+  --http ADDR           serve GET / (JSON status), /healthz, /readyz, /metrics on ADDR
+                        (e.g. 0.0.0.0:4040 or :4040)
+  --ready-when WHEN     /readyz is ready once the lock is observed (`observed`, default) or
+                        only while leading (`leader`)
+  --label-pod           label this Pod `KEY=leader|standby` on every transition (kube)
+  --pod-name POD        the Pod to label (implies --label-pod; default $ELECTOR_POD_NAME, which
+                        also turns labels on, then $HOSTNAME)
+  --label-key KEY       the Pod label key (default k8s-elector/status)
+  --no-events           do not record Kubernetes Events on the lock object
   --json                (status) print JSON
   -h, --help            this help
   -V, --version         version
@@ -219,6 +261,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     let mut renew = None;
     let mut retry = None;
     let mut json = false;
+    let mut lock_type = None;
+    let mut http = None;
+    let mut ready_when = ReadyWhen::default();
+    let mut label_pod = false;
+    let mut pod_name = None;
+    let mut label_key = None;
+    let mut no_events = false;
     let mut command = Vec::new();
     let mut clock_offset = None;
 
@@ -238,11 +287,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
             _ => (arg_s.clone(), None),
         };
-        if flag == "--json" && !is_run {
+        let switch = match flag.as_str() {
+            "--json" if !is_run => Some(&mut json),
+            "--label-pod" if is_run => Some(&mut label_pod),
+            "--no-events" if is_run => Some(&mut no_events),
+            _ => None,
+        };
+        if let Some(on) = switch {
             if inline.is_some() {
-                return Err(usage("--json takes no value".into()));
+                return Err(usage(format!("{flag} takes no value")));
             }
-            json = true;
+            *on = true;
             continue;
         }
         let known_run = [
@@ -252,6 +307,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--retry-period",
             "--ttl",
             "--x-clock-offset",
+            "--http",
+            "--ready-when",
+            "--pod-name",
+            "--label-key",
         ];
         let known_all = [
             "--name",
@@ -259,6 +318,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--backend",
             "--file",
             "--kubeconfig",
+            "--lock-type",
         ];
         if !(known_all.contains(&flag.as_str()) || (is_run && known_run.contains(&flag.as_str()))) {
             return Err(usage(if flag.starts_with('-') {
@@ -289,6 +349,41 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
                 }
             }
             "--file" => file = Some(PathBuf::from(value)),
+            "--lock-type" => {
+                lock_type = Some(value.parse().map_err(
+                    |e: leasehold::backend::kube::UnknownLockType| {
+                        usage(format!("--lock-type: {e}"))
+                    },
+                )?);
+            }
+            "--http" => http = Some(parse_addr(&value).map_err(|e| usage(format!("--http: {e}")))?),
+            "--ready-when" => {
+                ready_when = match value.as_str() {
+                    "observed" => ReadyWhen::Observed,
+                    "leader" => ReadyWhen::Leader,
+                    other => {
+                        return Err(usage(format!(
+                            "--ready-when: `{other}` is not observed or leader"
+                        )));
+                    }
+                }
+            }
+            "--pod-name" => {
+                if !is_dns_subdomain(&value) {
+                    return Err(usage(format!(
+                        "--pod-name: `{value}` is not a valid Pod name"
+                    )));
+                }
+                pod_name = Some(value);
+            }
+            "--label-key" => {
+                if !is_label_key(&value) {
+                    return Err(usage(format!(
+                        "--label-key: `{value}` is not a valid label key ([prefix/]name, name at most 63 of [A-Za-z0-9._-])"
+                    )));
+                }
+                label_key = Some(value);
+            }
             "--kubeconfig" => kubeconfig = Some(PathBuf::from(value)),
             "--ttl" => ttl = Some(dur(&value)?),
             "--lease-duration" => lease = Some(dur(&value)?),
@@ -318,12 +413,24 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     if backend == Backend::Kube && file.is_some() {
         return Err(usage("--file applies only to --backend file".into()));
     }
+    if backend == Backend::File {
+        let kube_only = [
+            ("--lock-type", lock_type.is_some()),
+            ("--label-pod", label_pod),
+            ("--pod-name", pod_name.is_some()),
+            ("--label-key", label_key.is_some()),
+        ];
+        if let Some((flag, _)) = kube_only.iter().find(|(_, set)| *set) {
+            return Err(usage(format!("{flag} applies only to --backend kube")));
+        }
+    }
     let lock = LockArgs {
         name,
         namespace,
         backend,
         file,
         kubeconfig,
+        lock_type: lock_type.unwrap_or_default(),
     };
     if !is_run {
         return Ok(Cli::Status(StatusArgs { lock, json }));
@@ -361,13 +468,79 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             ));
         }
     }
-    Ok(Cli::Run(RunArgs {
+    // Labels are on with --label-pod, --pod-name, or ELECTOR_POD_NAME (seed 003's variable).
+    let env_pod = std::env::var("ELECTOR_POD_NAME")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let pod_name =
+        if backend == Backend::Kube && (label_pod || pod_name.is_some() || env_pod.is_some()) {
+            let name = pod_name
+                .or(env_pod)
+                .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+                .ok_or_else(|| {
+                    usage(
+                        "--label-pod: no Pod name (set --pod-name, ELECTOR_POD_NAME or HOSTNAME)"
+                            .into(),
+                    )
+                })?;
+            Some(name)
+        } else {
+            None
+        };
+    Ok(Cli::Run(Box::new(RunArgs {
         lock,
         id,
         timing,
         command,
         clock_offset,
-    }))
+        sidecar: SidecarArgs {
+            http,
+            ready_when,
+            pod_name,
+            label_key: label_key.unwrap_or_else(|| "k8s-elector/status".to_owned()),
+            no_events,
+        },
+    })))
+}
+
+/// Parses `HOST:PORT`, `:PORT` (all interfaces) or `PORT`.
+fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    let full = if let Some(port) = s.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+        format!("0.0.0.0:{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse().map_err(|_| {
+        format!("`{s}` is not an address (expected e.g. 0.0.0.0:4040, :4040 or [::1]:4040)")
+    })
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn is_label_key(s: &str) -> bool {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    name_ok && prefix.is_none_or(is_dns_subdomain)
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -412,6 +585,38 @@ mod tests {
 
     fn p(s: &str) -> Result<Cli, UsageError> {
         parse(s.split_whitespace().map(OsString::from))
+    }
+
+    #[test]
+    fn sidecar_flags() {
+        let Ok(Cli::Run(r)) = p(
+            "run --name a --http :4040 --ready-when leader --pod-name p-1 --label-key example.com/role --lock-type configmapsleases --no-events",
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.sidecar.http, Some("0.0.0.0:4040".parse().unwrap()));
+        assert_eq!(r.sidecar.ready_when, ReadyWhen::Leader);
+        assert_eq!(r.sidecar.pod_name.as_deref(), Some("p-1"));
+        assert_eq!(r.sidecar.label_key, "example.com/role");
+        assert!(r.sidecar.no_events);
+        assert_eq!(
+            r.lock.lock_type,
+            leasehold::backend::kube::LockType::ConfigMapsLeases
+        );
+        let e = |s: &str| p(s).unwrap_err().0;
+        assert!(
+            e("run --name a --lock-type secrets")
+                .contains("--lock-type: unknown lock type `secrets`")
+        );
+        assert!(e("run --name a --http nowhere").contains("--http: `nowhere`"));
+        assert!(e("run --name a --ready-when always").contains("--ready-when"));
+        assert!(e("run --name a --label-key bad/key/").contains("--label-key"));
+        assert!(e("run --name a --pod-name Bad_Pod").contains("--pod-name"));
+        assert!(
+            e("run --name a --backend file --label-pod")
+                .contains("--label-pod applies only to --backend kube")
+        );
+        assert!(e("run --name a --label-pod=yes").contains("--label-pod takes no value"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod args;
 mod child;
+mod http;
 mod run;
 mod status;
 mod watchdog;
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
             0
         }
         args::Cli::Watchdog { pgid, grace } => watchdog::run(pgid, grace),
-        args::Cli::Run(a) => block_on(run::run(a)),
+        args::Cli::Run(a) => block_on(run::run(*a)),
         args::Cli::Status(a) => block_on(status::status(a)),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

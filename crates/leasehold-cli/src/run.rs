@@ -5,7 +5,15 @@ use crate::{
     child::{self, Watchdog},
 };
 use leasehold::{Elector, Leadership, LockBackend, backend::file::FileLock};
-use std::{os::unix::process::ExitStatusExt as _, path::PathBuf, time::Duration};
+use std::{
+    os::unix::process::ExitStatusExt as _,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -40,6 +48,15 @@ pub enum Error {
     /// Signal handlers could not be installed (exit 1).
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    /// `--http` could not listen (exit 1).
+    #[error("--http {addr}: cannot listen")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The lock could not be read (`status`; exit 1).
     #[error("cannot read the lock")]
     Lock(#[source] leasehold::LockError),
@@ -67,10 +84,12 @@ pub fn default_file(name: &str) -> PathBuf {
     dir.join(format!("leasehold-{name}.json"))
 }
 
-/// Builds the backend from the lock flags and hands it to `f` (generic over the backend type).
+/// Builds the backend from the lock flags and hands it to `f`, with the Kubernetes client and
+/// namespace for the kube backend. `events`: record Events on the lock object.
 pub async fn with_backend<R>(
     lock: &LockArgs,
-    f: impl AsyncFnOnce(Box<dyn DynLock>) -> Result<R, Error>,
+    events: bool,
+    f: impl AsyncFnOnce(Box<dyn DynLock>, Option<(kube::Client, String)>) -> Result<R, Error>,
 ) -> Result<R, Error> {
     match lock.backend {
         Backend::File => {
@@ -78,7 +97,7 @@ pub async fn with_backend<R>(
                 .file
                 .clone()
                 .unwrap_or_else(|| default_file(&lock.name));
-            f(Box::new(FileLock::new(path))).await
+            f(Box::new(FileLock::new(path)), None).await
         }
         Backend::Kube => {
             use leasehold::backend::kube;
@@ -92,7 +111,9 @@ pub async fn with_backend<R>(
                 .namespace
                 .clone()
                 .unwrap_or_else(kube::default_namespace);
-            f(Box::new(kube::LeaseLock::new(client, &ns, &lock.name))).await
+            let backend = kube::KubeLock::new(client.clone(), lock.lock_type, &ns, &lock.name)
+                .with_events(events);
+            f(Box::new(backend), Some((client, ns))).await
         }
     }
 }
@@ -131,6 +152,12 @@ impl LockBackend for Boxed {
     }
     fn watch(&self, version: Option<&leasehold::Version>) -> leasehold_core::lock::WatchStream {
         self.0.watch(version)
+    }
+    fn record_event(
+        &self,
+        event: &leasehold::LockEvent,
+    ) -> leasehold_core::lock::BoxFuture<'_, Result<(), leasehold::LockError>> {
+        self.0.record_event(event)
     }
 }
 
@@ -182,14 +209,84 @@ struct Running {
 pub async fn run(args: RunArgs) -> Result<i32, Error> {
     let identity = identity(&args);
     let lock = args.lock.clone();
-    with_backend(&lock, async move |backend| {
-        run_on(Boxed(backend), args, identity).await
-    })
+    with_backend(
+        &lock,
+        !args.sidecar.no_events,
+        async move |backend, kube| run_on(Boxed(backend), kube, args, identity).await,
+    )
     .await
 }
 
-async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, Error> {
+/// Keeps the Pod's role label at the latest wanted value, retrying until it sticks.
+struct Labeler {
+    want: tokio::sync::watch::Sender<&'static str>,
+    applied: tokio::sync::watch::Receiver<Option<&'static str>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+// === impl Labeler ===
+
+impl Labeler {
+    fn start(client: kube::Client, namespace: String, pod: String, key: String) -> Self {
+        let (want, mut want_rx) = tokio::sync::watch::channel("standby");
+        let (applied_tx, applied) = tokio::sync::watch::channel(None);
+        let task = tokio::spawn(async move {
+            let mut last_error: Option<String> = None;
+            loop {
+                let value = *want_rx.borrow_and_update();
+                if *applied_tx.borrow() != Some(value) {
+                    match leasehold::backend::kube::set_pod_label(
+                        &client, &namespace, &pod, &key, value,
+                    )
+                    .await
+                    {
+                        Ok(()) => {
+                            tracing::info!(pod = %pod, label = %format!("{key}={value}"), "labelled Pod");
+                            last_error = None;
+                            applied_tx.send_replace(Some(value));
+                        }
+                        Err(e) => {
+                            let msg = leasehold::display_chain(&e);
+                            if last_error.as_deref() != Some(msg.as_str()) {
+                                tracing::warn!(error = %msg, "cannot label the Pod; retrying every second");
+                                last_error = Some(msg);
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
+                }
+                if want_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            want,
+            applied,
+            task,
+        }
+    }
+
+    fn set(&self, value: &'static str) {
+        self.want.send_replace(value);
+    }
+
+    /// Sets `value` and waits (at most `limit`) until the Pod carries it.
+    async fn flush(&mut self, value: &'static str, limit: Duration) {
+        self.set(value);
+        let _ = tokio::time::timeout(limit, self.applied.wait_for(|v| *v == Some(value))).await;
+    }
+}
+
+async fn run_on(
+    backend: Boxed,
+    kube: Option<(kube::Client, String)>,
+    args: RunArgs,
+    identity: String,
+) -> Result<i32, Error> {
     let timing = args.timing.clone();
+    let timing_c = timing.clone();
     // SIGKILL lands before others could take over: the step-down happens at renew deadline,
     // others wait a full lease duration; SIGKILL comes halfway through that margin.
     let grace = (timing.lease_duration.saturating_sub(timing.renew_deadline)) / 2;
@@ -197,12 +294,24 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
         lock = %backend.describe(), identity = %identity,
         lease_duration = ?timing.lease_duration, renew_deadline = ?timing.renew_deadline,
         retry_period = ?timing.retry_period, kill_grace = ?grace,
-        command = ?args.command, "leasehold starting"
+        command = ?args.command, lock_type = %args.lock.lock_type,
+        http = ?args.sidecar.http, ready_when = ?args.sidecar.ready_when,
+        pod_label = ?args.sidecar.pod_name.as_ref().map(|p| format!("{p}: {}", args.sidecar.label_key)),
+        events = !args.sidecar.no_events, "leasehold starting"
     );
+    let mut labeler = match (&kube, &args.sidecar.pod_name) {
+        (Some((client, ns)), Some(pod)) => Some(Labeler::start(
+            client.clone(),
+            ns.clone(),
+            pod.clone(),
+            args.sidecar.label_key.clone(),
+        )),
+        _ => None,
+    };
 
     let (lead_tx, mut lead_rx) = mpsc::unbounded_channel::<Leadership>();
     let (note_tx, mut note_rx) = mpsc::unbounded_channel::<Note>();
-    let elector = Elector::new(backend, identity.clone(), timing)
+    let elector = Elector::new(backend, identity.clone(), timing_c)
         .map_err(|e| Error::Usage(format!("{e}: {}", leasehold_error_source(&e))))?
         .on_started_leading(move |l| {
             let _ = lead_tx.send(l);
@@ -211,8 +320,36 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
             let _ = note_tx.send(Note::Leader(who.to_owned()));
         })
         .with_clock_offset(args.clock_offset.unwrap_or(jiff::SignedDuration::ZERO));
+    let handle = elector.handle();
     let cancel = CancellationToken::new();
+    let term: Arc<Mutex<Option<Leadership>>> = Arc::default();
+    let elector_dead = Arc::new(AtomicBool::new(false));
+    let http_task = match args.sidecar.http {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?;
+            tracing::info!(%addr, "serving /, /healthz, /readyz, /metrics");
+            let state = crate::http::State {
+                handle: handle.clone(),
+                term: Arc::clone(&term),
+                elector_dead: Arc::clone(&elector_dead),
+                name: args.lock.name.clone(),
+                namespace: kube.as_ref().map(|(_, ns)| ns.clone()).unwrap_or_default(),
+                identity: identity.clone(),
+                ready_when: args.sidecar.ready_when,
+                healthz_grace: timing
+                    .lease_duration
+                    .saturating_sub(timing.renew_deadline)
+                    .max(Duration::from_secs(1)),
+            };
+            Some(tokio::spawn(crate::http::serve(listener, state)))
+        }
+        None => None,
+    };
     let mut elector_task = tokio::spawn(elector.run(cancel.clone()));
+    // Set when the lease should be released: the Pod label goes to standby first.
+    let mut want_release = false;
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
@@ -228,6 +365,14 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
     let far = || Instant::now() + Duration::from_secs(86_400);
 
     loop {
+        if want_release && !cancel.is_cancelled() {
+            // Unlabel before releasing, so a Service on the label never selects two Pods
+            // during a graceful handover.
+            if let Some(l) = labeler.as_mut() {
+                l.flush("standby", Duration::from_secs(2)).await;
+            }
+            cancel.cancel();
+        }
         // Start the command when leading and no earlier child is left.
         if running.is_none() && !shutting_down && !args.command.is_empty() {
             if let Some(l) = current
@@ -276,10 +421,23 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
 
         tokio::select! {
             biased;
-            _ = async { sigterm.recv().await }, if true => on_signal(&mut shutting_down, &mut running, &cancel, grace, "SIGTERM"),
-            _ = sigint.recv() => on_signal(&mut shutting_down, &mut running, &cancel, grace, "SIGINT"),
+            _ = async { sigterm.recv().await }, if true => on_signal(&mut shutting_down, &mut running, &mut want_release, &cancel, grace, "SIGTERM"),
+            _ = sigint.recv() => on_signal(&mut shutting_down, &mut running, &mut want_release, &cancel, grace, "SIGINT"),
             Some(l) = lead_rx.recv() => {
                 println!("leading: {identity} (fencing token {})", l.fencing_token());
+                if let Some(lb) = &labeler {
+                    lb.set("leader");
+                    // Back to standby the moment this term ends, however it ends.
+                    let want = lb.want.clone();
+                    let ended = l.clone();
+                    tokio::spawn(async move {
+                        ended.lost().await;
+                        want.send_replace("standby");
+                    });
+                }
+                if let Ok(mut t) = term.lock() {
+                    *t = Some(l.clone());
+                }
                 current = Some(l);
             }
             Some(Note::Leader(who)) = note_rx.recv() => {
@@ -364,21 +522,33 @@ async fn run_on(backend: Boxed, args: RunArgs, identity: String) -> Result<i32, 
                     tracing::info!(code, "command stopped");
                     println!("stopped leading: {identity}");
                     if shutting_down {
-                        cancel.cancel();
+                        want_release = true;
                     }
                 } else {
                     // It ended by itself: release and exit with its code.
                     tracing::info!(code, "command exited; releasing the lease");
                     exit_code = code;
                     shutting_down = true;
-                    cancel.cancel();
+                    want_release = true;
                 }
             }
             _ = &mut elector_task => {
+                if !cancel.is_cancelled() {
+                    elector_dead.store(true, Ordering::Relaxed);
+                    tracing::error!("the election task ended unexpectedly");
+                    exit_code = 1;
+                }
                 if let Some(mut r) = running.take() {
                     kill(&mut r);
                     let _ = r.child.wait().await;
                     r.watchdog.finish().await;
+                }
+                if let Some(mut l) = labeler.take() {
+                    l.flush("standby", Duration::from_secs(2)).await;
+                    l.task.abort();
+                }
+                if let Some(t) = &http_task {
+                    t.abort();
                 }
                 if let Some(l) = current.as_ref().filter(|_| args.command.is_empty()) {
                     println!("stopped leading: {identity} (fencing token {})", l.fencing_token());
@@ -407,6 +577,7 @@ fn leasehold_error_source(e: &leasehold::Error) -> String {
 fn on_signal(
     shutting_down: &mut bool,
     running: &mut Option<Running>,
+    want_release: &mut bool,
     cancel: &CancellationToken,
     grace: Duration,
     name: &str,
@@ -429,7 +600,7 @@ fn on_signal(
     match running.as_mut() {
         // Stop the child while still leading; release only once it has exited.
         Some(r) => terminate(r, grace),
-        None => cancel.cancel(),
+        None => *want_release = true,
     }
 }
 

@@ -11,7 +11,7 @@ use crate::{
 /// [`Error::Lock`] when the lock cannot be read; see [`Error`].
 pub async fn status(args: StatusArgs) -> Result<i32, Error> {
     let json = args.json;
-    with_backend(&args.lock, async move |backend| {
+    with_backend(&args.lock, false, async move |backend, _| {
         let describe = backend.describe();
         let got = backend.get().await.map_err(Error::Lock)?;
         let now = jiff::Timestamp::now();

@@ -325,3 +325,52 @@ pub(crate) fn map_error(
         },
     }
 }
+
+/// Sets the label `key` of the Pod `namespace/pod` to `value` with a JSON patch, as seed 003's
+/// sidecar labels its Pod `k8s-elector/status: leader|standby`. A Service that selects on the
+/// label then routes to the leader alone.
+///
+/// Needs `patch` on `pods` (`get` is not needed).
+///
+/// # Errors
+/// A [`LockError`] naming the Pod (`Forbidden` names the verb and resource).
+pub async fn set_pod_label(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), LockError> {
+    let object = format!("pod {namespace}/{pod}");
+    // JSON pointer escaping (RFC 6901): `~` → `~0`, `/` → `~1`.
+    let path = format!(
+        "/metadata/labels/{}",
+        key.replace('~', "~0").replace('/', "~1")
+    );
+    let one = serde_json::json!([{ "op": "add", "path": path, "value": value }]);
+    match json_patch(client, namespace, pod, &one).await {
+        // No `metadata.labels` map yet: add the whole map.
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 500 => {
+            let all = serde_json::json!([
+                { "op": "add", "path": "/metadata/labels", "value": { key: value } }
+            ]);
+            json_patch(client, namespace, pod, &all)
+                .await
+                .map_err(|e| map_error(e, "patch", "patch", "pods", object))
+        }
+        r => r.map_err(|e| map_error(e, "patch", "patch", "pods", object)),
+    }
+}
+
+async fn json_patch(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    patch: &serde_json::Value,
+) -> Result<(), kube::Error> {
+    let req = http::Request::patch(format!("/api/v1/namespaces/{namespace}/pods/{pod}"))
+        .header(http::header::CONTENT_TYPE, "application/json-patch+json")
+        .body(serde_json::to_vec(patch).unwrap_or_default())
+        .map_err(kube::Error::HttpError)?;
+    client.request_text(req).await.map(|_| ())
+}

@@ -1,0 +1,278 @@
+//! The sidecar's HTTP endpoints, Pod role labels and lock types, as processes against a real
+//! kube-apiserver + etcd.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use leasehold_testing::harness::{self, free_port, unique};
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+use tokio::time::{Instant, sleep};
+
+const BIN: &str = env!("CARGO_BIN_EXE_leasehold");
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn term(&self) {
+        let pid = rustix::process::Pid::from_raw(self.0.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().unwrap()
+    }
+}
+
+/// A command-less sidecar (election + HTTP only), as seed 003's.
+fn sidecar(kubeconfig: &Path, name: &str, id: &str, port: u16, extra: &[&str]) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args(["run", "--namespace", "default", "--name", name, "--id", id])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args([
+                "--lease-duration",
+                "2s",
+                "--renew-deadline",
+                "1s",
+                "--retry-period",
+                "250ms",
+            ])
+            .args(["--http", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// `GET path` on 127.0.0.1:port: (status code, body), or None if nothing listens yet.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n")?.1.to_owned();
+    Some((code, body))
+}
+
+fn json(port: u16) -> serde_json::Value {
+    get(port, "/")
+        .and_then(|(_, b)| serde_json::from_str(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_status_health_ready_and_metrics_follow_the_lock() {
+    let server = harness::shared().await;
+    let kc = server.kubeconfig("admin");
+    let name = unique("http");
+    let (pa, pb) = (free_port(), free_port());
+    // On a ConfigMap lock, to prove --lock-type end to end as well.
+    let extra = ["--lock-type", "configmaps", "--ready-when", "leader"];
+    let mut a = sidecar(&kc, &name, "side-a", pa, &extra);
+    until("a leads", Duration::from_secs(15), || {
+        json(pa)["is_leader"] == true
+    })
+    .await;
+    let mut b = sidecar(&kc, &name, "side-b", pb, &extra);
+    until("b observes", Duration::from_secs(15), || {
+        json(pb)["leader"] == "side-a"
+    })
+    .await;
+
+    let ja = json(pa);
+    let jb = json(pb);
+    eprintln!("GET / on the leader: {ja}\nGET / on the standby: {jb}");
+    assert_eq!(ja["name"], "side-a");
+    assert_eq!(ja["node"], "side-a");
+    assert_eq!(ja["fencing_token"], 0);
+    assert_eq!(ja["lease"]["name"], name.as_str());
+    assert_eq!(ja["lease"]["namespace"], "default");
+    assert!(ja["lease"]["renew_time"].is_string());
+    assert!(ja["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(jb["name"], "side-a");
+    assert_eq!(jb["is_leader"], false);
+    assert_eq!(jb["node"], "side-b");
+    assert!(jb["fencing_token"].is_null());
+
+    assert_eq!(get(pa, "/healthz").unwrap().0, 200);
+    assert_eq!(get(pb, "/healthz").unwrap().0, 200, "a standby is healthy");
+    assert_eq!(get(pa, "/readyz").unwrap().0, 200);
+    assert_eq!(get(pb, "/readyz").unwrap().0, 503, "--ready-when leader");
+    assert_eq!(get(pa, "/nope").unwrap().0, 404);
+    let (_, ma) = get(pa, "/metrics").unwrap();
+    let (_, mb) = get(pb, "/metrics").unwrap();
+    let series = format!("leader_election_master_status{{name=\"{name}\"}}");
+    assert!(ma.contains(&format!("{series} 1")), "{ma}");
+    assert!(mb.contains(&format!("{series} 0")), "{mb}");
+    assert!(
+        ma.contains("leasehold_renew_duration_seconds_count"),
+        "{ma}"
+    );
+
+    // The lock is a ConfigMap with client-go's annotation.
+    let cms: Api<ConfigMap> = Api::namespaced(server.client("admin").await, "default");
+    let cm = cms.get(&name).await.unwrap();
+    let ann = &cm.metadata.annotations.unwrap()["control-plane.alpha.kubernetes.io/leader"];
+    assert!(ann.contains(r#""holderIdentity":"side-a""#), "{ann}");
+
+    // Handover: the standby's status flips as soon as it leads.
+    let t0 = Instant::now();
+    a.term();
+    until("b leads", Duration::from_secs(10), || {
+        json(pb)["is_leader"] == true
+    })
+    .await;
+    eprintln!(
+        "sidecar handover seen on b's GET /: {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(get(pb, "/readyz").unwrap().0, 200);
+    assert_eq!(json(pb)["fencing_token"], 1);
+    assert!(a.wait().success());
+    b.term();
+    assert!(b.wait().success());
+}
+
+async fn ensure_default_service_account(client: &kube::Client) {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("default".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let _ = sas.create(&PostParams::default(), &sa).await;
+}
+
+async fn create_pod(client: &kube::Client, name: &str, app: &str) {
+    ensure_default_service_account(client).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": { "app": app } },
+        "spec": { "containers": [{ "name": "app", "image": "registry.example/app:1" }] }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_labels_follow_leadership_and_select_one_pod_at_a_time() {
+    let server = harness::shared().await;
+    let kc = server.kubeconfig("admin");
+    let client = server.client("admin").await;
+    let app = unique("labels");
+    let (pod_a, pod_b) = (format!("{app}-a"), format!("{app}-b"));
+    create_pod(&client, &pod_a, &app).await;
+    create_pod(&client, &pod_b, &app).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // The selector a Service `{app, k8s-elector/status: leader}` uses, evaluated by the API
+    // server itself.
+    let leader_sel = ListParams::default().labels(&format!("app={app},k8s-elector/status=leader"));
+    let selected = || {
+        let pods = pods.clone();
+        let lp = leader_sel.clone();
+        async move {
+            pods.list(&lp)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect::<Vec<_>>()
+        }
+    };
+
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = sidecar(&kc, &app, "lab-a", pa, &["--pod-name", &pod_a]);
+    let t0 = Instant::now();
+    loop {
+        if selected().await == vec![pod_a.clone()] {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "a never labelled leader"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let mut b = sidecar(&kc, &app, "lab-b", pb, &["--pod-name", &pod_b]);
+    let t0 = Instant::now();
+    loop {
+        let p = pods.get(&pod_b).await.unwrap();
+        if p.metadata
+            .labels
+            .unwrap_or_default()
+            .get("k8s-elector/status")
+            .map(String::as_str)
+            == Some("standby")
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "b never labelled standby"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+
+    // Graceful handover: poll the selector throughout; never two Pods.
+    a.term();
+    let t0 = Instant::now();
+    let mut samples = 0;
+    let mut max_selected = 0;
+    loop {
+        let s = selected().await;
+        samples += 1;
+        max_selected = max_selected.max(s.len());
+        assert!(s.len() <= 1, "the leader selector matched two Pods: {s:?}");
+        if s == vec![pod_b.clone()] {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "b never labelled leader"
+        );
+    }
+    eprintln!(
+        "pod labels: handover to {pod_b} seen by the selector after {:.0} ms; {samples} samples, never more than {max_selected} Pod selected",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(a.wait().success());
+    let la = pods.get(&pod_a).await.unwrap().metadata.labels.unwrap();
+    assert_eq!(
+        la["k8s-elector/status"], "standby",
+        "set to standby on exit"
+    );
+    b.term();
+    assert!(b.wait().success());
+    let lb = pods.get(&pod_b).await.unwrap().metadata.labels.unwrap();
+    assert_eq!(lb["k8s-elector/status"], "standby");
+    assert_eq!(lb["app"], app.as_str(), "other labels kept");
+}
