@@ -39,7 +39,11 @@
 
 pub mod backend;
 mod elector;
+#[cfg(feature = "kube")]
+mod locker;
 pub mod metrics;
+#[cfg(feature = "kube")]
+mod options;
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.
 #[cfg(doctest)]
@@ -51,3 +55,7 @@ pub use leasehold_core::{
     ConfigError, FencingToken, LeaderRecord, LockBackend, LockError, LockEvent, LockEventKind,
     Role, Status, StepDown, Timing, Version, Versioned, record,
 };
+#[cfg(feature = "kube")]
+pub use locker::{CheckError, LeaseLocker, LockerError};
+#[cfg(feature = "kube")]
+pub use options::{Options, OptionsError, default_identity, run_or_die};
