@@ -1,0 +1,291 @@
+//! `deploy/rbac.yaml` on the real kube-apiserver: applied as written, leasehold runs with the
+//! ServiceAccount's token (lease, Events, Pod label all work); with any one verb removed, the
+//! log names exactly what is missing.
+
+use k8s_openapi::api::{
+    core::v1::{Event, Namespace, Pod},
+    rbac::v1::Role,
+};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use leasehold_testing::harness::{self, unique};
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+use tokio::time::{Instant, sleep};
+
+const BIN: &str = env!("CARGO_BIN_EXE_leasehold");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn raw(client: &kube::Client, method: &str, url: &str, ctype: &str, body: Vec<u8>) -> String {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", ctype)
+        .body(body)
+        .unwrap();
+    client
+        .request_text(req)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Applies every document of a multi-document YAML file into `ns`, as the API server parses it.
+async fn apply_yaml(client: &kube::Client, ns: &str, path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut kinds = Vec::new();
+    for doc in text.split("\n---\n") {
+        let kind = doc
+            .lines()
+            .find_map(|l| l.strip_prefix("kind: "))
+            .unwrap_or_else(|| panic!("no kind in {doc}"))
+            .trim();
+        let url = match kind {
+            "ServiceAccount" => format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+            "Role" => format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles"),
+            "RoleBinding" => {
+                format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings")
+            }
+            other => panic!("unexpected kind {other}"),
+        };
+        raw(
+            client,
+            "POST",
+            &url,
+            "application/yaml",
+            doc.as_bytes().to_vec(),
+        )
+        .await;
+        kinds.push(kind.to_owned());
+    }
+    kinds
+}
+
+fn run(kubeconfig: &Path, ns: &str, name: &str, pod: &str, log: &Path) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--namespace",
+                ns,
+                "--name",
+                name,
+                "--id",
+                "rbac-a",
+                "--pod-name",
+                pod,
+            ])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args([
+                "--lease-duration",
+                "2s",
+                "--renew-deadline",
+                "1s",
+                "--retry-period",
+                "250ms",
+            ])
+            .env("LEASEHOLD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn wait_log(log: &Path, needle: &str, limit: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "`{needle}` not logged within {limit:?}:\n{text}"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
+    let server = harness::shared().await;
+    let admin = server.client("admin").await;
+    let ns = unique("rbac");
+    Api::<Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let kinds = apply_yaml(
+        &admin,
+        &ns,
+        &harness::workspace_root().join("deploy/rbac.yaml"),
+    )
+    .await;
+    assert_eq!(kinds, ["ServiceAccount", "Role", "RoleBinding"]);
+
+    // The ServiceAccount's own token (TokenRequest), as a Pod would mount it.
+    let tr = raw(
+        &admin,
+        "POST",
+        &format!("/api/v1/namespaces/{ns}/serviceaccounts/leasehold/token"),
+        "application/json",
+        br#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}"#.to_vec(),
+    )
+    .await;
+    let token = serde_json::from_str::<serde_json::Value>(&tr).unwrap()["status"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kc = server.write_kubeconfig(&format!("sa-{ns}"), &token);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "app-0" },
+        "spec": { "serviceAccountName": "leasehold", "containers": [{ "name": "app", "image": "registry.example/app:1" }] }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // 1. As written: leads, labels the Pod, records the Event; no permission error.
+    let log = dir.path().join("ok.log");
+    let name = "app-ok";
+    let mut p = run(&kc, &ns, name, "app-0", &log);
+    wait_log(&log, "started leading", Duration::from_secs(15)).await;
+    wait_log(&log, "k8s-elector/status=leader", Duration::from_secs(10)).await;
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
+    let t0 = Instant::now();
+    while events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no Event recorded");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(p.0.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    );
+    assert!(p.0.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("forbidden"), "{text}");
+    eprintln!("deploy/rbac.yaml as written: leads, labels the Pod, records Events, no denial");
+
+    // 2. Remove one verb at a time: the log names it.
+    let roles: Api<Role> = Api::namespaced(admin.clone(), &ns);
+    let original = roles.get("leasehold").await.unwrap();
+    let cases: [(&str, &str, &str, bool); 6] = [
+        // (resource, verb, expected log text, whether it still leads)
+        (
+            "leases",
+            "get",
+            "needs `get` on `leases.coordination.k8s.io`",
+            false,
+        ),
+        (
+            "leases",
+            "create",
+            "needs `create` on `leases.coordination.k8s.io`",
+            false,
+        ),
+        (
+            "leases",
+            "update",
+            "needs `update` on `leases.coordination.k8s.io`",
+            false,
+        ),
+        (
+            "leases",
+            "watch",
+            "needs `watch` on `leases.coordination.k8s.io`",
+            true,
+        ),
+        ("events", "create", "needs `create` on `events`", true),
+        ("pods", "patch", "needs `patch` on `pods`", true),
+    ];
+    for (i, (resource, verb, needle, leads)) in cases.into_iter().enumerate() {
+        let mut role = roles.get("leasehold").await.unwrap();
+        if let Some(rules) = role.rules.as_mut() {
+            for rule in rules.iter_mut() {
+                if rule
+                    .resources
+                    .as_ref()
+                    .is_some_and(|r| r.iter().any(|x| x == resource))
+                {
+                    rule.verbs.retain(|v| v != verb);
+                }
+            }
+            // A rule left with no verb is not valid: drop it.
+            rules.retain(|r| !r.verbs.is_empty());
+        }
+        roles
+            .replace("leasehold", &PostParams::default(), &role)
+            .await
+            .unwrap();
+        let name = format!("app-{i}");
+        if verb == "update" {
+            // The Lease exists (released), so acquiring it needs `update`.
+            let admin_lock = leasehold::backend::kube::LeaseLock::new(admin.clone(), &ns, &name);
+            use leasehold::LockBackend as _;
+            admin_lock
+                .create(&leasehold::LeaderRecord {
+                    lease_duration_seconds: 1,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        sleep(Duration::from_millis(300)).await;
+        let log = dir.path().join(format!("{resource}-{verb}.log"));
+        let p = run(&kc, &ns, &name, "app-0", &log);
+        let line = wait_log(&log, needle, Duration::from_secs(15)).await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        if leads {
+            wait_log(&log, "started leading", Duration::from_secs(10)).await;
+        } else {
+            assert!(
+                !text.contains("started leading"),
+                "{resource} {verb}: led without permission"
+            );
+        }
+        eprintln!(
+            "without `{verb}` on {resource}: {}",
+            line.split("error=").nth(1).unwrap_or(&line)
+        );
+        drop(p);
+        // Restore.
+        let mut restored = original.clone();
+        restored.metadata.resource_version = roles
+            .get("leasehold")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version;
+        roles
+            .replace("leasehold", &PostParams::default(), &restored)
+            .await
+            .unwrap();
+    }
+}
