@@ -345,6 +345,11 @@ impl KubeServer {
         self.apiserver.as_ref()
     }
 
+    /// The etcd process id, if running.
+    pub fn etcd_pid(&self) -> Option<i32> {
+        self.etcd.as_ref().map(Proc::pid)
+    }
+
     /// The HTTPS port.
     pub fn port(&self) -> u16 {
         self.port

@@ -473,14 +473,17 @@ impl<B: LockBackend> Elector<B> {
                 }
             }
 
-            // Keep a watch open once the lock has been observed; restart it after a failure.
-            if watch.is_none() && self.machine.observed() && Instant::now() >= watch_retry_at {
+            // Standbys keep a watch open once the lock has been observed, and restart it after a
+            // failure. A leader needs none: it learns the lock's state from its own renewals
+            // (a conflict means someone else wrote), so a process leading M elections holds no
+            // watch streams at all.
+            let want_watch = self.machine.observed() && !self.machine.is_leader();
+            if !want_watch {
+                watch = None;
+            } else if watch.is_none() && Instant::now() >= watch_retry_at {
                 watch = Some(self.backend.watch(self.machine.version().as_ref()));
             }
-            let timer_at = match (
-                self.machine.deadline(),
-                watch.is_none() && self.machine.observed(),
-            ) {
+            let timer_at = match (self.machine.deadline(), watch.is_none() && want_watch) {
                 (Some(d), true) => (origin + d).min(watch_retry_at),
                 (Some(d), false) => origin + d,
                 (None, true) => watch_retry_at,

@@ -1,0 +1,108 @@
+//! The leasehold library as a benchmark candidate: M electors in one process, printing
+//! `started <id> <lease>` / `stopped <id> <lease>` on stdout, releasing on SIGTERM.
+//!
+//! `lh-candidate --kubeconfig PATH --namespace NS --name NAME --id ID --lease-duration-ms N
+//! --renew-deadline-ms N --retry-period-ms N [--count M]`
+
+use leasehold::{Elector, Timing, backend::kube::LeaseLock};
+use std::{io::Write as _, path::PathBuf, time::Duration};
+use tokio_util::sync::CancellationToken;
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn main() -> std::process::ExitCode {
+    let mut args = std::env::args().skip(1);
+    let (mut kubeconfig, mut ns, mut name, mut id) = (None, "default".to_owned(), None, None);
+    let (mut lease, mut renew, mut retry, mut count) = (15_000u64, 10_000u64, 2_000u64, 1usize);
+    while let Some(flag) = args.next() {
+        let Some(value) = args.next() else {
+            eprintln!("lh-candidate: {flag} needs a value");
+            return std::process::ExitCode::from(2);
+        };
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: `{v}` is not a number"))
+        };
+        let r: Result<(), String> = (|| {
+            match flag.as_str() {
+                "--kubeconfig" => kubeconfig = Some(PathBuf::from(&value)),
+                "--namespace" => ns = value.clone(),
+                "--name" => name = Some(value.clone()),
+                "--id" => id = Some(value.clone()),
+                "--lease-duration-ms" => lease = num(&value)?,
+                "--renew-deadline-ms" => renew = num(&value)?,
+                "--retry-period-ms" => retry = num(&value)?,
+                "--count" => count = num(&value)? as usize,
+                other => return Err(format!("unknown flag {other}")),
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            eprintln!("lh-candidate: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    let (Some(name), Some(id)) = (name, id) else {
+        eprintln!("lh-candidate: --name and --id are required");
+        return std::process::ExitCode::from(2);
+    };
+    let timing = Timing {
+        lease_duration: Duration::from_millis(lease),
+        renew_deadline: Duration::from_millis(renew),
+        retry_period: Duration::from_millis(retry),
+        release_on_cancel: true,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let client = match leasehold::backend::kube::client(kubeconfig.as_deref()).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("lh-candidate: {}", leasehold::display_chain(&e));
+                return std::process::ExitCode::from(2);
+            }
+        };
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            let lease = if count == 1 {
+                name.clone()
+            } else {
+                format!("{name}-{i}")
+            };
+            let (l1, l2, i1, i2) = (lease.clone(), lease.clone(), id.clone(), id.clone());
+            let elector = match Elector::new(
+                LeaseLock::new(client.clone(), &ns, &lease),
+                id.clone(),
+                timing.clone(),
+            ) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("lh-candidate: {}", leasehold::display_chain(&e));
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            let elector = elector
+                .on_started_leading(move |_| say(&format!("started {i1} {l1}")))
+                .on_stopped_leading(move || say(&format!("stopped {i2} {l2}")));
+            tasks.push(tokio::spawn(elector.run(cancel.clone())));
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        cancel.cancel();
+        for t in tasks {
+            let _ = t.await;
+        }
+        std::process::ExitCode::SUCCESS
+    })
+}

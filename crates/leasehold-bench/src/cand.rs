@@ -1,0 +1,312 @@
+//! The candidates under test: how to start each, and how to read when it leads.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+    time::Instant,
+};
+
+/// Lease duration, renew deadline, retry period.
+#[derive(Clone, Copy, Debug)]
+pub struct Durations {
+    pub lease: Duration,
+    pub renew: Duration,
+    pub retry: Duration,
+}
+
+/// One implementation under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Impl {
+    LhLib,
+    LhSidecar,
+    GoExample,
+    GoElector,
+    Kle,
+    Klm,
+    Kc,
+}
+
+/// Where the binaries are.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub lh_candidate: PathBuf,
+    pub leasehold: PathBuf,
+    pub go_example: PathBuf,
+    pub go_elector: PathBuf,
+    pub rust_peers: PathBuf,
+}
+
+/// What a candidate reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ev {
+    Started,
+    Stopped,
+}
+
+// === impl Impl ===
+
+impl Impl {
+    pub const ALL: [Impl; 7] = [
+        Impl::LhLib,
+        Impl::LhSidecar,
+        Impl::GoElector,
+        Impl::GoExample,
+        Impl::Kle,
+        Impl::Klm,
+        Impl::Kc,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Impl::LhLib => "leasehold (library)",
+            Impl::LhSidecar => "leasehold run (sidecar)",
+            Impl::GoExample => "client-go example (as shipped)",
+            Impl::GoElector => "client-go (go-elector)",
+            Impl::Kle => "kube-leader-election",
+            Impl::Klm => "kube-lease-manager",
+            Impl::Kc => "kube-coordinate",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Impl::LhLib => "lh-lib",
+            Impl::LhSidecar => "lh-sidecar",
+            Impl::GoExample => "go-example",
+            Impl::GoElector => "go-elector",
+            Impl::Kle => "kle",
+            Impl::Klm => "klm",
+            Impl::Kc => "kc",
+        }
+    }
+
+    pub fn binary(self, p: &Paths) -> PathBuf {
+        match self {
+            Impl::LhLib => p.lh_candidate.clone(),
+            Impl::LhSidecar => p.leasehold.clone(),
+            Impl::GoExample => p.go_example.clone(),
+            Impl::GoElector => p.go_elector.clone(),
+            Impl::Kle => p.rust_peers.join("kle-candidate"),
+            Impl::Klm => p.rust_peers.join("klm-candidate"),
+            Impl::Kc => p.rust_peers.join("kc-candidate"),
+        }
+    }
+
+    /// The example's durations are compiled in (60 s / 15 s / 5 s).
+    pub fn fixed(self) -> Option<Durations> {
+        (self == Impl::GoExample).then_some(Durations {
+            lease: Duration::from_secs(60),
+            renew: Duration::from_secs(15),
+            retry: Duration::from_secs(5),
+        })
+    }
+
+    pub fn available(self, p: &Paths) -> bool {
+        self.binary(p).exists()
+    }
+
+    fn command(
+        self,
+        p: &Paths,
+        kc: &Path,
+        name: &str,
+        id: &str,
+        d: Durations,
+        count: usize,
+    ) -> Command {
+        let mut c = Command::new(self.binary(p));
+        let ms = |d: Duration| d.as_millis().to_string();
+        let kc = kc.display().to_string();
+        match self {
+            Impl::LhLib | Impl::Kle | Impl::Klm | Impl::Kc => {
+                c.args([
+                    "--kubeconfig",
+                    &kc,
+                    "--namespace",
+                    "default",
+                    "--name",
+                    name,
+                    "--id",
+                    id,
+                ]);
+                c.args([
+                    "--lease-duration-ms",
+                    &ms(d.lease),
+                    "--renew-deadline-ms",
+                    &ms(d.renew),
+                    "--retry-period-ms",
+                    &ms(d.retry),
+                ]);
+                c.args(["--count", &count.to_string()]);
+            }
+            Impl::LhSidecar => {
+                c.args([
+                    "run",
+                    "--kubeconfig",
+                    &kc,
+                    "--namespace",
+                    "default",
+                    "--name",
+                    name,
+                    "--id",
+                    id,
+                    "--no-events",
+                ]);
+                c.args([
+                    "--lease-duration",
+                    &format!("{}ms", ms(d.lease)),
+                    "--renew-deadline",
+                    &format!("{}ms", ms(d.renew)),
+                    "--retry-period",
+                    &format!("{}ms", ms(d.retry)),
+                ]);
+                c.env("LEASEHOLD_LOG", "warn");
+            }
+            Impl::GoExample => {
+                c.args([
+                    format!("-kubeconfig={kc}"),
+                    format!("-id={id}"),
+                    format!("-lease-lock-name={name}"),
+                    "-lease-lock-namespace=default".into(),
+                ]);
+            }
+            Impl::GoElector => {
+                c.args([
+                    format!("-kubeconfig={kc}"),
+                    format!("-id={id}"),
+                    format!("-name={name}"),
+                    "-namespace=default".into(),
+                ]);
+                c.args([
+                    format!("-lease-duration={}ms", ms(d.lease)),
+                    format!("-renew-deadline={}ms", ms(d.renew)),
+                    format!("-retry-period={}ms", ms(d.retry)),
+                ]);
+                if count > 1 {
+                    c.args([format!("-count={count}"), "-qps=5000".into()]);
+                }
+            }
+        }
+        c
+    }
+
+    fn parse(self, line: &str, stderr: bool) -> Option<Ev> {
+        match (self, stderr) {
+            (Impl::GoExample, true) if line.contains("Controller loop...") => Some(Ev::Started),
+            (Impl::GoExample, true) if line.contains("leader lost") => Some(Ev::Stopped),
+            (Impl::LhSidecar, false) if line.starts_with("leading: ") => Some(Ev::Started),
+            (Impl::LhSidecar, false) if line.starts_with("stopped leading") => Some(Ev::Stopped),
+            (Impl::LhSidecar | Impl::GoExample, _) => None,
+            (_, false) if line.starts_with("started ") => Some(Ev::Started),
+            (_, false) if line.starts_with("stopped ") => Some(Ev::Stopped),
+            _ => None,
+        }
+    }
+}
+
+/// A running candidate process.
+pub struct Cand {
+    pub child: Child,
+    pub pid: i32,
+    pub rx: mpsc::UnboundedReceiver<(Ev, Instant)>,
+}
+
+// === impl Cand ===
+
+impl Cand {
+    pub fn spawn(
+        imp: Impl,
+        p: &Paths,
+        kc: &Path,
+        name: &str,
+        id: &str,
+        d: Durations,
+        count: usize,
+    ) -> std::io::Result<Self> {
+        let mut c = imp.command(p, kc, name, id, d, count);
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = c.spawn()?;
+        let pid = child.id().map_or(0, |p| p as i32);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let out = child.stdout.take().expect("piped");
+        let err = child.stderr.take().expect("piped");
+        for (stream, is_err) in [
+            (
+                Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                false,
+            ),
+            (Box::new(err), true),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(ev) = imp.parse(&line, is_err) {
+                        let _ = tx.send((ev, Instant::now()));
+                    }
+                }
+            });
+        }
+        Ok(Self { child, pid, rx })
+    }
+
+    /// Waits for the next `ev`, up to `limit`.
+    pub async fn wait(&mut self, ev: Ev, limit: Duration) -> Option<Instant> {
+        let until = Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
+                Ok(Some((e, at))) if e == ev => return Some(at),
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid) {
+            let _ = rustix::process::kill_process(pid, sig);
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s; reaps.
+    pub async fn stop(mut self) {
+        self.signal(rustix::process::Signal::TERM);
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid)
+    }
+}
+
+/// Resident set size of `pid` in KiB.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// User + system CPU time of `pid` in seconds, from /proc (clock ticks of 10 ms).
+pub fn cpu_secs(pid: i32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}

@@ -1,0 +1,462 @@
+//! `leasehold-bench`: leasehold against client-go and the Rust crates, side by side on one real
+//! kube-apiserver + etcd (started by the test harness), printing one table.
+//!
+//! ```text
+//! cargo run --release -p leasehold-bench -- all [--runs N] [--window SECS] [--footprint SECS]
+//!                                              [--scale 100,1000,10000] [--scale-window SECS]
+//!                                              [--out docs/benchmarks.md]
+//! ```
+//!
+//! Targets are printed as PASS/MISS beside the numbers, never asserted: the machine is noisy.
+
+mod cand;
+mod report;
+
+use cand::{Cand, Durations, Ev, Impl, Paths, cpu_secs};
+use leasehold::LockBackend as _;
+use leasehold_testing::harness::{self, KubeServer};
+use report::{Report, Row, Scale};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use tokio::time::{Instant, sleep};
+
+/// The durations every candidate runs with (except the example, whose are compiled in).
+const FAST: Durations = Durations {
+    lease: Duration::from_secs(2),
+    renew: Duration::from_secs(1),
+    retry: Duration::from_millis(250),
+};
+/// The scale test's durations (what a node lease costs: renew every 20 s).
+const SCALE: Durations = Durations {
+    lease: Duration::from_secs(60),
+    renew: Duration::from_secs(40),
+    retry: Duration::from_secs(20),
+};
+
+struct Opts {
+    runs: usize,
+    window: Duration,
+    footprint: Duration,
+    scale: Vec<usize>,
+    scale_window: Duration,
+    out: Option<PathBuf>,
+    only: Option<Vec<String>>,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!(
+        "leasehold-bench: {msg}\nusage: leasehold-bench all [--runs N] [--window SECS] [--footprint SECS] [--scale M,M,..] [--scale-window SECS] [--out FILE] [--only lh-lib,go-elector,..]"
+    );
+    std::process::exit(64);
+}
+
+fn parse_opts() -> Opts {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() != Some("all") {
+        usage("expected the subcommand `all`");
+    }
+    let mut o = Opts {
+        runs: 20,
+        window: Duration::from_secs(30),
+        footprint: Duration::from_secs(60),
+        scale: vec![100, 1000, 10_000],
+        scale_window: Duration::from_secs(60),
+        out: Some(harness::workspace_root().join("docs/benchmarks.md")),
+        only: None,
+    };
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .unwrap_or_else(|_| usage(&format!("{flag}: `{v}` is not a number")))
+        };
+        match flag.as_str() {
+            "--runs" => o.runs = num(&value).max(1) as usize,
+            "--window" => o.window = Duration::from_secs(num(&value).max(1)),
+            "--footprint" => o.footprint = Duration::from_secs(num(&value).max(1)),
+            "--scale-window" => o.scale_window = Duration::from_secs(num(&value).max(1)),
+            "--scale" => {
+                o.scale = if value == "none" {
+                    Vec::new()
+                } else {
+                    value.split(',').map(|v| num(v) as usize).collect()
+                }
+            }
+            "--out" => o.out = (value != "none").then(|| PathBuf::from(value)),
+            "--only" => o.only = Some(value.split(',').map(str::to_owned).collect()),
+            other => usage(&format!("unknown flag {other}")),
+        }
+    }
+    o
+}
+
+fn main() {
+    let opts = parse_opts();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(opts));
+}
+
+async fn run(opts: Opts) {
+    let root = harness::workspace_root();
+    let bins = harness::bins();
+    let target = root.join("target/release");
+    let paths = Paths {
+        lh_candidate: target.join("lh-candidate"),
+        leasehold: target.join("leasehold"),
+        go_example: bins.leader_election.clone(),
+        go_elector: bins.go_elector.clone(),
+        rust_peers: root.join("bench/rust-peers/target/release"),
+    };
+    // The candidates: leasehold's release binaries, and the Rust crates' candidate programs
+    // (their own workspace, so their kube versions stay out of ours).
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = |args: &[&str]| {
+        let ok = std::process::Command::new(&cargo)
+            .args(args)
+            .current_dir(&root)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("leasehold-bench: `cargo {}` failed", args.join(" "));
+        }
+        ok
+    };
+    if !build(&[
+        "build",
+        "--release",
+        "-p",
+        "leasehold-cli",
+        "-p",
+        "leasehold-bench",
+    ]) {
+        std::process::exit(1);
+    }
+    build(&[
+        "build",
+        "--release",
+        "--manifest-path",
+        "bench/rust-peers/Cargo.toml",
+    ]);
+    let impls: Vec<Impl> = Impl::ALL
+        .into_iter()
+        .filter(|i| opts.only.as_ref().is_none_or(|o| o.iter().any(|s| s == i.short())))
+        .filter(|i| {
+            let ok = i.available(&paths);
+            if !ok {
+                eprintln!("leasehold-bench: {} not built ({}); skipped (scripts/build-rust-peers.sh builds it)", i.label(), i.binary(&paths).display());
+            }
+            ok
+        })
+        .collect();
+    eprintln!("leasehold-bench: starting etcd + kube-apiserver");
+    let server = KubeServer::start().await;
+    let kc = server.kubeconfig("admin");
+    let mut report = Report::new(&opts.runs, FAST, SCALE);
+    report.put_latency = put_latency(&server).await;
+    eprintln!(
+        "Lease PUT latency (API server's own, n=50): median {:.2} ms",
+        report.put_latency.as_secs_f64() * 1e3
+    );
+
+    let mut n = 0;
+    let mut next = |p: &str| {
+        n += 1;
+        format!("{p}-{n}")
+    };
+    for &imp in &impls {
+        let d = imp.fixed().unwrap_or(FAST);
+        let mut row = Row::new(imp, d, imp.binary(&paths));
+        let runs = if imp.fixed().is_some() {
+            opts.runs.min(5)
+        } else {
+            opts.runs
+        };
+        eprintln!("{}: graceful handover x{runs}", imp.label());
+        row.handover = handover(
+            imp,
+            &paths,
+            &kc,
+            &next("ho"),
+            d,
+            runs,
+            rustix::process::Signal::TERM,
+        )
+        .await;
+        if imp.fixed().is_none() {
+            eprintln!("{}: crash failover x{runs}", imp.label());
+            row.failover = handover(
+                imp,
+                &paths,
+                &kc,
+                &next("fo"),
+                d,
+                runs,
+                rustix::process::Signal::KILL,
+            )
+            .await;
+        }
+        report.rows.push(row);
+    }
+    // API load, one implementation at a time (the counters are server-wide).
+    eprintln!(
+        "API load: baseline ({} s, no candidates)",
+        opts.window.as_secs()
+    );
+    let baseline = load_window(&server, opts.window).await;
+    for row in &mut report.rows {
+        for k in [1usize, 3] {
+            eprintln!(
+                "{}: API load with {k} candidate(s), {} s",
+                row.imp.label(),
+                opts.window.as_secs()
+            );
+            let name = next("load");
+            let mut cands = Vec::new();
+            for i in 0..k {
+                if let Ok(c) = Cand::spawn(row.imp, &paths, &kc, &name, &format!("c{i}"), row.d, 1)
+                {
+                    cands.push(c);
+                }
+            }
+            if let Some(c) = cands.first_mut() {
+                c.wait(Ev::Started, Duration::from_secs(90)).await;
+            }
+            sleep(Duration::from_secs(3)).await;
+            let counts = load_window(&server, opts.window).await;
+            let per_min: BTreeMap<String, f64> = counts
+                .iter()
+                .map(|(verb, v)| {
+                    (
+                        verb.clone(),
+                        (v - baseline.get(verb).copied().unwrap_or(0.0)).max(0.0) * 60.0
+                            / opts.window.as_secs_f64(),
+                    )
+                })
+                .collect();
+            if k == 1 {
+                row.load1 = Some(per_min)
+            } else {
+                row.load3 = Some(per_min)
+            }
+            for c in cands {
+                c.stop().await;
+            }
+        }
+    }
+    // Footprint: every implementation leading its own Lease at once, for the footprint window.
+    eprintln!(
+        "footprint: all candidates leading for {} s",
+        opts.footprint.as_secs()
+    );
+    let mut cands = Vec::new();
+    for (i, row) in report.rows.iter().enumerate() {
+        if let Ok(mut c) = Cand::spawn(row.imp, &paths, &kc, &next("fp"), "fp", row.d, 1) {
+            c.wait(Ev::Started, Duration::from_secs(90)).await;
+            cands.push((i, c, cpu_secs_or_zero(0)));
+        }
+    }
+    for (_, c, cpu0) in &mut cands {
+        *cpu0 = cpu_secs(c.pid).unwrap_or(0.0);
+    }
+    sleep(opts.footprint).await;
+    for (i, c, cpu0) in cands {
+        let row = &mut report.rows[i];
+        row.rss_kib = c.rss_kib();
+        row.cpu_per_min =
+            cpu_secs(c.pid).map(|c1| (c1 - cpu0) * 60.0 / opts.footprint.as_secs_f64());
+        c.stop().await;
+    }
+    // Scale: one process, M elections.
+    for &m in &opts.scale {
+        for imp in [Impl::LhLib, Impl::GoElector] {
+            if !impls.contains(&imp) {
+                continue;
+            }
+            eprintln!(
+                "scale: {} with {m} elections ({} s window)",
+                imp.label(),
+                opts.scale_window.as_secs()
+            );
+            let s = scale(&server, imp, &paths, &kc, &next("sc"), m, opts.scale_window).await;
+            report.scale.push(s);
+        }
+    }
+    report.finish();
+    let table = report.table();
+    println!("{table}");
+    if let Some(out) = &opts.out {
+        let svg = out.with_extension("svg");
+        std::fs::write(&svg, report.svg()).expect("write svg");
+        std::fs::write(
+            out,
+            report.markdown(
+                &table,
+                svg.file_name()
+                    .and_then(|f| f.to_str())
+                    .unwrap_or("benchmarks.svg"),
+            ),
+        )
+        .expect("write report");
+        eprintln!("wrote {} and {}", out.display(), svg.display());
+    }
+}
+
+fn cpu_secs_or_zero(_: i32) -> f64 {
+    0.0
+}
+
+/// The API server's own Lease PUT latency through leasehold's client: median of 50 sequential
+/// compare-and-swap updates.
+async fn put_latency(server: &KubeServer) -> Duration {
+    let client = leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
+        .await
+        .expect("client");
+    let lock = leasehold::backend::kube::LeaseLock::new(client, "default", "put-latency");
+    let r = leasehold::LeaderRecord {
+        holder_identity: "bench".into(),
+        lease_duration_seconds: 15,
+        ..Default::default()
+    };
+    let mut v = lock.create(&r).await.expect("create");
+    let mut samples = Vec::new();
+    for _ in 0..60 {
+        let t0 = Instant::now();
+        v = lock.update(&r, &v).await.expect("update");
+        samples.push(t0.elapsed());
+    }
+    samples.drain(..10); // warm-up
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Handover (`sig` = TERM) or failover (`sig` = KILL): the leader is signalled; time until the
+/// other candidate prints that it leads. The signalled one is replaced by a fresh standby.
+async fn handover(
+    imp: Impl,
+    p: &Paths,
+    kc: &std::path::Path,
+    name: &str,
+    d: Durations,
+    runs: usize,
+    sig: rustix::process::Signal,
+) -> Vec<Duration> {
+    let limit = d.lease * 3 + Duration::from_secs(20);
+    let mut seq = 0;
+    let spawn = |seq: &mut usize| {
+        *seq += 1;
+        Cand::spawn(imp, p, kc, name, &format!("{}-{seq}", imp.short()), d, 1)
+    };
+    let Ok(mut leader) = spawn(&mut seq) else {
+        return Vec::new();
+    };
+    if leader.wait(Ev::Started, limit).await.is_none() {
+        eprintln!("  {}: never led", imp.label());
+        return Vec::new();
+    }
+    let Ok(first) = spawn(&mut seq) else {
+        return Vec::new();
+    };
+    let mut standby = Some(first);
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        let Some(mut next) = standby.take() else {
+            break;
+        };
+        // Let the standby observe the lock (a watch, or a first poll).
+        sleep(d.retry * 3 + Duration::from_millis(300)).await;
+        let t0 = Instant::now();
+        leader.signal(sig);
+        let took = next.wait(Ev::Started, limit).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), leader.child.wait()).await;
+        leader = next;
+        match took {
+            Some(at) => out.push(at.duration_since(t0)),
+            None => {
+                eprintln!("  {}: no takeover within {limit:?}", imp.label());
+                break;
+            }
+        }
+        standby = spawn(&mut seq).ok();
+    }
+    if let Some(s) = standby {
+        s.stop().await;
+    }
+    leader.stop().await;
+    out
+}
+
+async fn load_window(server: &KubeServer, window: Duration) -> BTreeMap<String, f64> {
+    let c0 = server.request_counts("leases").await;
+    sleep(window).await;
+    let c1 = server.request_counts("leases").await;
+    c1.iter()
+        .map(|(k, v)| (k.clone(), v - c0.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+async fn scale(
+    server: &KubeServer,
+    imp: Impl,
+    p: &Paths,
+    kc: &std::path::Path,
+    name: &str,
+    m: usize,
+    window: Duration,
+) -> Scale {
+    let mut s = Scale {
+        imp: Some(imp),
+        m,
+        ..Scale::default()
+    };
+    let Ok(mut c) = Cand::spawn(imp, p, kc, name, "scale", SCALE, m) else {
+        return s;
+    };
+    let t0 = Instant::now();
+    let mut started = 0;
+    let limit = Duration::from_secs(300);
+    while started < m {
+        match tokio::time::timeout(limit.saturating_sub(t0.elapsed()), c.rx.recv()).await {
+            Ok(Some((Ev::Started, _))) => started += 1,
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    s.acquired = started;
+    s.acquire_secs = t0.elapsed().as_secs_f64();
+    // One full renewal cycle before measuring: the acquisition burst is not steady state.
+    sleep(SCALE.retry + Duration::from_secs(5)).await;
+    while c.rx.try_recv().is_ok() {}
+    let api_pid = server.apiserver().map(|a| a.pid()).unwrap_or(0);
+    let etcd_pid = server.etcd_pid().unwrap_or(0);
+    let (cpu0, api0, etcd0) = (
+        cpu_secs(c.pid).unwrap_or(0.0),
+        cpu_secs(api_pid).unwrap_or(0.0),
+        cpu_secs(etcd_pid).unwrap_or(0.0),
+    );
+    let req0 = server.request_counts("leases").await;
+    let until = Instant::now() + window;
+    while let Ok(Some((ev, _))) = tokio::time::timeout_at(until, c.rx.recv()).await {
+        if ev == Ev::Stopped {
+            s.missed += 1;
+        }
+    }
+    let req1 = server.request_counts("leases").await;
+    let secs = window.as_secs_f64();
+    s.cpu_secs = cpu_secs(c.pid).unwrap_or(0.0) - cpu0;
+    s.api_cpu_secs = cpu_secs(api_pid).unwrap_or(0.0) - api0;
+    s.etcd_cpu_secs = cpu_secs(etcd_pid).unwrap_or(0.0) - etcd0;
+    s.window_secs = secs;
+    s.rss_kib = c.rss_kib();
+    s.req_per_sec = req1
+        .iter()
+        .map(|(k, v)| v - req0.get(k).copied().unwrap_or(0.0))
+        .sum::<f64>()
+        / secs;
+    c.stop().await;
+    s
+}
