@@ -133,7 +133,8 @@ OPTIONS:
   --lease-duration DUR  how long standbys wait after the last change they saw (default 15s;
                         whole seconds)
   --renew-deadline DUR  leader steps down if no renewal succeeded for this long (default 10s)
-  --retry-period DUR    renewal interval and retry delay (default 2s)
+  --retry-period DUR    retry delay; the leader renews every renew-deadline/2, never more
+                        often than this (default 2s)
   --ttl DUR             sets all three in client-go's ratio 15:10:2
                         (lease = TTL, renew deadline = TTL*2/3, retry period = TTL*2/15)
   --http ADDR           serve GET / (JSON status), /healthz, /readyz, /metrics on ADDR

@@ -490,8 +490,10 @@ impl Machine {
         d.mul_f64(1.0 + (crate::config::JITTER_FACTOR - 1.0) * unit)
     }
 
+    /// A quarter of the renew deadline: a renewal sent at half the renew deadline that hangs
+    /// is abandoned in time for a retry before the step-down.
     fn request_timeout(&self) -> Duration {
-        (self.timing.renew_deadline / 2).max(Duration::from_millis(100))
+        (self.timing.renew_deadline / 4).max(Duration::from_millis(100))
     }
 
     /// Whether `r` is one of this candidate's recent writes. Times are compared at whole
@@ -719,7 +721,7 @@ impl Machine {
             }
             Inflight::Renew { sent_at, record } => {
                 self.set_seen(Some(Versioned { record, version }), now, out);
-                let next = now + self.jittered(self.timing.retry_period);
+                let next = now + self.jittered(self.timing.renew_interval());
                 if let State::Leading(term) = &mut self.state {
                     term.last_ok_sent = term.last_ok_sent.max(sent_at);
                     term.renew_at = next;
@@ -731,7 +733,7 @@ impl Machine {
                     transitions: record.leader_transitions,
                     acquire_time: record.acquire_time,
                     last_ok_sent: sent_at,
-                    renew_at: now + self.jittered(self.timing.retry_period),
+                    renew_at: now + self.jittered(self.timing.renew_interval()),
                 };
                 self.retry_at = None;
                 self.set_seen(Some(Versioned { record, version }), now, out);
@@ -1062,7 +1064,8 @@ mod tests {
         let mut m = machine();
         assert_eq!(
             m.handle(Event::Start, Duration::ZERO, wall()),
-            vec![Action::Read { deadline: 5 * S }]
+            vec![Action::Read { deadline: ms(2500) }],
+            "a request may take a quarter of the renew deadline"
         );
         let a = m.handle(Event::ReadDone(Ok(None)), ms(3), wall());
         let expected = LeaderRecord {
@@ -1076,7 +1079,7 @@ mod tests {
             a,
             vec![Action::Create {
                 record: expected,
-                deadline: ms(3) + 5 * S
+                deadline: ms(3) + ms(2500)
             }]
         );
         let a = m.handle(Event::WriteDone(Ok(ver("1"))), ms(5), wall());
@@ -1096,16 +1099,16 @@ mod tests {
     }
 
     #[test]
-    fn renews_every_retry_period_keeping_term_fields() {
+    fn renews_every_half_renew_deadline_keeping_term_fields() {
         let mut m = leader();
         let at = m.deadline().unwrap();
         assert!(
-            at >= 2 * S && at < ms(2400),
-            "renew at retry period with ≤20% jitter: {at:?}"
+            at >= 5 * S && at < 6 * S,
+            "renew at half the renew deadline (10 s), not the retry period (2 s), with ≤20% jitter: {at:?}"
         );
         assert!(m.handle(Event::Timer, at - ms(1), wall()).is_empty());
         let later = wall()
-            .checked_add(jiff::SignedDuration::from_secs(2))
+            .checked_add(jiff::SignedDuration::from_secs(5))
             .unwrap();
         let a = m.handle(Event::Timer, at, later);
         let [
@@ -1122,7 +1125,7 @@ mod tests {
         assert_eq!(record.renew_time, Some(later));
         assert_eq!(record.acquire_time, Some(wall()));
         assert_eq!(record.leader_transitions, 0);
-        assert_eq!(*deadline, at + 5 * S);
+        assert_eq!(*deadline, at + ms(2500));
         assert!(
             m.handle(Event::WriteDone(Ok(ver("2"))), at + ms(2), wall())
                 .is_empty()
@@ -1173,15 +1176,21 @@ mod tests {
     #[test]
     fn a_hung_renewal_cannot_outlive_the_step_down() {
         let mut m = leader();
-        // The renewals at ~2 s, ~4 s … hang; each request's deadline is capped at the step-down.
+        // The renewal at ~5 s hangs until its deadline (a quarter of the renew deadline); the
+        // retry after it hangs too, and its deadline is capped at the step-down time (10 s).
         let at = m.deadline().unwrap();
-        m.handle(Event::Timer, at, wall());
+        let a = m.handle(Event::Timer, at, wall());
+        let [Action::Update { deadline, .. }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(*deadline, at + ms(2500));
         m.handle(
             Event::WriteDone(Err(ErrorKind::Timeout)),
-            at + 5 * S,
+            at + ms(2500),
             wall(),
         );
         let next = m.deadline().unwrap();
+        assert!(next < 10 * S, "a retry before the step-down: {next:?}");
         let a = m.handle(Event::Timer, next, wall());
         let deadline = match a.as_slice() {
             [Action::Read { deadline }] | [Action::Update { deadline, .. }] => *deadline,
