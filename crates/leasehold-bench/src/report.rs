@@ -13,6 +13,8 @@ pub struct Row {
     pub load1: Option<BTreeMap<String, f64>>,
     pub load3: Option<BTreeMap<String, f64>>,
     pub rss_kib: Option<u64>,
+    /// Anonymous (heap, stacks) and file-backed (the binary's pages) parts of the RSS.
+    pub rss_anon_file_kib: Option<(u64, u64)>,
     pub cpu_per_min: Option<f64>,
 }
 
@@ -74,6 +76,7 @@ impl Row {
             load1: None,
             load3: None,
             rss_kib: None,
+            rss_anon_file_kib: None,
             cpu_per_min: None,
         }
     }

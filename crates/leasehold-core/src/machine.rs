@@ -387,6 +387,12 @@ impl Machine {
         matches!(self.state, State::Leading(_))
     }
 
+    /// Whether an acquisition (create, or update of a released or expired record) is in
+    /// flight. A driver need not watch meanwhile: the answer decides what comes next.
+    pub fn acquiring(&self) -> bool {
+        matches!(self.inflight, Some(Inflight::Acquire { .. }))
+    }
+
     /// The next time the driver must deliver [`Event::Timer`], if any.
     pub fn deadline(&self) -> Option<Tick> {
         let idle = self.inflight.is_none();

@@ -476,8 +476,12 @@ impl<B: LockBackend> Elector<B> {
             // Standbys keep a watch open once the lock has been observed, and restart it after a
             // failure. A leader needs none: it learns the lock's state from its own renewals
             // (a conflict means someone else wrote), so a process leading M elections holds no
-            // watch streams at all.
-            let want_watch = self.machine.observed() && !self.machine.is_leader();
+            // watch streams at all. Nor does a candidate whose acquisition is in flight: opening
+            // M watches while M acquisitions wait would fill the connection's streams (HTTP/2
+            // allows 250 by default) with requests that never end.
+            let want_watch = self.machine.observed()
+                && !self.machine.is_leader()
+                && !self.machine.acquiring();
             if !want_watch {
                 watch = None;
             } else if watch.is_none() && Instant::now() >= watch_retry_at {

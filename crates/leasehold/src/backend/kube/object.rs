@@ -152,7 +152,11 @@ impl ObjectLock {
 
     fn remember(&self, obj: &DynamicObject) {
         if let Ok(mut last) = self.last.lock() {
-            *last = Some(obj.clone());
+            let mut obj = obj.clone();
+            // Not needed to build an update (an update that omits them keeps them on the
+            // server), and most of the object's size.
+            obj.metadata.managed_fields = None;
+            *last = Some(obj);
         }
     }
 
