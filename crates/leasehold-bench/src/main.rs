@@ -267,7 +267,8 @@ async fn run(opts: Opts) {
     for (i, c, cpu0) in cands {
         let row = &mut report.rows[i];
         row.rss_kib = c.rss_kib();
-        row.rss_anon_file_kib = cand::status_kib(c.pid, "RssAnon:").zip(cand::status_kib(c.pid, "RssFile:"));
+        row.rss_anon_file_kib =
+            cand::status_kib(c.pid, "RssAnon:").zip(cand::status_kib(c.pid, "RssFile:"));
         row.cpu_per_min =
             cpu_secs(c.pid).map(|c1| (c1 - cpu0) * 60.0 / opts.footprint.as_secs_f64());
         c.stop().await;

@@ -479,9 +479,8 @@ impl<B: LockBackend> Elector<B> {
             // watch streams at all. Nor does a candidate whose acquisition is in flight: opening
             // M watches while M acquisitions wait would fill the connection's streams (HTTP/2
             // allows 250 by default) with requests that never end.
-            let want_watch = self.machine.observed()
-                && !self.machine.is_leader()
-                && !self.machine.acquiring();
+            let want_watch =
+                self.machine.observed() && !self.machine.is_leader() && !self.machine.acquiring();
             if !want_watch {
                 watch = None;
             } else if watch.is_none() && Instant::now() >= watch_retry_at {

@@ -78,31 +78,62 @@ pub fn lease_spec_to_record(spec: &LeaseSpec) -> LeaderRecord {
 
 /// Reads the record out of a Lease's `spec` (absent `spec` reads as an empty record).
 pub(crate) fn spec_to_record(spec: Option<&Value>) -> Result<LeaderRecord, RecordError> {
-    let mut m = Map::new();
-    match spec {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(spec)) => {
-            for (from, to) in [
-                ("holderIdentity", "holderIdentity"),
-                ("leaseDurationSeconds", "leaseDurationSeconds"),
-                ("acquireTime", "acquireTime"),
-                ("renewTime", "renewTime"),
-                ("leaseTransitions", "leaderTransitions"),
-            ] {
-                if let Some(v) = spec.get(from) {
-                    m.insert(to.to_owned(), v.clone());
-                }
-            }
-        }
+    // Read straight from the parsed object (this runs on every renewal): missing and `null`
+    // fields are zero values, as Go's decoder reads them; a wrong type is an error naming it.
+    let spec = match spec {
+        None | Some(Value::Null) => return Ok(LeaderRecord::default()),
+        Some(Value::Object(spec)) => spec,
         Some(other) => {
             return Err(RecordError::Field {
                 field: "spec",
                 reason: format!("expected an object, got {other}"),
             });
         }
-    }
-    let bytes = serde_json::to_vec(&m).map_err(RecordError::Json)?;
-    LeaderRecord::from_json(&bytes)
+    };
+    let field = |name: &'static str| spec.get(name).filter(|v| !v.is_null());
+    let int = |name: &'static str| -> Result<i32, RecordError> {
+        match field(name) {
+            None => Ok(0),
+            Some(v) => v
+                .as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| RecordError::Field {
+                    field: name,
+                    reason: format!("expected a 32-bit integer, got {v}"),
+                }),
+        }
+    };
+    let time = |name: &'static str| -> Result<Option<jiff::Timestamp>, RecordError> {
+        match field(name) {
+            None => Ok(None),
+            Some(Value::String(t)) if t.is_empty() => Ok(None),
+            Some(Value::String(t)) => t.parse().map(Some).map_err(|e| RecordError::Field {
+                field: name,
+                reason: format!("not an RFC 3339 time: {e}"),
+            }),
+            Some(v) => Err(RecordError::Field {
+                field: name,
+                reason: format!("expected a time string, got {v}"),
+            }),
+        }
+    };
+    let holder_identity = match field("holderIdentity") {
+        None => String::new(),
+        Some(Value::String(h)) => h.clone(),
+        Some(v) => {
+            return Err(RecordError::Field {
+                field: "holderIdentity",
+                reason: format!("expected a string, got {v}"),
+            });
+        }
+    };
+    Ok(LeaderRecord {
+        holder_identity,
+        lease_duration_seconds: int("leaseDurationSeconds")?,
+        acquire_time: time("acquireTime")?,
+        renew_time: time("renewTime")?,
+        leader_transitions: int("leaseTransitions")?,
+    })
 }
 
 /// Writes the record into a Lease's `spec` as client-go's `LeaderElectionRecordToLeaseSpec` does,

@@ -150,18 +150,20 @@ impl ObjectLock {
         })
     }
 
-    fn remember(&self, obj: &DynamicObject) {
+    /// Keeps `obj` to build the next update from (moved, not copied: a renewal allocates as
+    /// little as it can, which is most of its cost at thousands of elections per process).
+    fn remember(&self, mut obj: DynamicObject) {
+        // Not needed to build an update (an update that omits them keeps them on the server),
+        // and most of the object's size.
+        obj.metadata.managed_fields = None;
         if let Ok(mut last) = self.last.lock() {
-            let mut obj = obj.clone();
-            // Not needed to build an update (an update that omits them keeps them on the
-            // server), and most of the object's size.
-            obj.metadata.managed_fields = None;
             *last = Some(obj);
         }
     }
 
     async fn base_object(&self, version: &Version) -> Result<DynamicObject, LockError> {
-        let cached = self.last.lock().ok().and_then(|l| l.clone());
+        // Taken out of the cache: the update's answer replaces it (a failed update reads again).
+        let cached = self.last.lock().ok().and_then(|mut l| l.take());
         if let Some(obj) =
             cached.filter(|o| o.metadata.resource_version.as_deref() == Some(&*version.0))
         {
@@ -195,8 +197,9 @@ impl ObjectLock {
             match obj {
                 None => Ok(None),
                 Some(o) => {
-                    self.remember(&o);
-                    self.decode(&o).map(Some)
+                    let v = self.decode(&o);
+                    self.remember(o);
+                    v.map(Some)
                 }
             }
         })
@@ -217,14 +220,15 @@ impl ObjectLock {
                 .create(&PostParams::default(), &obj)
                 .await
                 .map_err(|e| self.err(e, "create", "create"))?;
-            self.remember(&created);
-            Ok(Version::new(
+            let version = Version::new(
                 created
                     .metadata
                     .resource_version
                     .clone()
                     .unwrap_or_default(),
-            ))
+            );
+            self.remember(created);
+            Ok(version)
         })
     }
 
@@ -244,10 +248,10 @@ impl ObjectLock {
                 .replace(&self.name, &PostParams::default(), &obj)
                 .await
                 .map_err(|e| self.err(e, "update", "update"))?;
-            self.remember(&stored);
-            Ok(Version::new(
-                stored.metadata.resource_version.clone().unwrap_or_default(),
-            ))
+            let version =
+                Version::new(stored.metadata.resource_version.clone().unwrap_or_default());
+            self.remember(stored);
+            Ok(version)
         })
     }
 
@@ -292,8 +296,8 @@ impl ObjectLock {
                     }
                     Some(Ok(WatchEvent::Bookmark(_))) => continue,
                     Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
-                        lock.remember(&o);
                         let item = lock.decode(&o).map(Some);
+                        lock.remember(o);
                         return Some((item, St::Running(lock, events)));
                     }
                     Some(Ok(WatchEvent::Deleted(_))) => {
