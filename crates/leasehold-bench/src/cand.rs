@@ -107,6 +107,26 @@ impl Impl {
         })
     }
 
+    /// The durations this candidate runs with: `fast`, except where the crate cannot express
+    /// them (kube-coordinate needs every duration ≥ 1 s; kube-lease-manager renews in whole
+    /// seconds), and the example's compiled-in ones.
+    pub fn durations(self, fast: Durations) -> Durations {
+        match self {
+            Impl::GoExample => self.fixed().unwrap_or(fast),
+            Impl::Kc => Durations {
+                lease: Duration::from_secs(2),
+                renew: Duration::from_millis(1500),
+                retry: Duration::from_secs(1),
+            },
+            Impl::Klm => Durations {
+                lease: Duration::from_secs(2),
+                renew: Duration::from_secs(1),
+                retry: Duration::from_secs(1),
+            },
+            _ => fast,
+        }
+    }
+
     pub fn available(self, p: &Paths) -> bool {
         self.binary(p).exists()
     }

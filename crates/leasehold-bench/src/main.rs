@@ -169,7 +169,7 @@ async fn run(opts: Opts) {
         format!("{p}-{n}")
     };
     for &imp in &impls {
-        let d = imp.fixed().unwrap_or(FAST);
+        let d = imp.durations(FAST);
         let mut row = Row::new(imp, d, imp.binary(&paths));
         let runs = if imp.fixed().is_some() {
             opts.runs.min(5)
@@ -267,6 +267,8 @@ async fn run(opts: Opts) {
     for (i, c, cpu0) in cands {
         let row = &mut report.rows[i];
         row.rss_kib = c.rss_kib();
+        row.rss_anon_file_kib =
+            cand::status_kib(c.pid, "RssAnon:").zip(cand::status_kib(c.pid, "RssFile:"));
         row.rss_anon_file_kib =
             cand::status_kib(c.pid, "RssAnon:").zip(cand::status_kib(c.pid, "RssFile:"));
         row.cpu_per_min =
