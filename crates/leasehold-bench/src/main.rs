@@ -139,6 +139,7 @@ async fn run(opts: Opts) {
     build(&[
         "build",
         "--release",
+        "--locked",
         "--manifest-path",
         "bench/rust-peers/Cargo.toml",
     ]);
