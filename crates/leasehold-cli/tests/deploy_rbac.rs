@@ -220,7 +220,7 @@ async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
             "leases",
             "watch",
             "needs `watch` on `leases.coordination.k8s.io`",
-            true,
+            false,
         ),
         ("events", "create", "needs `create` on `events`", true),
         ("pods", "patch", "needs `patch` on `pods`", true),
@@ -245,17 +245,28 @@ async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
             .await
             .unwrap();
         let name = format!("app-{i}");
-        if verb == "update" {
-            // The Lease exists (released), so acquiring it needs `update`.
+        if verb == "update" || verb == "watch" {
+            // `update`: the Lease exists (released), so acquiring it needs `update`.
+            // `watch`: another holder has it for 30 s, so this candidate stands by, which is
+            // when it watches (a leader holds no watch).
             let admin_lock = leasehold::backend::kube::LeaseLock::new(admin.clone(), &ns, &name);
             use leasehold::LockBackend as _;
-            admin_lock
-                .create(&leasehold::LeaderRecord {
+            let now = jiff::Timestamp::now();
+            let record = if verb == "watch" {
+                leasehold::LeaderRecord {
+                    holder_identity: "someone-else".into(),
+                    lease_duration_seconds: 30,
+                    acquire_time: Some(now),
+                    renew_time: Some(now),
+                    leader_transitions: 0,
+                }
+            } else {
+                leasehold::LeaderRecord {
                     lease_duration_seconds: 1,
                     ..Default::default()
-                })
-                .await
-                .unwrap();
+                }
+            };
+            admin_lock.create(&record).await.unwrap();
         }
         sleep(Duration::from_millis(300)).await;
         let log = dir.path().join(format!("{resource}-{verb}.log"));
