@@ -924,38 +924,21 @@ impl Machine {
                     out.push(Action::Read { deadline });
                     return;
                 };
-                let acquire = |transitions: i32| LeaderRecord {
-                    holder_identity: self.identity.clone(),
-                    lease_duration_seconds: self.timing.lease_duration_seconds(),
-                    acquire_time: Some(wall),
-                    renew_time: Some(wall),
-                    leader_transitions: transitions,
-                };
-                if let (true, Some(version)) = (seen.unreadable, &seen.version) {
+                // The token after the highest ever seen (a deleted or unreadable lock continues
+                // from it), or after the record's own.
+                let after_max = self.max_transitions.map_or(Some(0), |m| m.checked_add(1));
+                let read_due = now >= self.last_heard + self.timing.lease_duration;
+                if let (true, Some(version)) = (seen.unreadable, seen.version.clone()) {
                     let unchanged_for = now.saturating_sub(seen.since);
                     if unchanged_for >= self.timing.lease_duration {
-                        let Some(next) = self.max_transitions.map_or(Some(0), |m| m.checked_add(1))
-                        else {
-                            self.retry_at = Some(now + self.timing.lease_duration);
-                            return;
-                        };
-                        let record = acquire(next);
-                        let version = version.clone();
-                        out.push(Action::ReplaceUnreadable {
-                            version: version.clone(),
-                            unchanged_for,
-                        });
-                        self.remember_write(record.clone());
-                        self.inflight = Some(Inflight::Acquire {
-                            sent_at: now,
-                            record: record.clone(),
-                        });
-                        out.push(Action::Update {
-                            record,
-                            version,
-                            deadline,
-                        });
-                    } else if now >= self.last_heard + self.timing.lease_duration {
+                        if after_max.is_some() {
+                            out.push(Action::ReplaceUnreadable {
+                                version: version.clone(),
+                                unchanged_for,
+                            });
+                        }
+                        self.acquire(after_max, Some(version), now, deadline, wall, out);
+                    } else if read_due {
                         self.inflight = Some(Inflight::Read);
                         out.push(Action::Read { deadline });
                     }
@@ -963,44 +946,18 @@ impl Machine {
                 }
                 match (&seen.record, &seen.version) {
                     (None, _) | (_, None) => {
-                        if self.deleted_lease.is_some_and(|d| now < seen.since + d) {
-                            return;
+                        if self.deleted_lease.is_none_or(|d| now >= seen.since + d) {
+                            self.acquire(after_max, None, now, deadline, wall, out);
                         }
-                        let Some(next) = self.max_transitions.map_or(Some(0), |m| m.checked_add(1))
-                        else {
-                            self.retry_at = Some(now + self.timing.lease_duration);
-                            return;
-                        };
-                        let record = acquire(next);
-                        self.remember_write(record.clone());
-                        self.inflight = Some(Inflight::Acquire {
-                            sent_at: now,
-                            record: record.clone(),
-                        });
-                        out.push(Action::Create { record, deadline });
                     }
                     (Some(r), Some(version)) => {
                         let own = r.holder_identity == self.identity && self.is_own(r);
                         let expired = now >= self.expires_at(r, seen.since);
                         if r.is_released() || own || expired {
-                            let Some(next) = r.leader_transitions.checked_add(1) else {
-                                // leaderTransitions at i32::MAX: no larger token can be written.
-                                self.retry_at = Some(now + self.timing.lease_duration);
-                                return;
-                            };
-                            let record = acquire(next);
+                            let next = r.leader_transitions.checked_add(1);
                             let version = version.clone();
-                            self.remember_write(record.clone());
-                            self.inflight = Some(Inflight::Acquire {
-                                sent_at: now,
-                                record: record.clone(),
-                            });
-                            out.push(Action::Update {
-                                record,
-                                version,
-                                deadline,
-                            });
-                        } else if now >= self.last_heard + self.timing.lease_duration {
+                            self.acquire(next, Some(version), now, deadline, wall, out);
+                        } else if read_due {
                             self.inflight = Some(Inflight::Read);
                             out.push(Action::Read { deadline });
                         }
@@ -1008,6 +965,44 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// Sends an acquisition writing `transitions` (the new term's token): an update at
+    /// `version`, or a create when there is no object. With no token left (`leaderTransitions`
+    /// at `i32::MAX`, so no larger one can be written) it waits a lease duration instead.
+    fn acquire(
+        &mut self,
+        transitions: Option<i32>,
+        version: Option<Version>,
+        now: Tick,
+        deadline: Tick,
+        wall: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(transitions) = transitions else {
+            self.retry_at = Some(now + self.timing.lease_duration);
+            return;
+        };
+        let record = LeaderRecord {
+            holder_identity: self.identity.clone(),
+            lease_duration_seconds: self.timing.lease_duration_seconds(),
+            acquire_time: Some(wall),
+            renew_time: Some(wall),
+            leader_transitions: transitions,
+        };
+        self.remember_write(record.clone());
+        self.inflight = Some(Inflight::Acquire {
+            sent_at: now,
+            record: record.clone(),
+        });
+        out.push(match version {
+            Some(version) => Action::Update {
+                record,
+                version,
+                deadline,
+            },
+            None => Action::Create { record, deadline },
+        });
     }
 }
 
