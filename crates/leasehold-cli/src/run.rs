@@ -89,7 +89,7 @@ pub fn default_file(name: &str) -> PathBuf {
 pub async fn with_backend<R>(
     lock: &LockArgs,
     events: bool,
-    f: impl AsyncFnOnce(Box<dyn DynLock>, Option<(kube::Client, String)>) -> Result<R, Error>,
+    f: impl AsyncFnOnce(Box<dyn LockBackend>, Option<(kube::Client, String)>) -> Result<R, Error>,
 ) -> Result<R, Error> {
     match lock.backend {
         Backend::File => {
@@ -115,49 +115,6 @@ pub async fn with_backend<R>(
                 .with_events(events);
             f(Box::new(backend), Some((client, ns))).await
         }
-    }
-}
-
-/// A backend behind a box, so the CLI picks one at run time.
-pub trait DynLock: LockBackend {}
-impl<T: LockBackend> DynLock for T {}
-
-/// Lets a boxed backend be used where a `LockBackend` is expected.
-pub struct Boxed(pub Box<dyn DynLock>);
-
-impl LockBackend for Boxed {
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-    fn get(
-        &self,
-    ) -> leasehold_core::lock::BoxFuture<
-        '_,
-        Result<Option<leasehold::Versioned>, leasehold::LockError>,
-    > {
-        self.0.get()
-    }
-    fn create(
-        &self,
-        record: &leasehold::LeaderRecord,
-    ) -> leasehold_core::lock::BoxFuture<'_, Result<leasehold::Version, leasehold::LockError>> {
-        self.0.create(record)
-    }
-    fn update(
-        &self,
-        record: &leasehold::LeaderRecord,
-        version: &leasehold::Version,
-    ) -> leasehold_core::lock::BoxFuture<'_, Result<leasehold::Version, leasehold::LockError>> {
-        self.0.update(record, version)
-    }
-    fn watch(&self, version: Option<&leasehold::Version>) -> leasehold_core::lock::WatchStream {
-        self.0.watch(version)
-    }
-    fn record_event(
-        &self,
-        event: &leasehold::LockEvent,
-    ) -> leasehold_core::lock::BoxFuture<'_, Result<(), leasehold::LockError>> {
-        self.0.record_event(event)
     }
 }
 
@@ -212,7 +169,7 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
     with_backend(
         &lock,
         !args.sidecar.no_events,
-        async move |backend, kube| run_on(Boxed(backend), kube, args, identity).await,
+        async move |backend, kube| run_on(backend, kube, args, identity).await,
     )
     .await
 }
@@ -280,7 +237,7 @@ impl Labeler {
 }
 
 async fn run_on(
-    backend: Boxed,
+    backend: Box<dyn LockBackend>,
     kube: Option<(kube::Client, String)>,
     args: RunArgs,
     identity: String,

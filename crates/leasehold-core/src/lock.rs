@@ -193,6 +193,33 @@ pub trait LockBackend: Send + Sync + 'static {
     }
 }
 
+/// A boxed backend is a backend, so a program can pick one at run time
+/// (`Box<dyn LockBackend>`).
+impl<T: LockBackend + ?Sized> LockBackend for Box<T> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
+        (**self).get()
+    }
+    fn create(&self, record: &LeaderRecord) -> BoxFuture<'_, Result<Version, LockError>> {
+        (**self).create(record)
+    }
+    fn update(
+        &self,
+        record: &LeaderRecord,
+        version: &Version,
+    ) -> BoxFuture<'_, Result<Version, LockError>> {
+        (**self).update(record, version)
+    }
+    fn watch(&self, version: Option<&Version>) -> WatchStream {
+        (**self).watch(version)
+    }
+    fn record_event(&self, event: &LockEvent) -> BoxFuture<'_, Result<(), LockError>> {
+        (**self).record_event(event)
+    }
+}
+
 /// A leadership change, as recorded by [`LockBackend::record_event`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockEvent {
