@@ -258,12 +258,17 @@ async fn run(opts: Opts) {
     for (i, row) in report.rows.iter().enumerate() {
         if let Ok(mut c) = Cand::spawn(row.imp, &paths, &kc, &next("fp"), "fp", row.d, 1) {
             c.wait(Ev::Started, Duration::from_secs(90)).await;
-            cands.push((i, c, cpu_secs_or_zero(0)));
+            cands.push((i, c));
         }
     }
-    for (_, c, cpu0) in &mut cands {
-        *cpu0 = cpu_secs(c.pid).unwrap_or(0.0);
-    }
+    // CPU is counted from when every candidate leads.
+    let cands: Vec<_> = cands
+        .into_iter()
+        .map(|(i, c)| {
+            let cpu0 = cpu_secs(c.pid).unwrap_or(0.0);
+            (i, c, cpu0)
+        })
+        .collect();
     sleep(opts.footprint).await;
     for (i, c, cpu0) in cands {
         let row = &mut report.rows[i];
@@ -291,7 +296,6 @@ async fn run(opts: Opts) {
             report.scale.push(s);
         }
     }
-    report.finish();
     let table = report.table();
     println!("{table}");
     if let Some(out) = &opts.out {
@@ -309,10 +313,6 @@ async fn run(opts: Opts) {
         .expect("write report");
         eprintln!("wrote {} and {}", out.display(), svg.display());
     }
-}
-
-fn cpu_secs_or_zero(_: i32) -> f64 {
-    0.0
 }
 
 /// The API server's own Lease PUT latency through leasehold's client: median of 50 sequential

@@ -110,8 +110,6 @@ impl Report {
         }
     }
 
-    pub fn finish(&mut self) {}
-
     fn row(&self, imp: Impl) -> Option<&Row> {
         self.rows.iter().find(|r| r.imp == imp)
     }

@@ -473,21 +473,31 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     let env_pod = std::env::var("ELECTOR_POD_NAME")
         .ok()
         .filter(|p| !p.is_empty());
-    let pod_name =
-        if backend == Backend::Kube && (label_pod || pod_name.is_some() || env_pod.is_some()) {
-            let name = pod_name
-                .or(env_pod)
-                .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-                .ok_or_else(|| {
-                    usage(
-                        "--label-pod: no Pod name (set --pod-name, ELECTOR_POD_NAME or HOSTNAME)"
-                            .into(),
-                    )
-                })?;
-            Some(name)
-        } else {
-            None
+    let pod_name = if backend == Backend::Kube
+        && (label_pod || pod_name.is_some() || env_pod.is_some())
+    {
+        let (source, name) = match (pod_name, env_pod) {
+            (Some(p), _) => ("--pod-name", Some(p)),
+            (None, Some(p)) => ("ELECTOR_POD_NAME", Some(p)),
+            (None, None) => (
+                "HOSTNAME",
+                std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()),
+            ),
         };
+        let name = name.ok_or_else(|| {
+            usage("--label-pod: no Pod name (set --pod-name, ELECTOR_POD_NAME or HOSTNAME)".into())
+        })?;
+        // The environment gets the same check as the flag: a bad name would only fail
+        // later, on every patch.
+        if !is_dns_subdomain(&name) {
+            return Err(usage(format!(
+                "--label-pod: the Pod name `{name}` from {source} is not a valid Pod name"
+            )));
+        }
+        Some(name)
+    } else {
+        None
+    };
     Ok(Cli::Run(Box::new(RunArgs {
         lock,
         id,

@@ -12,6 +12,11 @@ pub enum LockerError {
     /// The cancellation token fired before the lock was acquired.
     #[error("cancelled before the lock `{0}` was acquired")]
     Cancelled(String),
+    /// The Lease name is not a valid object name (after lowercasing).
+    #[error(
+        "lease name `{0}` is not a valid object name (letters, digits, '-' and '.', at most 253)"
+    )]
+    InvalidName(String),
     /// The elector could not be built (invalid identity or timing).
     #[error("invalid lock configuration")]
     Config(#[from] crate::Error),
@@ -134,6 +139,10 @@ impl LeaseLocker {
     pub async fn lock(&self, cancel: &CancellationToken) -> Result<Leadership, LockerError> {
         if let Some(l) = self.current() {
             return Ok(l);
+        }
+        // Refused here rather than by the API server on every retry while `lock` waits.
+        if !crate::options::is_dns_subdomain(self.lock.name()) {
+            return Err(LockerError::InvalidName(self.lock.name().to_owned()));
         }
         // Always release on an explicit unlock; `release_on_cancel` decides what `cancel` does.
         let timing = Timing {

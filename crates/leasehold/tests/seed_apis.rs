@@ -277,3 +277,18 @@ async fn disabled_election_leads_at_once_without_the_api() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+/// A Lease name the API server would refuse is an error from `lock`, not a wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_locker_refuses_an_invalid_name_at_once() {
+    let locker = LeaseLocker::new(unreachable_client(), "default", "Not_A_Name", "me");
+    let err = timeout(
+        Duration::from_secs(1),
+        locker.lock(&CancellationToken::new()),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(matches!(err, LockerError::InvalidName(_)), "{err}");
+    assert!(err.to_string().contains("`not_a_name`"), "{err}");
+}
