@@ -107,7 +107,8 @@ async fn run(opts: Opts) {
     let target = root.join("target/release");
     let paths = Paths {
         lh_candidate: target.join("lh-candidate"),
-        leasehold: target.join("leasehold"),
+        // The sidecar as shipped: the `dist` profile (size over speed).
+        leasehold: root.join("target/dist/leasehold"),
         go_example: bins.leader_election.clone(),
         go_elector: bins.go_elector.clone(),
         rust_peers: root.join("bench/rust-peers/target/release"),
@@ -126,26 +127,28 @@ async fn run(opts: Opts) {
         }
         ok
     };
-    if !build(&[
-        "build",
-        "--release",
-        "-p",
-        "leasehold-cli",
-        "-p",
-        "leasehold-bench",
-    ]) {
+    if !build(&["build", "--release", "-p", "leasehold-bench"])
+        || !build(&["build", "--profile", "dist", "-p", "leasehold-cli"])
+    {
         std::process::exit(1);
     }
-    build(&[
-        "build",
-        "--release",
-        "--locked",
-        "--manifest-path",
-        "bench/rust-peers/Cargo.toml",
-    ]);
+    let wanted = |i: &Impl| {
+        opts.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == i.short()))
+    };
+    if [Impl::Kle, Impl::Klm, Impl::Kc].iter().any(wanted) {
+        build(&[
+            "build",
+            "--release",
+            "--locked",
+            "--manifest-path",
+            "bench/rust-peers/Cargo.toml",
+        ]);
+    }
     let impls: Vec<Impl> = Impl::ALL
         .into_iter()
-        .filter(|i| opts.only.as_ref().is_none_or(|o| o.iter().any(|s| s == i.short())))
+        .filter(wanted)
         .filter(|i| {
             let ok = i.available(&paths);
             if !ok {
@@ -273,8 +276,6 @@ async fn run(opts: Opts) {
     for (i, c, cpu0) in cands {
         let row = &mut report.rows[i];
         row.rss_kib = c.rss_kib();
-        row.rss_anon_file_kib =
-            cand::status_kib(c.pid, "RssAnon:").zip(cand::status_kib(c.pid, "RssFile:"));
         row.rss_anon_file_kib =
             cand::status_kib(c.pid, "RssAnon:").zip(cand::status_kib(c.pid, "RssFile:"));
         row.cpu_per_min =

@@ -10,6 +10,10 @@ mod watchdog;
 
 use std::process::ExitCode;
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
 fn main() -> ExitCode {
     let cli = match args::parse(std::env::args_os().skip(1)) {
         Ok(cli) => cli,
@@ -61,14 +65,48 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     leasehold::display_chain(e)
 }
 
+/// Log filter from `LEASEHOLD_LOG`: a level (`debug`) or `target=level` pairs
+/// (`info,leasehold=debug`). `Targets` rather than `EnvFilter`: it parses the same common forms
+/// without the regex engine, which was a tenth of the binary, and a sidecar's binary size is
+/// its resident memory (docs/benchmarks.md).
+fn log_filter(var: Option<&str>) -> Result<Targets, String> {
+    match var.map(str::trim) {
+        None | Some("") => Ok(Targets::new().with_default(LevelFilter::INFO)),
+        Some(v) => v
+            .parse::<Targets>()
+            .map_err(|e| format!("LEASEHOLD_LOG={v:?} is not a log filter ({e}); expected a level such as `debug` or `info,leasehold=debug`")),
+    }
+}
+
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEASEHOLD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: Pod logs and files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+    let var = std::env::var("LEASEHOLD_LOG").ok();
+    let filter = log_filter(var.as_deref()).unwrap_or_else(|e| {
+        // Logging is no reason to refuse to run; say what was ignored.
+        eprintln!("leasehold: ignoring {e}; logging at info");
+        Targets::new().with_default(LevelFilter::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour only on a terminal: Pod logs and files get plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn log_filter_takes_levels_and_targets_and_names_bad_input() {
+        assert!(log_filter(None).is_ok());
+        assert!(log_filter(Some("debug")).is_ok());
+        assert!(log_filter(Some("info,leasehold=debug,kube=warn")).is_ok());
+        let e = log_filter(Some("leasehold=loud")).unwrap_err();
+        assert!(e.contains("LEASEHOLD_LOG=\"leasehold=loud\""), "{e}");
+    }
 }

@@ -1,7 +1,7 @@
 //! The ConfigMap and Endpoints locks of client-go ≤ 1.23 and seeds 002/003: the record is JSON in
 //! the annotation `control-plane.alpha.kubernetes.io/leader`.
 
-use super::object::{Kind, ObjectLock, delegate_lock_backend};
+use super::object::{AnnotationCodec, Kind, ObjectLock, delegate_lock_backend};
 use leasehold_core::{LeaderRecord, RecordError};
 use std::collections::BTreeMap;
 
@@ -30,7 +30,7 @@ const MAX_RECORD_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 #[doc(alias = "ConfigMapLock")]
 #[doc(alias = "EndpointsLock")]
-pub struct AnnotationLock(ObjectLock);
+pub struct AnnotationLock(ObjectLock<AnnotationCodec>);
 
 delegate_lock_backend!(AnnotationLock);
 

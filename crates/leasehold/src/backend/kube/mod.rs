@@ -6,6 +6,7 @@ mod annotation;
 mod lease;
 mod multi;
 mod object;
+mod wire;
 
 pub use annotation::{AnnotationLock, LEADER_ANNOTATION};
 pub use lease::{LeaseLock, lease_spec_to_record, record_to_lease_spec};

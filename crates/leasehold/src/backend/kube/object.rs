@@ -2,21 +2,21 @@
 //! compare-and-swap on `resourceVersion`, a watch on its name, and Events about it. Where the
 //! record lives in the object (a Lease's `spec`, an annotation) is the [`Kind`]'s business.
 
-use super::{annotation, lease, map_error};
+use super::{annotation, map_error, wire};
 use futures_util::{StreamExt as _, stream};
 use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{ConfigMap, Endpoints, Event, EventSource, ObjectReference},
 };
 use kube::{
-    Api,
-    api::{ApiResource, DynamicObject, PostParams, WatchEvent, WatchParams},
+    Api, Resource as _,
+    api::{ApiResource, DynamicObject, GetParams, PostParams, WatchEvent, WatchParams},
+    core::Request,
 };
 use leasehold_core::{
-    LeaderRecord, LockError, LockEvent, Version, Versioned,
+    LeaderRecord, LockError, LockEvent, RecordError, Version, Versioned,
     lock::{BoxFuture, WatchStream},
 };
-use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 
 /// The kind of object a lock keeps its record in.
@@ -57,62 +57,133 @@ impl Kind {
             Self::Endpoints => "endpoints",
         }
     }
+}
 
-    fn decode(self, obj: &DynamicObject) -> Result<LeaderRecord, leasehold_core::RecordError> {
-        match self {
-            Self::Lease => lease::spec_to_record(obj.data.get("spec")),
-            Self::ConfigMap | Self::Endpoints => {
-                annotation::read(obj.metadata.annotations.as_ref())
-            }
-        }
+/// How a lock's object is decoded and where its record lives in it.
+pub(crate) trait Codec: Send + Sync + 'static {
+    /// The object as read from the API server: a GET, a write's answer, a watch event.
+    type Object: serde::de::DeserializeOwned + Clone + Send + Sync + 'static;
+    /// `metadata.resourceVersion`.
+    fn version(obj: &Self::Object) -> &str;
+    /// `metadata.uid`.
+    fn uid(obj: &Self::Object) -> Option<String>;
+    /// The record in the object.
+    fn record(obj: &Self::Object) -> Result<LeaderRecord, RecordError>;
+    /// Drops what an update does not need before the object is cached.
+    fn trim(_obj: &mut Self::Object) {}
+    /// The body of a create of the `kind` object `namespace/name` holding `record`.
+    fn create_body(
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        record: &LeaderRecord,
+    ) -> Result<Vec<u8>, serde_json::Error>;
+    /// The body of a replace of `obj` (same `resourceVersion`) holding `record`.
+    fn update_body(obj: Self::Object, record: &LeaderRecord) -> Result<Vec<u8>, serde_json::Error>;
+}
+
+/// Leases, through the flat codec of [`wire`].
+pub(crate) struct LeaseCodec;
+
+impl Codec for LeaseCodec {
+    type Object = wire::LeaseObject;
+    fn version(obj: &Self::Object) -> &str {
+        &obj.version
     }
-
-    fn encode(self, record: &LeaderRecord, obj: &mut DynamicObject) {
-        match self {
-            Self::Lease => {
-                if !obj.data.is_object() {
-                    obj.data = Value::Object(Map::new());
-                }
-                if let Some(data) = obj.data.as_object_mut() {
-                    let spec = data
-                        .entry("spec")
-                        .or_insert_with(|| Value::Object(Map::new()));
-                    if !spec.is_object() {
-                        *spec = Value::Object(Map::new());
-                    }
-                    if let Some(spec) = spec.as_object_mut() {
-                        lease::record_into_spec(record, spec);
-                    }
-                }
-            }
-            Self::ConfigMap | Self::Endpoints => {
-                annotation::write(record, obj.metadata.annotations.get_or_insert_default());
-            }
-        }
+    fn uid(obj: &Self::Object) -> Option<String> {
+        obj.uid.clone()
+    }
+    fn record(obj: &Self::Object) -> Result<LeaderRecord, RecordError> {
+        obj.record.clone().map_err(RecordError::from)
+    }
+    fn create_body(
+        _kind: Kind,
+        namespace: &str,
+        name: &str,
+        record: &LeaderRecord,
+    ) -> Result<Vec<u8>, serde_json::Error> {
+        Ok(wire::create_body(namespace, name, record))
+    }
+    fn update_body(obj: Self::Object, record: &LeaderRecord) -> Result<Vec<u8>, serde_json::Error> {
+        Ok(obj.update_body(record))
     }
 }
 
-/// A lock on one named object of a [`Kind`].
-#[derive(Clone)]
-pub(crate) struct ObjectLock {
-    api: Api<DynamicObject>,
-    events: Option<Api<Event>>,
+/// ConfigMaps and Endpoints: the record in an annotation, the rest of the object as JSON
+/// (`data`, `binaryData`, `subsets` and any other field survive an update).
+pub(crate) struct AnnotationCodec;
+
+impl Codec for AnnotationCodec {
+    type Object = DynamicObject;
+    fn version(obj: &Self::Object) -> &str {
+        obj.metadata.resource_version.as_deref().unwrap_or_default()
+    }
+    fn uid(obj: &Self::Object) -> Option<String> {
+        obj.metadata.uid.clone()
+    }
+    fn record(obj: &Self::Object) -> Result<LeaderRecord, RecordError> {
+        annotation::read(obj.metadata.annotations.as_ref())
+    }
+    fn trim(obj: &mut Self::Object) {
+        // Not needed to build an update (an update that omits them keeps them on the server),
+        // and most of the object's size.
+        obj.metadata.managed_fields = None;
+    }
+    fn create_body(
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        record: &LeaderRecord,
+    ) -> Result<Vec<u8>, serde_json::Error> {
+        let mut obj = DynamicObject::new(name, &kind.api_resource()).within(namespace);
+        annotation::write(record, obj.metadata.annotations.get_or_insert_default());
+        serde_json::to_vec(&obj)
+    }
+    fn update_body(
+        mut obj: Self::Object,
+        record: &LeaderRecord,
+    ) -> Result<Vec<u8>, serde_json::Error> {
+        annotation::write(record, obj.metadata.annotations.get_or_insert_default());
+        serde_json::to_vec(&obj)
+    }
+}
+
+/// A lock on one named object, its record read and written by the [`Codec`] `C`.
+pub(crate) struct ObjectLock<C: Codec> {
     client: kube::Client,
+    /// Builds the object's requests (its collection's URL path).
+    request: Arc<Request>,
+    events: Option<Api<Event>>,
     kind: Kind,
     name: String,
     namespace: String,
     /// The last object seen, to build updates from (keeps every other field).
-    last: Arc<Mutex<Option<DynamicObject>>>,
+    last: Arc<Mutex<Option<C::Object>>>,
+}
+
+impl<C: Codec> Clone for ObjectLock<C> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            request: self.request.clone(),
+            events: self.events.clone(),
+            kind: self.kind,
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            last: self.last.clone(),
+        }
+    }
 }
 
 // === impl ObjectLock ===
 
-impl ObjectLock {
+impl<C: Codec> ObjectLock<C> {
     pub(crate) fn new(client: kube::Client, kind: Kind, namespace: &str, name: &str) -> Self {
+        let url = DynamicObject::url_path(&kind.api_resource(), Some(namespace));
         Self {
-            api: Api::namespaced_with(client.clone(), namespace, &kind.api_resource()),
-            events: None,
             client,
+            request: Arc::new(Request::new(url)),
+            events: None,
             kind,
             name: name.to_owned(),
             namespace: namespace.to_owned(),
@@ -137,50 +208,70 @@ impl ObjectLock {
         map_error(e, op, verb, self.kind.resource(), self.describe())
     }
 
-    fn decode(&self, obj: &DynamicObject) -> Result<Versioned, LockError> {
-        let version = obj.metadata.resource_version.clone().unwrap_or_default();
-        let record = self.kind.decode(obj).map_err(|source| LockError::Corrupt {
-            object: self.describe(),
-            version: Some(Version::new(version.clone())),
-            source,
-        })?;
-        Ok(Versioned {
-            record,
-            version: Version::new(version),
-        })
+    fn decode(&self, obj: &C::Object) -> Result<Versioned, LockError> {
+        let version = Version::new(C::version(obj).to_owned());
+        match C::record(obj) {
+            Ok(record) => Ok(Versioned { record, version }),
+            Err(source) => Err(LockError::Corrupt {
+                object: self.describe(),
+                version: Some(version),
+                source,
+            }),
+        }
     }
 
     /// Keeps `obj` to build the next update from (moved, not copied: a renewal allocates as
     /// little as it can, which is most of its cost at thousands of elections per process).
-    fn remember(&self, mut obj: DynamicObject) {
-        // Not needed to build an update (an update that omits them keeps them on the server),
-        // and most of the object's size.
-        obj.metadata.managed_fields = None;
+    fn remember(&self, mut obj: C::Object) {
+        C::trim(&mut obj);
         if let Ok(mut last) = self.last.lock() {
             *last = Some(obj);
         }
     }
 
-    async fn base_object(&self, version: &Version) -> Result<DynamicObject, LockError> {
+    /// GET, with 404 as `None`.
+    async fn fetch(&self, op: &'static str) -> Result<Option<C::Object>, LockError> {
+        let req = self
+            .request
+            .get(&self.name, &GetParams::default())
+            .map_err(|e| self.err(kube::Error::BuildRequest(e), op, "get"))?;
+        match self.client.request::<C::Object>(req).await {
+            Ok(o) => Ok(Some(o)),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(e) => Err(self.err(e, op, "get")),
+        }
+    }
+
+    async fn base_object(&self, version: &Version) -> Result<C::Object, LockError> {
         // Taken out of the cache: the update's answer replaces it (a failed update reads again).
         let cached = self.last.lock().ok().and_then(|mut l| l.take());
-        if let Some(obj) =
-            cached.filter(|o| o.metadata.resource_version.as_deref() == Some(&*version.0))
-        {
+        if let Some(obj) = cached.filter(|o| C::version(o) == &*version.0) {
             return Ok(obj);
         }
-        let obj = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| self.err(e, "update", "get"))?;
-        match obj {
-            Some(o) if o.metadata.resource_version.as_deref() == Some(&*version.0) => Ok(o),
+        match self.fetch("update").await? {
+            Some(o) if C::version(&o) == &*version.0 => Ok(o),
             _ => Err(LockError::Conflict {
                 op: "update",
                 object: self.describe(),
             }),
         }
+    }
+
+    /// Sends a create or replace and caches the stored object.
+    async fn write(
+        &self,
+        op: &'static str,
+        req: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    ) -> Result<Version, LockError> {
+        let req = req.map_err(|e| self.err(kube::Error::BuildRequest(e), op, op))?;
+        let stored = self
+            .client
+            .request::<C::Object>(req)
+            .await
+            .map_err(|e| self.err(e, op, op))?;
+        let version = Version::new(C::version(&stored).to_owned());
+        self.remember(stored);
+        Ok(version)
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -189,12 +280,7 @@ impl ObjectLock {
 
     pub(crate) fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
         Box::pin(async move {
-            let obj = self
-                .api
-                .get_opt(&self.name)
-                .await
-                .map_err(|e| self.err(e, "get", "get"))?;
-            match obj {
+            match self.fetch("get").await? {
                 None => Ok(None),
                 Some(o) => {
                     let v = self.decode(&o);
@@ -209,26 +295,12 @@ impl ObjectLock {
         &self,
         record: &LeaderRecord,
     ) -> BoxFuture<'_, Result<Version, LockError>> {
-        let record = record.clone();
+        let body = C::create_body(self.kind, &self.namespace, &self.name, record);
         Box::pin(async move {
-            let mut obj =
-                DynamicObject::new(&self.name, &self.kind.api_resource()).within(&self.namespace);
-            obj.data = Value::Object(Map::new());
-            self.kind.encode(&record, &mut obj);
-            let created = self
-                .api
-                .create(&PostParams::default(), &obj)
+            let body =
+                body.map_err(|e| self.err(kube::Error::SerdeError(e), "create", "create"))?;
+            self.write("create", self.request.create(&PostParams::default(), body))
                 .await
-                .map_err(|e| self.err(e, "create", "create"))?;
-            let version = Version::new(
-                created
-                    .metadata
-                    .resource_version
-                    .clone()
-                    .unwrap_or_default(),
-            );
-            self.remember(created);
-            Ok(version)
         })
     }
 
@@ -240,28 +312,24 @@ impl ObjectLock {
         let record = record.clone();
         let version = version.clone();
         Box::pin(async move {
-            let mut obj = self.base_object(&version).await?;
-            self.kind.encode(&record, &mut obj);
-            obj.metadata.resource_version = Some(version.0.to_string());
-            let stored = self
-                .api
-                .replace(&self.name, &PostParams::default(), &obj)
-                .await
-                .map_err(|e| self.err(e, "update", "update"))?;
-            let version =
-                Version::new(stored.metadata.resource_version.clone().unwrap_or_default());
-            self.remember(stored);
-            Ok(version)
+            let obj = self.base_object(&version).await?;
+            let body = C::update_body(obj, &record)
+                .map_err(|e| self.err(kube::Error::SerdeError(e), "update", "update"))?;
+            self.write(
+                "update",
+                self.request
+                    .replace(&self.name, &PostParams::default(), body),
+            )
+            .await
         })
     }
 
     pub(crate) fn watch(&self, version: Option<&Version>) -> WatchStream {
-        type Events = std::pin::Pin<
-            Box<dyn futures_util::Stream<Item = kube::Result<WatchEvent<DynamicObject>>> + Send>,
-        >;
-        enum St {
-            Start(ObjectLock, String),
-            Running(ObjectLock, Events),
+        type Events<O> =
+            std::pin::Pin<Box<dyn futures_util::Stream<Item = kube::Result<WatchEvent<O>>> + Send>>;
+        enum St<C: Codec> {
+            Start(ObjectLock<C>, String),
+            Running(ObjectLock<C>, Events<C::Object>),
             Done,
         }
         let start = St::Start(
@@ -278,7 +346,11 @@ impl ObjectLock {
                     let wp = WatchParams::default()
                         .fields(&format!("metadata.name={}", lock.name))
                         .timeout(290);
-                    match lock.api.watch(&wp, &version).await {
+                    let events = match lock.request.watch(&wp, &version) {
+                        Ok(req) => lock.client.request_events::<C::Object>(req).await,
+                        Err(e) => Err(kube::Error::BuildRequest(e)),
+                    };
+                    match events {
                         Ok(s) => (lock, s.boxed()),
                         Err(e) => {
                             let err = lock.err(e, "watch", "watch");
@@ -327,7 +399,7 @@ impl ObjectLock {
                 .last
                 .lock()
                 .ok()
-                .and_then(|l| l.as_ref().and_then(|o| o.metadata.uid.clone()));
+                .and_then(|l| l.as_ref().and_then(C::uid));
             let ar = self.kind.api_resource();
             // Names must be unique per namespace: the object's name and the time, like
             // client-go's recorder (`<name>.<hex nanos>`).
