@@ -82,7 +82,7 @@ fn init_tracing() {
     let var = std::env::var("LEASEHOLD_LOG").ok();
     let filter = log_filter(var.as_deref()).unwrap_or_else(|e| {
         // Logging is no reason to refuse to run; say what was ignored.
-        eprintln!("leasehold: ignoring {e}; logging at info");
+        eprintln!("leasehold: {e}; ignoring it and logging at info");
         Targets::new().with_default(LevelFilter::INFO)
     });
     tracing_subscriber::registry()
