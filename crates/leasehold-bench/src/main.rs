@@ -5,6 +5,7 @@
 //! cargo run --release -p leasehold-bench -- all [--runs N] [--window SECS] [--footprint SECS]
 //!                                              [--scale 100,1000,10000] [--scale-window SECS]
 //!                                              [--out docs/benchmarks.md]
+//! cargo run --release -p leasehold-bench -- serve   # just the API server, for profiling
 //! ```
 //!
 //! Targets are printed as PASS/MISS beside the numbers, never asserted: the machine is noisy.
@@ -52,7 +53,7 @@ fn usage(msg: &str) -> ! {
 fn parse_opts() -> Opts {
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some("all") {
-        usage("expected the subcommand `all`");
+        usage("expected the subcommand `all` or `serve`");
     }
     let mut o = Opts {
         runs: 20,
@@ -92,27 +93,34 @@ fn parse_opts() -> Opts {
 }
 
 fn main() {
-    let opts = parse_opts();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
+    if std::env::args().nth(1).as_deref() == Some("serve") {
+        return rt.block_on(serve());
+    }
+    let opts = parse_opts();
     rt.block_on(run(opts));
+}
+
+/// `leasehold-bench serve`: the bench's API server, left running for profiling by hand
+/// (`perf record -p`, a candidate started against the printed kubeconfig) until Ctrl-C.
+async fn serve() {
+    let server = KubeServer::start().await;
+    println!(
+        "kube-apiserver on 127.0.0.1:{}\nKUBECONFIG={}\nCtrl-C stops it.",
+        server.port(),
+        server.kubeconfig("admin").display()
+    );
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn run(opts: Opts) {
     let root = harness::workspace_root();
     let bins = harness::bins();
     let target = root.join("target/release");
-    let paths = Paths {
-        lh_candidate: target.join("lh-candidate"),
-        // The sidecar as shipped: the `dist` profile (size over speed).
-        leasehold: root.join("target/dist/leasehold"),
-        go_example: bins.leader_election.clone(),
-        go_elector: bins.go_elector.clone(),
-        rust_peers: root.join("bench/rust-peers/target/release"),
-    };
     // The candidates: leasehold's release binaries, and the Rust crates' candidate programs
     // (their own workspace, so their kube versions stay out of ours).
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -127,11 +135,31 @@ async fn run(opts: Opts) {
         }
         ok
     };
-    if !build(&["build", "--release", "-p", "leasehold-bench"])
-        || !build(&["build", "--profile", "dist", "-p", "leasehold-cli"])
-    {
+    if !build(&["build", "--release", "-p", "leasehold-bench"]) {
         std::process::exit(1);
     }
+    // The sidecar as shipped: `scripts/build-dist.sh` (the `dist` profile, statically linked),
+    // which prints the binary's path.
+    let dist = std::process::Command::new("bash")
+        .arg("scripts/build-dist.sh")
+        .current_dir(&root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|p| root.join(p.trim()));
+    let Some(dist) = dist else {
+        eprintln!("leasehold-bench: `bash scripts/build-dist.sh` failed");
+        std::process::exit(1);
+    };
+    let paths = Paths {
+        lh_candidate: target.join("lh-candidate"),
+        leasehold: dist,
+        go_example: bins.leader_election.clone(),
+        go_elector: bins.go_elector.clone(),
+        rust_peers: root.join("bench/rust-peers/target/release"),
+    };
     let wanted = |i: &Impl| {
         opts.only
             .as_ref()
