@@ -45,7 +45,7 @@ struct Opts {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "leasehold-bench: {msg}\nusage: leasehold-bench all [--runs N] [--window SECS] [--footprint SECS] [--scale M,M,..] [--scale-window SECS] [--out FILE] [--only lh-lib,go-elector,..]"
+        "leasehold-bench: {msg}\nusage: leasehold-bench all [--runs N] [--window SECS] [--footprint SECS] [--scale M,M,..] [--scale-window SECS] [--out FILE] [--only lh-lib,go-elector,..]\n       leasehold-bench serve"
     );
     std::process::exit(64);
 }
@@ -98,7 +98,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    if std::env::args().nth(1).as_deref() == Some("serve") {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("serve") {
+        if let Some(extra) = args.next() {
+            usage(&format!("`serve` takes no arguments, got {extra:?}"));
+        }
         return rt.block_on(serve());
     }
     let opts = parse_opts();

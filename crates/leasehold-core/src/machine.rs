@@ -439,9 +439,8 @@ impl Machine {
     /// How late [`Event::Timer`] may arrive after [`deadline`](Self::deadline) without harm.
     ///
     /// Zero except before an idle leader's routine renewal (not a retry), which may wait a
-    /// little: up to
-    /// 1/64 of the renew interval, at most 200 ms, and at most a quarter of the time left before
-    /// the step-down, so a late renewal still leaves room for retries. A driver running many
+    /// little: up to 1/64 of the renew interval, at most 200 ms, and at most a quarter of the
+    /// time left before the step-down, so a late renewal still leaves room for retries. A driver running many
     /// elections uses it to wake once for several renewals (see the elector), which is most of
     /// a renewal's cost at thousands of elections per process. A step-down is never late.
     pub fn timer_slack(&self) -> Duration {
