@@ -192,9 +192,11 @@ struct Term {
     /// Send time of the last renewal (or the acquisition) that succeeded.
     last_ok_sent: Tick,
     renew_at: Tick,
-    /// `renew_at` is the routine renewal after a success (not a retry after a failure or a
-    /// conflict): only that one may be late by [`Machine::timer_slack`].
-    routine: bool,
+    /// Set when `renew_at` is the routine renewal after a success (not a retry after a failure
+    /// or a conflict): the end of its jitter window. Only a routine renewal may be late by
+    /// [`Machine::timer_slack`], and never past this, so the retries that fit between it and
+    /// the step-down are the same as without slack.
+    routine_until: Option<Tick>,
 }
 
 #[derive(Debug)]
@@ -439,24 +441,28 @@ impl Machine {
     /// How late [`Event::Timer`] may arrive after [`deadline`](Self::deadline) without harm.
     ///
     /// Zero except before an idle leader's routine renewal (not a retry), which may wait a
-    /// little: up to 1/64 of the renew interval, at most 200 ms, and at most a quarter of the
-    /// time left before the step-down, so a late renewal still leaves room for retries. A driver running many
-    /// elections uses it to wake once for several renewals (see the elector), which is most of
-    /// a renewal's cost at thousands of elections per process. A step-down is never late.
+    /// little: up to 1/64 of the renew interval, at most 200 ms, at most a quarter of the time
+    /// left before the step-down, and never past the end of the renewal's jitter window. A
+    /// renewal is therefore never later than jitter alone could make it, and the retries that
+    /// fit before the step-down after a failed renewal are the same as without slack. A driver
+    /// running many elections uses it to wake once for several renewals (see the elector),
+    /// which is most of a renewal's cost at thousands of elections per process. A step-down is
+    /// never late.
     pub fn timer_slack(&self) -> Duration {
         const MAX: Duration = Duration::from_millis(200);
-        match &self.state {
-            State::Leading(t) if self.inflight.is_none() && t.routine => {
-                let step_down = t.last_ok_sent + self.timing.renew_deadline;
-                match step_down.checked_sub(t.renew_at) {
-                    Some(room) if !room.is_zero() => {
-                        (self.timing.renew_interval() / 64).min(MAX).min(room / 4)
-                    }
-                    _ => Duration::ZERO,
-                }
-            }
-            _ => Duration::ZERO,
-        }
+        let State::Leading(t) = &self.state else {
+            return Duration::ZERO;
+        };
+        let Some(until) = t.routine_until.filter(|_| self.inflight.is_none()) else {
+            return Duration::ZERO;
+        };
+        let step_down = t.last_ok_sent + self.timing.renew_deadline;
+        let room = step_down.saturating_sub(t.renew_at);
+        let window = until.saturating_sub(t.renew_at);
+        (self.timing.renew_interval() / 64)
+            .min(MAX)
+            .min(room / 4)
+            .min(window)
     }
 
     /// Feeds one event at monotonic time `now` and wall-clock time `wall` (written into the
@@ -509,6 +515,16 @@ impl Machine {
         self.check_step_down(now, &mut out);
         self.drive(now, wall, &mut out);
         out
+    }
+
+    /// When the routine renewal after a success at `now` is due, and the end of its jitter
+    /// window (renew interval × [1, [`JITTER_FACTOR`](crate::config::JITTER_FACTOR))).
+    fn routine_renewal(&mut self, now: Tick) -> (Tick, Tick) {
+        let interval = self.timing.renew_interval();
+        (
+            now + self.jittered(interval),
+            now + interval.mul_f64(crate::config::JITTER_FACTOR),
+        )
     }
 
     fn jittered(&mut self, d: Duration) -> Duration {
@@ -657,7 +673,7 @@ impl Machine {
                     }
                     if from_read {
                         term.renew_at = now;
-                        term.routine = false;
+                        term.routine_until = None;
                     }
                 } else {
                     let reason = match &v {
@@ -710,7 +726,7 @@ impl Machine {
         match &mut self.state {
             State::Leading(term) => {
                 term.renew_at = now + self.timing.retry_period;
-                term.routine = false;
+                term.routine_until = None;
             }
             State::Releasing { retry_at, .. } => {
                 *retry_at = now + self.timing.retry_period.min(Duration::from_millis(200));
@@ -742,7 +758,7 @@ impl Machine {
                 match &mut self.state {
                     State::Leading(term) => {
                         term.renew_at = now;
-                        term.routine = false;
+                        term.routine_until = None;
                     }
                     State::Releasing { retry_at, .. } => *retry_at = now,
                     _ => {}
@@ -760,21 +776,22 @@ impl Machine {
             }
             Inflight::Renew { sent_at, record } => {
                 self.set_seen(Some(Versioned { record, version }), now, out);
-                let next = now + self.jittered(self.timing.renew_interval());
+                let (next, until) = self.routine_renewal(now);
                 if let State::Leading(term) = &mut self.state {
                     term.last_ok_sent = term.last_ok_sent.max(sent_at);
                     term.renew_at = next;
-                    term.routine = true;
+                    term.routine_until = Some(until);
                 }
             }
             Inflight::Acquire { sent_at, record } => {
+                let (renew_at, until) = self.routine_renewal(now);
                 let term = Term {
                     token: record.fencing_token(),
                     transitions: record.leader_transitions,
                     acquire_time: record.acquire_time,
                     last_ok_sent: sent_at,
-                    renew_at: now + self.jittered(self.timing.renew_interval()),
-                    routine: true,
+                    renew_at,
+                    routine_until: Some(until),
                 };
                 self.retry_at = None;
                 self.set_seen(Some(Versioned { record, version }), now, out);
@@ -1877,6 +1894,43 @@ mod tests {
             Some(renew_at + ms(10) + timing().retry_period)
         );
         assert_eq!(m.timer_slack(), Duration::ZERO);
+    }
+
+    #[test]
+    fn slack_never_delays_a_renewal_past_its_jitter_window() {
+        // The renewal grid waits up to the slack after `deadline()`. If that pushed a renewal
+        // past interval × JITTER_FACTOR, a renewal due at 6 s that fails would leave room for
+        // one retry (8 s) instead of two (8 s, 10 s - ε) before the 10 s step-down.
+        let interval = timing().renew_interval();
+        let mut m = leader();
+        let (mut now, mut clipped, mut full) = (Duration::ZERO, 0, 0);
+        for n in 0..2000 {
+            let renew_at = m.deadline().unwrap();
+            let slack = m.timer_slack();
+            let latest = now + interval.mul_f64(crate::config::JITTER_FACTOR);
+            assert!(renew_at >= now + interval, "{n}: early");
+            assert!(
+                renew_at + slack <= latest,
+                "{n}: renewal at {:?} + slack {slack:?} is past {latest:?}",
+                renew_at
+            );
+            if slack == interval / 64 {
+                full += 1;
+            } else {
+                clipped += 1;
+            }
+            // Renew, late by the whole slack as the grid may make it, and succeed at once.
+            now = renew_at + slack;
+            let a = m.handle(Event::Timer, now, wall());
+            assert!(matches!(a.as_slice(), [Action::Update { .. }]), "{a:?}");
+            m.handle(Event::WriteDone(Ok(ver(&n.to_string()))), now, wall());
+            assert!(m.is_leader());
+        }
+        // Slack is clipped only in the last 1/64 × 5 s of a 1 s jitter window: about 8 %.
+        assert!(
+            full > 1500 && clipped > 50,
+            "full {full}, clipped {clipped}"
+        );
     }
 
     #[test]

@@ -61,7 +61,8 @@ async fn renews_every_half_renew_deadline_and_steps_down_exactly_at_the_renew_de
     for w in updates.windows(2) {
         let gap = w[1] - w[0];
         assert!(
-            // Jitter ×[1, 1.2), plus tokio's 1 ms timer granularity.
+            // Jitter ×[1, 1.2), plus tokio's 1 ms timer granularity. The renewal grid may
+            // delay a renewal, but never past the jitter window (`Machine::timer_slack`).
             gap >= Duration::from_secs(5) && gap <= Duration::from_millis(6001),
             "renewal gap {gap:?}"
         );
