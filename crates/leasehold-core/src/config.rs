@@ -83,9 +83,11 @@ impl Timing {
     /// How often a leader renews: every half renew deadline, and never more often than the
     /// retry period (client-go renews every retry period).
     ///
-    /// Half the renew deadline leaves room for a failed renewal and at least one retry (every
-    /// retry period) before the step-down, which is all the renewal rate has to guarantee;
-    /// others wait a full lease duration from the last change they saw, so renewing faster
+    /// Half the renew deadline leaves room for a failed renewal and at least one retry before
+    /// the step-down, which is all the renewal rate has to guarantee: a retry period later, or,
+    /// when that would be past the step-down (a retry period of half the renew deadline, as in
+    /// 60 s / 40 s / 20 s), one last try a request timeout (a quarter renew deadline) before
+    /// it. Others wait a full lease duration from the last change they saw, so renewing faster
     /// buys no safety and costs API writes. With client-go's defaults (15 s / 10 s / 2 s) the
     /// leader writes every 5 s instead of every 2 s.
     pub fn renew_interval(&self) -> Duration {

@@ -723,9 +723,16 @@ impl Machine {
     fn on_error(&mut self, now: Tick) {
         self.stale = true;
         let delay = self.jittered(self.timing.retry_period);
+        let last_try = self.request_timeout();
+        let retry = self.timing.retry_period;
         match &mut self.state {
             State::Leading(term) => {
-                term.renew_at = now + self.timing.retry_period;
+                term.renew_at = leader_retry_at(
+                    now,
+                    term.last_ok_sent + self.timing.renew_deadline,
+                    retry,
+                    last_try,
+                );
                 term.routine_until = None;
             }
             State::Releasing { retry_at, .. } => {
@@ -1058,6 +1065,27 @@ impl Machine {
     }
 }
 
+/// When a leader tries again after a failed renewal (or read) at `now`, stepping down at
+/// `step_down`: a retry period later, as client-go does. When that is at or past the step-down,
+/// one last try instead at a fixed point, `last_try` (a request timeout) before the step-down,
+/// if that is at least a quarter retry period away; so one transient failure of a routine
+/// renewal never ends a term, and a failing API server still gets no more than one extra try.
+///
+/// That case is not rare: with 60 s / 40 s / 20 s, the durations of node-lease-like fleets, the
+/// routine renewal goes out 20–24 s after the last success, and a retry 20 s after it failed
+/// would be past the 40 s step-down: a single 500 would hand every such election over. Trying
+/// earlier is always safe: the step-down stays a renew deadline after the last successful send.
+fn leader_retry_at(now: Tick, step_down: Tick, retry_period: Duration, last_try: Duration) -> Tick {
+    let regular = now + retry_period;
+    let last = step_down.saturating_sub(last_try);
+    if regular < step_down || last < now + retry_period / 4 {
+        // Past the step-down, the deadline takes over: `Machine::deadline` is the earlier.
+        regular
+    } else {
+        last
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1224,6 +1252,75 @@ mod tests {
         };
         assert!(!m.is_leader());
         assert!(now < 15 * S);
+    }
+
+    #[test]
+    fn a_failed_renewal_is_tried_again_before_the_step_down_with_long_retry_periods() {
+        // 60 s / 40 s / 20 s: the routine renewal goes out at 20–24 s; a retry a retry period
+        // after it fails would be at 40–44 s, past the 40 s step-down.
+        let timing = Timing {
+            lease_duration: 60 * S,
+            renew_deadline: 40 * S,
+            retry_period: 20 * S,
+            release_on_cancel: true,
+        };
+        for seed in 0..50 {
+            let mut m = Machine::new("me", timing.clone(), seed).unwrap();
+            m.handle(Event::Start, Duration::ZERO, wall());
+            let a = m.handle(Event::ReadDone(Ok(None)), Duration::ZERO, wall());
+            let [Action::Create { record, .. }] = a.as_slice() else {
+                panic!("{a:?}")
+            };
+            let acquired = record.clone();
+            m.handle(Event::WriteDone(Ok(ver("1"))), Duration::ZERO, wall());
+            let at = m.deadline().unwrap();
+            assert!(at >= 20 * S && at < 24 * S, "{seed}: renewal at {at:?}");
+            let a = m.handle(Event::Timer, at, wall());
+            assert!(matches!(a.as_slice(), [Action::Update { .. }]), "{a:?}");
+            m.handle(Event::WriteDone(Err(ErrorKind::Failed)), at + ms(5), wall());
+            // One last try, a request timeout (10 s) before the step-down.
+            assert_eq!(m.deadline(), Some(30 * S), "{seed}");
+            assert_eq!(m.timer_slack(), Duration::ZERO);
+            let a = m.handle(Event::Timer, 30 * S, wall());
+            let [Action::Read { deadline }] = a.as_slice() else {
+                panic!("{a:?}")
+            };
+            assert_eq!(*deadline, 40 * S);
+            let a = m.handle(
+                Event::ReadDone(Ok(seen(acquired, "1"))),
+                30 * S + ms(5),
+                wall(),
+            );
+            let [Action::Update { deadline, .. }] = a.as_slice() else {
+                panic!("{a:?}")
+            };
+            assert_eq!(*deadline, 40 * S);
+            m.handle(Event::WriteDone(Ok(ver("2"))), 30 * S + ms(10), wall());
+            assert!(m.is_leader(), "{seed}: kept the term");
+            assert!(
+                m.deadline().unwrap() >= 50 * S,
+                "{seed}: renews from the retry on"
+            );
+        }
+    }
+
+    #[test]
+    fn retries_after_a_failure_come_a_retry_period_apart_until_the_last_try() {
+        use super::leader_retry_at as at;
+        // 15 s / 10 s / 2 s (request timeout 2.5 s): a retry period apart, as before; the
+        // last try (7.5 s) is never later than the retries themselves.
+        assert_eq!(at(5 * S, 10 * S, 2 * S, ms(2500)), 7 * S);
+        assert_eq!(
+            at(ms(8100), 10 * S, 2 * S, ms(2500)),
+            ms(10_100),
+            "step-down first"
+        );
+        // 60 s / 40 s / 20 s (request timeout 10 s): a retry 20 s later is past the step-down;
+        // the last try is 10 s before it.
+        assert_eq!(at(22 * S, 40 * S, 20 * S, 10 * S), 30 * S);
+        // Only one: failing at the last try, or too close to it, the step-down comes first.
+        assert_eq!(at(30 * S, 40 * S, 20 * S, 10 * S), 50 * S);
+        assert_eq!(at(27 * S, 40 * S, 20 * S, 10 * S), 47 * S);
     }
 
     #[test]

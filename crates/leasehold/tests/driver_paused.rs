@@ -22,10 +22,23 @@ fn spawn(
     tokio::task::JoinHandle<()>,
     leasehold::ElectorHandle,
 ) {
+    spawn_with(lock, id, Timing::default())
+}
+
+fn spawn_with(
+    lock: MemLock,
+    id: &str,
+    timing: Timing,
+) -> (
+    CancellationToken,
+    mpsc::UnboundedReceiver<(Ev, Instant)>,
+    tokio::task::JoinHandle<()>,
+    leasehold::ElectorHandle,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let t2 = tx.clone();
     let cancel = CancellationToken::new();
-    let elector = Elector::new(lock, id, Timing::default())
+    let elector = Elector::new(lock, id, timing)
         .unwrap()
         .on_started_leading(move |l| {
             let _ = tx.send((Ev::Started(l.fencing_token().0), Instant::now()));
@@ -168,6 +181,41 @@ async fn transient_failures_are_retried_without_losing_leadership() {
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert!(handle.is_leader());
     assert!(rx.try_recv().is_err(), "no step-down");
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_failed_renewal_does_not_end_a_term_with_long_retry_periods() {
+    // Node-lease-like durations: renewals every 20–24 s, and a retry 20 s after a failure
+    // would be past the 40 s step-down. The leader tries once more 10 s before it instead.
+    let timing = Timing {
+        lease_duration: Duration::from_secs(60),
+        renew_deadline: Duration::from_secs(40),
+        retry_period: Duration::from_secs(20),
+        release_on_cancel: true,
+    };
+    let lock = MemLock::new();
+    let (cancel, mut rx, task, handle) = spawn_with(lock.clone(), "me", timing);
+    let (ev, t0) = rx.recv().await.unwrap();
+    assert_eq!(ev, Ev::Started(0));
+    lock.fail_next(1);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(handle.is_leader());
+    assert!(rx.try_recv().is_err(), "no step-down");
+    let after: Vec<_> = lock
+        .requests()
+        .into_iter()
+        .map(|(op, at)| (op, at.saturating_duration_since(t0).as_secs()))
+        .collect();
+    // The failed renewal at 20–24 s, then a read and the renewal at 30 s.
+    let i = after.iter().position(|r| r.1 >= 20).unwrap();
+    assert_eq!(after[i].0, "update", "{after:?}");
+    assert_eq!(
+        (&after[i + 1], &after[i + 2]),
+        (&("get", 30), &("update", 30)),
+        "{after:?}"
+    );
     cancel.cancel();
     task.await.unwrap();
 }
