@@ -85,9 +85,9 @@ impl Timing {
     ///
     /// Half the renew deadline leaves room for a failed renewal and at least one retry before
     /// the step-down, which is all the renewal rate has to guarantee: a retry period later, or,
-    /// when that would be past the step-down (a retry period of half the renew deadline, as in
-    /// 60 s / 40 s / 20 s), one last try a request timeout (a quarter renew deadline) before
-    /// it. Others wait a full lease duration from the last change they saw, so renewing faster
+    /// when that would come too late (a retry period of half the renew deadline, as in
+    /// 60 s / 40 s / 20 s), one early try (see the machine's `leader_retry_at`). Others wait a
+    /// full lease duration from the last change they saw, so renewing faster
     /// buys no safety and costs API writes. With client-go's defaults (15 s / 10 s / 2 s) the
     /// leader writes every 5 s instead of every 2 s.
     pub fn renew_interval(&self) -> Duration {

@@ -197,6 +197,8 @@ struct Term {
     /// [`Machine::timer_slack`], and never past this, so the retries that fit between it and
     /// the step-down are the same as without slack.
     routine_until: Option<Tick>,
+    /// The early try of [`leader_retry_at`] has been made since the last successful renewal.
+    early_try_made: bool,
 }
 
 #[derive(Debug)]
@@ -727,12 +729,11 @@ impl Machine {
         let retry = self.timing.retry_period;
         match &mut self.state {
             State::Leading(term) => {
-                term.renew_at = leader_retry_at(
-                    now,
-                    term.last_ok_sent + self.timing.renew_deadline,
-                    retry,
-                    last_try,
-                );
+                let step_down = term.last_ok_sent + self.timing.renew_deadline;
+                let (at, early) =
+                    leader_retry_at(now, step_down, retry, last_try, term.early_try_made);
+                term.renew_at = at;
+                term.early_try_made |= early;
                 term.routine_until = None;
             }
             State::Releasing { retry_at, .. } => {
@@ -788,6 +789,7 @@ impl Machine {
                     term.last_ok_sent = term.last_ok_sent.max(sent_at);
                     term.renew_at = next;
                     term.routine_until = Some(until);
+                    term.early_try_made = false;
                 }
             }
             Inflight::Acquire { sent_at, record } => {
@@ -799,6 +801,7 @@ impl Machine {
                     last_ok_sent: sent_at,
                     renew_at,
                     routine_until: Some(until),
+                    early_try_made: false,
                 };
                 self.retry_at = None;
                 self.set_seen(Some(Versioned { record, version }), now, out);
@@ -1066,24 +1069,40 @@ impl Machine {
 }
 
 /// When a leader tries again after a failed renewal (or read) at `now`, stepping down at
-/// `step_down`: a retry period later, as client-go does. When that is at or past the step-down,
-/// one last try instead at a fixed point, `last_try` (a request timeout) before the step-down,
-/// if that is at least a quarter retry period away; so one transient failure of a routine
-/// renewal never ends a term, and a failing API server still gets no more than one extra try.
+/// `step_down`, and whether that is the early try.
 ///
-/// That case is not rare: with 60 s / 40 s / 20 s, the durations of node-lease-like fleets, the
-/// routine renewal goes out 20–24 s after the last success, and a retry 20 s after it failed
-/// would be past the 40 s step-down: a single 500 would hand every such election over. Trying
-/// earlier is always safe: the step-down stays a renew deadline after the last successful send.
-fn leader_retry_at(now: Tick, step_down: Tick, retry_period: Duration, last_try: Duration) -> Tick {
+/// A retry period later, as client-go does, when that still leaves a whole request timeout
+/// (`timeout`) before the step-down. Otherwise, once per renewal cycle, an early try: a request
+/// timeout before the step-down, or a quarter retry period after the failure if that is later.
+/// After it, retries go on a retry period apart, until the step-down. So a failing API server
+/// gets at most one request cycle (a read and an update) more than client-go's schedule would
+/// send, and with any retry period up to half the renew deadline (and a renew deadline of at
+/// least 400 ms, so the request timeout is a quarter of it) a failed renewal, even one that
+/// hung for its whole request timeout, is always tried again before the step-down.
+///
+/// Without it, a retry period of half the renew deadline (60 s / 40 s / 20 s, the durations of
+/// node-lease-like fleets) left no retry at all: the routine renewal goes out 20–24 s after the
+/// last success, and a retry 20 s after it failed is past the 40 s step-down, so one 500 handed
+/// the election over. Trying earlier is always safe: the step-down stays a renew deadline after
+/// the last successful send, and a try's deadline never passes it.
+fn leader_retry_at(
+    now: Tick,
+    step_down: Tick,
+    retry_period: Duration,
+    timeout: Duration,
+    early_try_made: bool,
+) -> (Tick, bool) {
     let regular = now + retry_period;
-    let last = step_down.saturating_sub(last_try);
-    if regular < step_down || last < now + retry_period / 4 {
-        // Past the step-down, the deadline takes over: `Machine::deadline` is the earlier.
-        regular
-    } else {
-        last
+    if early_try_made || regular + timeout <= step_down {
+        // At or past the step-down, the step-down comes first: `Machine::deadline` is the
+        // earlier of the two.
+        return (regular, false);
     }
+    let early = step_down
+        .saturating_sub(timeout)
+        .max(now + retry_period / 4)
+        .min(regular);
+    (early, true)
 }
 
 #[cfg(test)]
@@ -1305,22 +1324,59 @@ mod tests {
     }
 
     #[test]
-    fn retries_after_a_failure_come_a_retry_period_apart_until_the_last_try() {
+    fn retries_come_a_retry_period_apart_with_one_early_try_when_that_is_too_late() {
         use super::leader_retry_at as at;
-        // 15 s / 10 s / 2 s (request timeout 2.5 s): a retry period apart, as before; the
-        // last try (7.5 s) is never later than the retries themselves.
-        assert_eq!(at(5 * S, 10 * S, 2 * S, ms(2500)), 7 * S);
+        // 15 s / 10 s / 2 s (request timeout 2.5 s): failures at 5 s, 7 s, 7.5 s, 9.5 s.
+        assert_eq!(at(5 * S, 10 * S, 2 * S, ms(2500), false), (7 * S, false));
+        assert_eq!(at(7 * S, 10 * S, 2 * S, ms(2500), false), (ms(7500), true));
         assert_eq!(
-            at(ms(8100), 10 * S, 2 * S, ms(2500)),
-            ms(10_100),
-            "step-down first"
+            at(ms(7500), 10 * S, 2 * S, ms(2500), true),
+            (ms(9500), false)
         );
-        // 60 s / 40 s / 20 s (request timeout 10 s): a retry 20 s later is past the step-down;
-        // the last try is 10 s before it.
-        assert_eq!(at(22 * S, 40 * S, 20 * S, 10 * S), 30 * S);
-        // Only one: failing at the last try, or too close to it, the step-down comes first.
-        assert_eq!(at(30 * S, 40 * S, 20 * S, 10 * S), 50 * S);
-        assert_eq!(at(27 * S, 40 * S, 20 * S, 10 * S), 47 * S);
+        assert_eq!(
+            at(ms(9500), 10 * S, 2 * S, ms(2500), true),
+            (ms(11_500), false)
+        );
+        // 60 s / 40 s / 20 s (request timeout 10 s): a fast failure of the renewal at 22 s, or
+        // one that hung until 32 s; then the step-down comes first.
+        assert_eq!(at(22 * S, 40 * S, 20 * S, 10 * S, false), (30 * S, true));
+        assert_eq!(at(32 * S, 40 * S, 20 * S, 10 * S, false), (37 * S, true));
+        assert_eq!(at(37 * S, 40 * S, 20 * S, 10 * S, true), (57 * S, false));
+        // 15 s / 10 s / 6 s (retry period above half the renew deadline): renewals at 6–7.2 s.
+        assert_eq!(at(7 * S, 10 * S, 6 * S, ms(2500), false), (ms(8500), true));
+    }
+
+    #[test]
+    fn a_renewal_that_hangs_is_still_tried_again_with_long_retry_periods() {
+        let timing = Timing {
+            lease_duration: 60 * S,
+            renew_deadline: 40 * S,
+            retry_period: 20 * S,
+            release_on_cancel: true,
+        };
+        let mut m = Machine::new("me", timing, 3).unwrap();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(Event::ReadDone(Ok(None)), Duration::ZERO, wall());
+        m.handle(Event::WriteDone(Ok(ver("1"))), Duration::ZERO, wall());
+        let at = m.deadline().unwrap();
+        let a = m.handle(Event::Timer, at, wall());
+        let [Action::Update { deadline, .. }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(*deadline, at + 10 * S, "a quarter renew deadline");
+        m.handle(Event::WriteDone(Err(ErrorKind::Timeout)), *deadline, wall());
+        let next = m.deadline().unwrap();
+        assert_eq!(
+            next,
+            at + 15 * S,
+            "a quarter retry period after the timeout"
+        );
+        assert!(next < 40 * S);
+        let a = m.handle(Event::Timer, next, wall());
+        assert!(
+            matches!(a.as_slice(), [Action::Read { deadline }] if *deadline == 40 * S),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -174,9 +174,9 @@ async fn transient_failures_are_retried_without_losing_leadership() {
     let lock = MemLock::new();
     let (cancel, mut rx, task, handle) = spawn(lock.clone(), "me");
     assert_eq!(rx.recv().await.unwrap().0, Ev::Started(0));
-    // Two failed renewals (at ~5 s, retried at ~7 s), then success at ~9 s: under the 10 s
-    // deadline. (client-go, renewing every 2 s, tolerates one more fast failure at 2.5 × the
-    // writes.)
+    // Two failed requests: the renewal at 5–6 s and the first retry (a read) 1.5–2 s later.
+    // The next try, 2 s later or early (`leader_retry_at`), is still before the 10 s step-down
+    // and succeeds. (client-go renews every 2 s, at 2.5 × the writes.)
     lock.fail_next(2);
     tokio::time::sleep(Duration::from_secs(12)).await;
     assert!(handle.is_leader());
