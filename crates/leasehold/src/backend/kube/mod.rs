@@ -3,14 +3,18 @@
 //! client configuration rules every Kubernetes lock shares.
 
 mod annotation;
+mod kubeconfig;
 mod lease;
 mod multi;
 mod object;
 mod wire;
+mod yaml;
 
 pub use annotation::{AnnotationLock, LEADER_ANNOTATION};
+pub use kubeconfig::{KubeconfigError, read_from as read_kubeconfig};
 pub use lease::{LeaseLock, lease_spec_to_record, record_to_lease_spec};
 pub use multi::{MultiLock, UNKNOWN_LEADER};
+pub use yaml::YamlError;
 
 use leasehold_core::{
     LeaderRecord, LockBackend, LockError, LockEvent, Version, Versioned,
@@ -157,27 +161,35 @@ pub const SERVICE_ACCOUNT_NAMESPACE: &str =
 /// Why a Kubernetes client could not be configured.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The kubeconfig file named by `--kubeconfig` could not be read.
-    #[error("cannot read kubeconfig {path}")]
+    /// A kubeconfig file (named by `--kubeconfig` or `KUBECONFIG`) could not be used.
+    #[error("kubeconfig {path}")]
     Kubeconfig {
         /// The path.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: kube::config::KubeconfigError,
+        source: KubeconfigError,
     },
-    /// No configuration was found (KUBECONFIG, ~/.kube/config, in-cluster).
-    #[error(
-        "no Kubernetes client configuration found (tried KUBECONFIG, ~/.kube/config, in-cluster)"
-    )]
-    Infer(#[source] kube::config::InferConfigError),
+    /// No kubeconfig was usable and the process is not in a cluster.
+    #[error("no usable Kubernetes client configuration: {kubeconfig}; and not in a cluster")]
+    Infer {
+        /// Why no kubeconfig was used.
+        kubeconfig: String,
+        /// Why the in-cluster configuration failed.
+        #[source]
+        in_cluster: kube::config::InClusterError,
+    },
     /// The client could not be built from the configuration.
     #[error("cannot build a Kubernetes client")]
     Build(#[source] kube::Error),
 }
 
-/// Builds a client: `kubeconfig` if given, else `KUBECONFIG`, then `~/.kube/config`, then the
+/// Builds a client: `kubeconfig` if given, else the files in `KUBECONFIG` (merged, the first
+/// to set a value wins; missing ones skipped, as kubectl does), else `~/.kube/config`, else the
 /// in-cluster service account.
+///
+/// Kubeconfig files are read by leasehold's own YAML reader (`yaml`, which says why), strictly:
+/// anchors, tags and duplicate keys are errors that name the line. kube-rs's
+/// `KUBE_RS_DEBUG_*` overrides apply when no file is named, as with `kube::Config::infer`.
 ///
 /// kube's own retry layer is turned off: it retries 429/5xx with backoffs that could outlast a
 /// renew deadline. The elector retries itself, under a deadline per request.
@@ -185,24 +197,52 @@ pub enum ClientError {
 /// # Errors
 /// A [`ClientError`] naming what could not be read.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+    let options = kube::config::KubeConfigOptions::default();
     let config = match kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                ClientError::Kubeconfig {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            let wrap = |source| ClientError::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
+            let kc = kubeconfig::read_from(path).map_err(wrap)?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
-                .map_err(|source| ClientError::Kubeconfig {
-                    path: path.to_owned(),
-                    source,
-                })?
+                .map_err(|e| wrap(e.into()))?
         }
-        None => kube::Config::infer().await.map_err(ClientError::Infer)?,
+        None => {
+            let paths = kubeconfig::default_paths();
+            let from_files = match kubeconfig::read_merged(&paths) {
+                _ if paths.is_empty() => {
+                    Err("found no kubeconfig file (in KUBECONFIG or at ~/.kube/config)".to_owned())
+                }
+                Ok(kc) => kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| format!("kubeconfig {}: {e}", list(&paths))),
+                Err((path, e)) => Err(format!(
+                    "kubeconfig {}: {}",
+                    path.display(),
+                    crate::display_chain(&e)
+                )),
+            };
+            let mut config = match from_files {
+                Ok(config) => config,
+                Err(kubeconfig) => {
+                    kube::Config::incluster().map_err(|in_cluster| ClientError::Infer {
+                        kubeconfig,
+                        in_cluster,
+                    })?
+                }
+            };
+            config.apply_debug_overrides();
+            config
+        }
     };
     client_from_config(config)
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
 }
 
 /// Builds a client from a [`kube::Config`] the way leasehold needs it:

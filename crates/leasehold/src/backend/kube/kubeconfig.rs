@@ -1,0 +1,377 @@
+//! Finding and reading kubeconfig files the way kubectl does, with our own YAML reader
+//! ([`super::yaml`], which says why), into kube-rs's [`Kubeconfig`] types; kube-rs builds the
+//! client configuration from them as usual.
+
+use std::path::{Path, PathBuf};
+
+use kube::config::Kubeconfig;
+
+use super::yaml;
+
+/// Why a kubeconfig file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigError {
+    /// The file could not be read.
+    #[error("cannot read it")]
+    Read(#[source] std::io::Error),
+    /// The file is not UTF-8 (or UTF-16 with a byte-order mark).
+    #[error("it is not {0} text")]
+    Encoding(&'static str),
+    /// The YAML is malformed, uses a feature kubeconfigs do not need, or does not fit the
+    /// kubeconfig schema; the error names the line.
+    #[error("{0}")]
+    Yaml(yaml::YamlError),
+    /// kube-rs refused the configuration (no current context, a missing cluster, mismatched
+    /// documents, ...).
+    #[error(transparent)]
+    Kube(#[from] kube::config::KubeconfigError),
+}
+
+/// Reads one kubeconfig file; several documents in it are merged, the first to set a value
+/// wins. Relative file paths in it (certificates, keys, token files, an exec command with a
+/// `/`) are made absolute against the file's directory, as kubectl does.
+///
+/// # Errors
+/// A [`KubeconfigError`]; YAML errors name the line and column.
+pub fn read_from(path: &Path) -> Result<Kubeconfig, KubeconfigError> {
+    let bytes = std::fs::read(path).map_err(KubeconfigError::Read)?;
+    let text = decode(bytes)?;
+    let docs = yaml::parse(&text).map_err(KubeconfigError::Yaml)?;
+    let mut merged: Option<Kubeconfig> = None;
+    for doc in &docs {
+        let mut config: Kubeconfig = yaml::from_node(doc).map_err(KubeconfigError::Yaml)?;
+        if let Some(dir) = path.parent() {
+            absolute_paths(&mut config, dir);
+        }
+        merged = Some(match merged {
+            Some(m) => m.merge(config)?,
+            None => config,
+        });
+    }
+    Ok(merged.unwrap_or_default())
+}
+
+/// The kubeconfig files to use when none is given: each path in `KUBECONFIG` that exists (as
+/// kubectl, missing ones are skipped), else `~/.kube/config` if it exists.
+pub(crate) fn default_paths() -> Vec<PathBuf> {
+    if let Some(list) = std::env::var_os("KUBECONFIG") {
+        let paths: Vec<PathBuf> = std::env::split_paths(&list)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        if !paths.is_empty() {
+            return paths.into_iter().filter(|p| p.exists()).collect();
+        }
+    }
+    std::env::home_dir()
+        .map(|home| home.join(".kube").join("config"))
+        .filter(|p| p.exists())
+        .into_iter()
+        .collect()
+}
+
+/// Reads and merges `paths` (the first file to set a value wins).
+///
+/// # Errors
+/// The path that failed and why.
+pub(crate) fn read_merged(paths: &[PathBuf]) -> Result<Kubeconfig, (PathBuf, KubeconfigError)> {
+    let mut merged = Kubeconfig::default();
+    for path in paths {
+        let next = read_from(path).map_err(|e| (path.clone(), e))?;
+        merged = merged.merge(next).map_err(|e| (path.clone(), e.into()))?;
+    }
+    Ok(merged)
+}
+
+/// kubectl reads UTF-8, with or without a byte-order mark, and UTF-16 with one.
+fn decode(bytes: Vec<u8>) -> Result<String, KubeconfigError> {
+    let utf16 = |rest: &[u8], from: fn([u8; 2]) -> u16, name| {
+        if rest.len() % 2 != 0 {
+            return Err(KubeconfigError::Encoding(name));
+        }
+        let units: Vec<u16> = rest.chunks_exact(2).map(|c| from([c[0], c[1]])).collect();
+        String::from_utf16(&units).map_err(|_| KubeconfigError::Encoding(name))
+    };
+    match bytes.as_slice() {
+        [0xFF, 0xFE, rest @ ..] => utf16(rest, u16::from_le_bytes, "UTF-16LE"),
+        [0xFE, 0xFF, rest @ ..] => utf16(rest, u16::from_be_bytes, "UTF-16BE"),
+        [0xEF, 0xBB, 0xBF, rest @ ..] => {
+            String::from_utf8(rest.to_vec()).map_err(|_| KubeconfigError::Encoding("UTF-8"))
+        }
+        _ => String::from_utf8(bytes).map_err(|_| KubeconfigError::Encoding("UTF-8")),
+    }
+}
+
+fn absolute_paths(config: &mut Kubeconfig, dir: &Path) {
+    let absolute = |file: &mut Option<String>| {
+        if let Some(f) = file.as_deref()
+            && Path::new(f).is_relative()
+            && let Some(abs) = dir.join(f).to_str()
+        {
+            *file = Some(abs.to_owned());
+        }
+    };
+    for named in &mut config.clusters {
+        if let Some(cluster) = &mut named.cluster {
+            absolute(&mut cluster.certificate_authority);
+        }
+    }
+    for named in &mut config.auth_infos {
+        if let Some(auth) = &mut named.auth_info {
+            absolute(&mut auth.client_certificate);
+            absolute(&mut auth.client_key);
+            absolute(&mut auth.token_file);
+            // A bare command (`aws`) is looked up in PATH; only one with a separator is a path.
+            if let Some(exec) = &mut auth.exec
+                && exec
+                    .command
+                    .as_deref()
+                    .is_some_and(|c| c.contains(std::path::MAIN_SEPARATOR))
+            {
+                absolute(&mut exec.command);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What kube-rs's own reader makes of `text`, as JSON, to compare with ours.
+    fn theirs(text: &str) -> serde_json::Value {
+        let config = Kubeconfig::from_yaml(text).expect("kube-rs reads it");
+        serde_json::to_value(config).unwrap()
+    }
+
+    fn ours(text: &str) -> serde_json::Value {
+        let docs = yaml::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let mut merged = Kubeconfig::default();
+        for doc in &docs {
+            let config: Kubeconfig = yaml::from_node(doc).unwrap_or_else(|e| panic!("{e}"));
+            merged = merged.merge(config).unwrap();
+        }
+        serde_json::to_value(merged).unwrap()
+    }
+
+    fn same(text: &str) {
+        assert_eq!(ours(text), theirs(text), "for:\n{text}");
+    }
+
+    const KUBECTL: &str = r#"apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUMvakNDQWVhZ0F3SUJBZ0lCQURBTkJna3Foa2lHOXcwQkFRc0ZBREFWTVJNd0VRWURWUVFERXdwcmRXSmwKY201bGRHVnpNQjRYRFRJeU1ERXdOVEV4TkRjd04xb1hEVE15TURFd016RXhORGN3TjFvd0ZURVRNQkVHQTFVRQpBeE1LYTNWaVpYSnVaWFJsY3pDQ0FTSXdEUVlKS29aSWh2Y05BUUVCQlFBRGdnRVBBRENDQVFvQ2dnRUJBTXBHCi0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K
+    server: https://127.0.0.1:6443
+  name: kind-kind
+- cluster:
+    insecure-skip-tls-verify: true
+    server: https://10.0.0.1
+    proxy-url: http://proxy:3128
+    tls-server-name: api.internal
+  name: "123"
+contexts:
+- context:
+    cluster: kind-kind
+    user: kind-kind
+    namespace: team-a
+  name: kind-kind
+current-context: kind-kind
+kind: Config
+preferences: {}
+users:
+- name: kind-kind
+  user:
+    client-certificate-data: Y2VydA==
+    client-key-data: a2V5
+- name: eks
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1beta1
+      args:
+      - --region
+      - eu-west-1
+      - eks
+      - get-token
+      - --cluster-name
+      - prod
+      command: aws
+      env:
+      - name: AWS_PROFILE
+        value: prod
+      interactiveMode: IfAvailable
+      provideClusterInfo: false
+- name: gke
+  user:
+    auth-provider:
+      config:
+        access-token: ya29.abc
+        cmd-args: config config-helper --format=json
+        cmd-path: /usr/lib/google-cloud-sdk/bin/gcloud
+        expiry: "2026-11-21T10:00:00Z"
+        expiry-key: '{.credential.token_expiry}'
+        token-key: '{.credential.access_token}'
+      name: gcp
+- name: token
+  user:
+    token: abc.def.ghi
+    username: admin
+    password: s3cr3t
+"#;
+
+    #[test]
+    fn reads_what_kubectl_and_cloud_clis_write_as_kube_rs_does() {
+        same(KUBECTL);
+    }
+
+    #[test]
+    fn reads_the_other_styles_as_kube_rs_does() {
+        // Sequences indented under their key, comments, quoting, flow collections, folded
+        // and literal block scalars, multi-line plain and quoted values, several documents.
+        same(
+            "# leading comment\n\
+             apiVersion: v1 # trailing comment\n\
+             kind: 'Config'\n\
+             clusters:\n  \
+               - name: a\n    \
+                 cluster: {server: \"https://a:6443\", insecure-skip-tls-verify: false}\n  \
+               - name: b\n    \
+                 cluster:\n      \
+                   server: >-\n        \
+                     https://b\n      \
+                   certificate-authority: ca.crt\n\
+             users:\n\
+             - name: u\n  \
+               user:\n    \
+                 token: |-\n      \
+                   line one\n    \
+                 exec:\n      \
+                   command: \"/usr/bin/get\\ttoken\"\n      \
+                   args: [\"a b\", 'c''d', e]\n      \
+                   apiVersion: client.authentication.k8s.io/v1\n\
+             contexts:\n\
+             - name: c\n  \
+               context:\n    \
+                 cluster: a\n    \
+                 user: u\n    \
+                 extensions:\n    \
+                 - name: ext\n      \
+                   extension: {a: 1, b: [true, null, 2.5, x], c: \"5\"}\n\
+             current-context: c\n\
+             ---\n\
+             clusters: []\n\
+             users: ~\n\
+             preferences:\n  \
+               colors: true\n",
+        );
+        same(
+            "users:\n\
+             - name: long\n  \
+               user:\n    \
+                 token: this is a long value that an emitter\n      \
+                   folded onto the next line\n    \
+                 username: \"a quoted value that was\n      \
+                   folded too\"\n",
+        );
+    }
+
+    #[test]
+    fn refuses_what_kubeconfigs_do_not_need_and_names_the_line() {
+        for (text, line, needle) in [
+            ("a: &x 1\nb: *x\n", 1, "anchors"),
+            ("users: !!seq []\n", 1, "tags"),
+            ("? complex\n: key\n", 1, "complex keys"),
+            (
+                "clusters:\n- name: a\n- name: a\n  name: b\n",
+                4,
+                "duplicate key `name`",
+            ),
+            ("clusters:\n\t- name: a\n", 2, "tab"),
+            ("kind: Config\n  apiVersion: v1\n", 2, "`: `"),
+            ("kind: \"Config\n", 1, "unterminated"),
+            ("users: [a, b\n", 1, "unterminated"),
+            ("kind: \"\\q\"\n", 1, "unknown escape"),
+            ("kind: Config\n- a\n", 2, "unexpected content"),
+            ("kind: 'a' b\n", 1, "unexpected text"),
+            ("--- kind: Config\n", 1, "`---` line"),
+        ] {
+            let e = yaml::parse(text).expect_err(text);
+            assert_eq!(e.line, line, "{text:?}: {e}");
+            assert!(e.to_string().contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn schema_mismatches_name_the_line() {
+        for (text, line, needle) in [
+            (
+                "clusters:\n- name: a\n  cluster:\n    insecure-skip-tls-verify: maybe\n",
+                4,
+                "boolean",
+            ),
+            ("clusters: yes\n", 1, "sequence"),
+            (
+                "kind: Config\nusers:\n- user: {}\n",
+                3,
+                "missing field `name`",
+            ),
+            ("just a string\n", 1, "struct Kubeconfig"),
+        ] {
+            let docs = yaml::parse(text).unwrap();
+            let e = yaml::from_node::<Kubeconfig>(&docs[0]).expect_err(text);
+            assert_eq!(e.line, line, "{text:?}: {e}");
+            assert!(e.to_string().contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = format!("a: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(yaml::parse(&deep).unwrap_err().message.contains("nested"));
+        let mut block = String::new();
+        for depth in 0..200 {
+            block.push_str(&" ".repeat(depth));
+            block.push_str("a:\n");
+        }
+        assert!(yaml::parse(&block).unwrap_err().message.contains("nested"));
+    }
+
+    #[test]
+    fn files_are_decoded_merged_and_their_paths_made_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        let text = "clusters:\n- name: a\n  cluster:\n    server: https://a\n    certificate-authority: ca.crt\n\
+                    users:\n- name: u\n  user:\n    client-key: /abs/key\n    tokenFile: t\n    exec:\n      command: ./bin/tok\n\
+                    - name: v\n  user:\n    exec:\n      command: aws\n";
+        let mut utf16 = vec![0xFF, 0xFE];
+        utf16.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        std::fs::write(&path, utf16).unwrap();
+        let config = read_from(&path).unwrap();
+        let d = dir.path().to_str().unwrap();
+        let cluster = config.clusters[0].cluster.as_ref().unwrap();
+        assert_eq!(
+            cluster.certificate_authority.as_deref(),
+            Some(&*format!("{d}/ca.crt"))
+        );
+        let user = config.auth_infos[0].auth_info.as_ref().unwrap();
+        assert_eq!(user.client_key.as_deref(), Some("/abs/key"));
+        assert_eq!(user.token_file.as_deref(), Some(&*format!("{d}/t")));
+        let exec = user.exec.as_ref().unwrap();
+        assert_eq!(exec.command.as_deref(), Some(&*format!("{d}/./bin/tok")));
+        let bare = config.auth_infos[1]
+            .auth_info
+            .as_ref()
+            .unwrap()
+            .exec
+            .as_ref()
+            .unwrap();
+        assert_eq!(bare.command.as_deref(), Some("aws"));
+
+        std::fs::write(&path, b"kind: Config\nclusters:\n- \xff\n").unwrap();
+        assert!(matches!(
+            read_from(&path),
+            Err(KubeconfigError::Encoding("UTF-8"))
+        ));
+        let missing = dir.path().join("missing");
+        assert!(matches!(read_from(&missing), Err(KubeconfigError::Read(_))));
+    }
+}
