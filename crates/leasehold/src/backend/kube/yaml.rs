@@ -17,6 +17,7 @@
 //! reads into a string as `"123"`; `true` reads into a bool; into a free-form value
 //! (`extensions`) plain scalars resolve by YAML 1.2's core schema.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, IntoDeserializer as _, Visitor};
@@ -387,6 +388,8 @@ impl<'a> Parser<'a> {
     fn map(&mut self, n: usize) -> Result<Node> {
         let first = self.lines[self.i].start;
         let mut entries: Vec<(String, Node)> = Vec::new();
+        // A set, not a scan of `entries`: a file with many keys must not take quadratic time.
+        let mut seen = HashSet::new();
         loop {
             self.skip_blank();
             if self.i >= self.end {
@@ -400,7 +403,7 @@ impl<'a> Parser<'a> {
             let Some((key, colon)) = self.key(&l)? else {
                 return Err(self.err(l.start, "expected `key: value` at this indentation"));
             };
-            if entries.iter().any(|(k, _)| *k == key) {
+            if !seen.insert(key.clone()) {
                 return Err(self.err(l.start, format!("duplicate key `{key}`")));
             }
             let rest = &self.src[colon..l.end];
@@ -659,6 +662,7 @@ impl<'a> Parser<'a> {
         let mut p = at + 1;
         let mut items = Vec::new();
         let mut entries: Vec<(String, Node)> = Vec::new();
+        let mut seen = HashSet::new();
         loop {
             p = self.flow_space(p);
             match self.src.as_bytes().get(p) {
@@ -695,7 +699,7 @@ impl<'a> Parser<'a> {
                         line: self.line_no(p),
                     }
                 };
-                if entries.iter().any(|(k, _)| *k == key) {
+                if !seen.insert(key.clone()) {
                     return Err(self.err(at, format!("duplicate key `{key}`")));
                 }
                 entries.push((key, value));
