@@ -223,6 +223,79 @@ users:
         same(KUBECTL);
     }
 
+    /// The shapes minikube, GKE's and AKS's credential plugins, and `oc login` write.
+    #[test]
+    fn reads_what_minikube_gke_aks_and_openshift_write_as_kube_rs_does() {
+        same(
+            "apiVersion: v1\n\
+             clusters:\n\
+             - cluster:\n    \
+                 certificate-authority: /home/me/.minikube/ca.crt\n    \
+                 extensions:\n    \
+                 - extension:\n        \
+                     last-update: Sat, 21 Nov 2026 10:00:00 UTC\n        \
+                     provider: minikube.sigs.k8s.io\n        \
+                     version: v1.34.0\n      \
+                   name: cluster_info\n    \
+                 server: https://192.168.49.2:8443\n  \
+               name: minikube\n\
+             - cluster:\n    \
+                 server: https://api.crc.testing:6443\n  \
+               name: api-crc-testing:6443\n\
+             contexts:\n\
+             - context:\n    \
+                 cluster: minikube\n    \
+                 extensions:\n    \
+                 - extension:\n        \
+                     last-update: Sat, 21 Nov 2026 10:00:00 UTC\n        \
+                     provider: minikube.sigs.k8s.io\n        \
+                     version: v1.34.0\n      \
+                   name: context_info\n    \
+                 namespace: default\n    \
+                 user: minikube\n  \
+               name: minikube\n\
+             - context:\n    \
+                 cluster: api-crc-testing:6443\n    \
+                 namespace: default\n    \
+                 user: kubeadmin/api-crc-testing:6443\n  \
+               name: default/api-crc-testing:6443/kubeadmin\n\
+             current-context: minikube\n\
+             kind: Config\n\
+             preferences: {}\n\
+             users:\n\
+             - name: gke_proj_europe-west1_prod\n  \
+               user:\n    \
+                 exec:\n      \
+                   apiVersion: client.authentication.k8s.io/v1beta1\n      \
+                   command: gke-gcloud-auth-plugin\n      \
+                   installHint: Install gke-gcloud-auth-plugin for use with kubectl by following\n        \
+                     https://cloud.google.com/kubernetes-engine/docs/how-to/cluster-access-for-kubectl#install_plugin\n      \
+                   provideClusterInfo: true\n\
+             - name: clusterUser_rg_aks\n  \
+               user:\n    \
+                 exec:\n      \
+                   apiVersion: client.authentication.k8s.io/v1beta1\n      \
+                   args:\n      \
+                   - get-token\n      \
+                   - --environment\n      \
+                   - AzurePublicCloud\n      \
+                   - --server-id\n      \
+                   - 6dae42f8-4368-4678-94ff-3960e28e3630\n      \
+                   - --login\n      \
+                   - devicecode\n      \
+                   command: kubelogin\n      \
+                   env: null\n      \
+                   installHint: |2\n\n        \
+                     kubelogin is not installed which is required to connect to AAD enabled cluster.\n\n        \
+                     To learn more, please go to https://aka.ms/aks/kubelogin\n      \
+                   interactiveMode: IfAvailable\n      \
+                   provideClusterInfo: false\n\
+             - name: kubeadmin/api-crc-testing:6443\n  \
+               user:\n    \
+                 token: sha256~AbCdEf0123456789\n",
+        );
+    }
+
     #[test]
     fn reads_the_other_styles_as_kube_rs_does() {
         // Sequences indented under their key, comments, quoting, flow collections, folded

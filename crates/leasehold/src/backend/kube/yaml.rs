@@ -303,19 +303,21 @@ impl<'a> Parser<'a> {
         node
     }
 
+    /// The next line of a block collection at indentation `n`: a `- ` item when `dash`, else a
+    /// `key: value` entry. `None` where the collection ends.
+    fn next_entry(&mut self, n: usize, dash: bool) -> Result<Option<Line>> {
+        self.skip_blank();
+        let Some(&l) = self.lines.get(self.i).filter(|_| self.i < self.end) else {
+            return Ok(None);
+        };
+        self.no_tab(&l)?;
+        Ok((l.indent == n && is_dash(self.content(&l)) == dash).then_some(l))
+    }
+
     fn seq(&mut self, n: usize) -> Result<Node> {
         let first = self.lines[self.i].start;
         let mut items = Vec::new();
-        loop {
-            self.skip_blank();
-            if self.i >= self.end {
-                break;
-            }
-            let l = self.lines[self.i];
-            self.no_tab(&l)?;
-            if l.indent != n || !is_dash(self.content(&l)) {
-                break;
-            }
+        while let Some(l) = self.next_entry(n, true)? {
             let after = l.start + 1;
             let rest = &self.src[after..l.end];
             let skipped = rest.len() - rest.trim_start_matches([' ', '\t']).len();
@@ -390,16 +392,7 @@ impl<'a> Parser<'a> {
         let mut entries: Vec<(String, Node)> = Vec::new();
         // A set, not a scan of `entries`: a file with many keys must not take quadratic time.
         let mut seen = HashSet::new();
-        loop {
-            self.skip_blank();
-            if self.i >= self.end {
-                break;
-            }
-            let l = self.lines[self.i];
-            self.no_tab(&l)?;
-            if l.indent != n || is_dash(self.content(&l)) {
-                break;
-            }
+        while let Some(l) = self.next_entry(n, false)? {
             let Some((key, colon)) = self.key(&l)? else {
                 return Err(self.err(l.start, "expected `key: value` at this indentation"));
             };
@@ -986,16 +979,45 @@ pub(crate) fn from_node<'de, T: de::Deserialize<'de>>(node: &'de Node) -> Result
     T::deserialize(node)
 }
 
+impl Node {
+    /// Names this node's line in an error that does not name one yet.
+    fn at<T>(&self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| e.at(self.line))
+    }
+
+    /// This node is not what `expected` wants.
+    fn wrong<T>(&self, expected: &dyn de::Expected) -> Result<T> {
+        Err(<YamlError as de::Error>::invalid_type(self.unexpected(), expected).at(self.line))
+    }
+
+    /// Visits a sequence or mapping; `want` says which one the type asked for (`None`: any).
+    fn collection<'de, V: Visitor<'de>>(
+        &'de self,
+        visitor: V,
+        want: Option<bool>,
+    ) -> Result<V::Value> {
+        match (&self.kind, want) {
+            (Kind::Seq(items), None | Some(true)) => {
+                self.at(visitor.visit_seq(SeqAccess(items.iter())))
+            }
+            (Kind::Map(entries), None | Some(false)) => self.at(visitor.visit_map(MapAccess {
+                entries: entries.iter(),
+                value: None,
+            })),
+            _ => self.wrong(&visitor),
+        }
+    }
+}
+
 macro_rules! parsed {
     ($($method:ident => $visit:ident: $ty:ty,)*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-            let v = match self.scalar() {
-                Some((s, true)) => as_int(s).and_then(|n| <$ty>::try_from(n).ok()),
-                _ => None,
-            };
-            match v {
-                Some(v) => visitor.$visit(v).map_err(|e: YamlError| e.at(self.line)),
-                None => Err(<YamlError as de::Error>::invalid_type(self.unexpected(), &visitor).at(self.line)),
+            match self.scalar().filter(|s| s.1).and_then(|(s, _)| as_int(s)) {
+                Some(n) => match <$ty>::try_from(n) {
+                    Ok(v) => self.at(visitor.$visit(v)),
+                    Err(_) => self.wrong(&visitor),
+                },
+                None => self.wrong(&visitor),
             }
         }
     )*};
@@ -1005,48 +1027,38 @@ impl<'de> de::Deserializer<'de> for &'de Node {
     type Error = YamlError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let line = self.line;
-        match &self.kind {
-            Kind::Null => visitor.visit_unit(),
-            Kind::Scalar { value, plain: true } => {
-                if is_null(value) {
-                    visitor.visit_unit()
-                } else if let Some(b) = as_bool(value) {
-                    visitor.visit_bool(b)
-                } else if let Some(n) = as_int(value) {
-                    match (i64::try_from(n), u64::try_from(n)) {
-                        (Ok(i), _) => visitor.visit_i64(i),
-                        (_, Ok(u)) => visitor.visit_u64(u),
-                        _ => visitor.visit_borrowed_str(value),
-                    }
-                } else if let Some(f) = as_float(value) {
-                    visitor.visit_f64(f)
-                } else {
-                    visitor.visit_borrowed_str(value)
-                }
-            }
+        let value = match &self.kind {
+            Kind::Null => return self.at(visitor.visit_unit()),
+            Kind::Scalar { value, plain: true } => value,
             Kind::Scalar {
                 value,
                 plain: false,
-            } => visitor.visit_borrowed_str(value),
-            Kind::Seq(items) => visitor.visit_seq(SeqAccess(items.iter())),
-            Kind::Map(entries) => visitor.visit_map(MapAccess {
-                entries: entries.iter(),
-                value: None,
-            }),
-        }
-        .map_err(|e: YamlError| e.at(line))
+            } => return self.at(visitor.visit_borrowed_str(value)),
+            Kind::Seq(_) | Kind::Map(_) => return self.collection(visitor, None),
+        };
+        let r = if is_null(value) {
+            visitor.visit_unit()
+        } else if let Some(b) = as_bool(value) {
+            visitor.visit_bool(b)
+        } else if let Some(n) = as_int(value) {
+            match (i64::try_from(n), u64::try_from(n)) {
+                (Ok(i), _) => visitor.visit_i64(i),
+                (_, Ok(u)) => visitor.visit_u64(u),
+                _ => visitor.visit_borrowed_str(value),
+            }
+        } else if let Some(f) = as_float(value) {
+            visitor.visit_f64(f)
+        } else {
+            visitor.visit_borrowed_str(value)
+        };
+        self.at(r)
     }
 
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        match self.scalar() {
-            Some((s, true)) if as_bool(s).is_some() => visitor.visit_bool(as_bool(s) == Some(true)),
-            _ => Err(<YamlError as de::Error>::invalid_type(
-                self.unexpected(),
-                &visitor,
-            )),
+        match self.scalar().filter(|s| s.1).and_then(|(s, _)| as_bool(s)) {
+            Some(b) => self.at(visitor.visit_bool(b)),
+            None => self.wrong(&visitor),
         }
-        .map_err(|e: YamlError| e.at(self.line))
     }
 
     parsed! {
@@ -1065,27 +1077,18 @@ impl<'de> de::Deserializer<'de> for &'de Node {
     }
 
     fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        match self.scalar() {
-            Some((s, true)) if as_float(s).is_some() => {
-                visitor.visit_f64(as_float(s).unwrap_or_default())
-            }
-            _ => Err(<YamlError as de::Error>::invalid_type(
-                self.unexpected(),
-                &visitor,
-            )),
+        match self.scalar().filter(|s| s.1).and_then(|(s, _)| as_float(s)) {
+            Some(f) => self.at(visitor.visit_f64(f)),
+            None => self.wrong(&visitor),
         }
-        .map_err(|e: YamlError| e.at(self.line))
     }
 
+    /// Any scalar reads as a string, as Go's loader does: `name: 123` is `"123"`.
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.scalar() {
-            Some((s, _)) => visitor.visit_borrowed_str(s),
-            None => Err(<YamlError as de::Error>::invalid_type(
-                self.unexpected(),
-                &visitor,
-            )),
+            Some((s, _)) => self.at(visitor.visit_borrowed_str(s)),
+            None => self.wrong(&visitor),
         }
-        .map_err(|e: YamlError| e.at(self.line))
     }
 
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
@@ -1101,40 +1104,27 @@ impl<'de> de::Deserializer<'de> for &'de Node {
     }
 
     fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        match self.scalar() {
-            Some((s, _)) => visitor.visit_borrowed_bytes(s.as_bytes()),
-            None => Err(<YamlError as de::Error>::invalid_type(
-                self.unexpected(),
-                &visitor,
-            )),
-        }
-        .map_err(|e: YamlError| e.at(self.line))
+        self.deserialize_str(visitor)
     }
 
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        self.deserialize_bytes(visitor)
+        self.deserialize_str(visitor)
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         if self.is_null() {
-            visitor.visit_none().map_err(|e: YamlError| e.at(self.line))
+            self.at(visitor.visit_none())
         } else {
-            visitor
-                .visit_some(self)
-                .map_err(|e: YamlError| e.at(self.line))
+            self.at(visitor.visit_some(self))
         }
     }
 
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         if self.is_null() {
-            visitor.visit_unit()
+            self.at(visitor.visit_unit())
         } else {
-            Err(<YamlError as de::Error>::invalid_type(
-                self.unexpected(),
-                &visitor,
-            ))
+            self.wrong(&visitor)
         }
-        .map_err(|e: YamlError| e.at(self.line))
     }
 
     fn deserialize_unit_struct<V: Visitor<'de>>(
@@ -1154,14 +1144,7 @@ impl<'de> de::Deserializer<'de> for &'de Node {
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        match &self.kind {
-            Kind::Seq(items) => visitor.visit_seq(SeqAccess(items.iter())),
-            _ => Err(<YamlError as de::Error>::invalid_type(
-                self.unexpected(),
-                &visitor,
-            )),
-        }
-        .map_err(|e: YamlError| e.at(self.line))
+        self.collection(visitor, Some(true))
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value> {
@@ -1178,17 +1161,7 @@ impl<'de> de::Deserializer<'de> for &'de Node {
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        match &self.kind {
-            Kind::Map(entries) => visitor.visit_map(MapAccess {
-                entries: entries.iter(),
-                value: None,
-            }),
-            _ => Err(<YamlError as de::Error>::invalid_type(
-                self.unexpected(),
-                &visitor,
-            )),
-        }
-        .map_err(|e: YamlError| e.at(self.line))
+        self.collection(visitor, Some(false))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -1200,6 +1173,7 @@ impl<'de> de::Deserializer<'de> for &'de Node {
         self.deserialize_map(visitor)
     }
 
+    /// Unit variants only (`interactiveMode: IfAvailable`): kubeconfigs have no other enums.
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         _name: &'static str,
@@ -1207,13 +1181,9 @@ impl<'de> de::Deserializer<'de> for &'de Node {
         visitor: V,
     ) -> Result<V::Value> {
         match self.scalar() {
-            Some((s, _)) => visitor.visit_enum(s.into_deserializer()),
-            None => Err(<YamlError as de::Error>::invalid_type(
-                self.unexpected(),
-                &visitor,
-            )),
+            Some((s, _)) => self.at(visitor.visit_enum(s.into_deserializer())),
+            None => self.wrong(&visitor),
         }
-        .map_err(|e: YamlError| e.at(self.line))
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
