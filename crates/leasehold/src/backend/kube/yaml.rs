@@ -1288,6 +1288,16 @@ mod tests {
     }
 
     impl Tree {
+        /// Whether the last thing written for this tree may be a literal block scalar.
+        fn ends_in_text_block(&self) -> bool {
+            match self {
+                Tree::Str(s) => s.contains('\n'),
+                Tree::Seq(v) => v.last().is_some_and(Tree::ends_in_text_block),
+                Tree::Map(m) => m.last().is_some_and(|(_, v)| v.ends_in_text_block()),
+                _ => false,
+            }
+        }
+
         fn json(&self) -> Value {
             match self {
                 Tree::Null => Value::Null,
@@ -1310,6 +1320,7 @@ mod tests {
             "[a-z]{1,6}( [a-z/.:-]{1,8}){0,6}".prop_map(Tree::Str),
             "[ -~]{0,24}".prop_map(Tree::Str),
             "\\PC{0,12}".prop_map(Tree::Str),
+            "(( {0,3}[!-~][ -~]{0,8})?\n){1,4}[ -~]{0,6}\n{0,3}".prop_map(Tree::Str),
         ];
         leaf.prop_recursive(4, 48, 6, |inner| {
             prop_oneof![
@@ -1347,7 +1358,29 @@ mod tests {
         }
 
         fn scalar(&mut self, s: &str, indent: usize, flow: bool) {
-            if Self::plain_ok(s, flow) && self.coin() {
+            if !flow && s.contains('\n') && !s.trim().is_empty() && self.coin() {
+                // A literal block scalar, with an indentation indicator so that lines may
+                // start with spaces, and the chomping that keeps the trailing line breaks.
+                let body = s.trim_end_matches('\n');
+                let trailing = s.len() - body.len();
+                let chomp = match trailing {
+                    0 => "-",
+                    1 => "",
+                    _ => "+",
+                };
+                self.out.push_str(&format!("|2{chomp}"));
+                let pad = " ".repeat(indent + 2);
+                for line in body.split('\n') {
+                    self.out.push('\n');
+                    if !line.is_empty() {
+                        self.out.push_str(&pad);
+                        self.out.push_str(line);
+                    }
+                }
+                for _ in 1..trailing {
+                    self.out.push('\n');
+                }
+            } else if Self::plain_ok(s, flow) && self.coin() {
                 if !flow && s.contains(' ') && self.coin() {
                     // Fold at a space onto a continuation line.
                     let pad = " ".repeat(indent + 2);
@@ -1487,7 +1520,8 @@ mod tests {
                 self.out.push_str(k);
                 self.out.push(':');
                 self.value(v, indent, false);
-                if self.coin() && self.coin() {
+                // A blank line after a block scalar would belong to it.
+                if !v.ends_in_text_block() && self.coin() && self.coin() {
                     self.out.push('\n');
                 }
             }
