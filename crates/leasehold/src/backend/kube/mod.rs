@@ -211,18 +211,19 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
         }
         None => {
             let paths = kubeconfig::default_paths();
-            let from_files = match kubeconfig::read_merged(&paths) {
-                _ if paths.is_empty() => {
-                    Err("found no kubeconfig file (in KUBECONFIG or at ~/.kube/config)".to_owned())
+            let from_files = if paths.is_empty() {
+                Err("found no kubeconfig file (in KUBECONFIG or at ~/.kube/config)".to_owned())
+            } else {
+                match kubeconfig::read_merged(&paths) {
+                    Ok(kc) => kube::Config::from_custom_kubeconfig(kc, &options)
+                        .await
+                        .map_err(|e| format!("kubeconfig {}: {e}", list(&paths))),
+                    Err((path, e)) => Err(format!(
+                        "kubeconfig {}: {}",
+                        path.display(),
+                        crate::display_chain(&e)
+                    )),
                 }
-                Ok(kc) => kube::Config::from_custom_kubeconfig(kc, &options)
-                    .await
-                    .map_err(|e| format!("kubeconfig {}: {e}", list(&paths))),
-                Err((path, e)) => Err(format!(
-                    "kubeconfig {}: {}",
-                    path.display(),
-                    crate::display_chain(&e)
-                )),
             };
             let mut config = match from_files {
                 Ok(config) => config,

@@ -92,63 +92,46 @@ type Result<T> = std::result::Result<T, YamlError>;
 
 /// Reads every document of `text` (empty documents are skipped).
 pub(crate) fn parse(text: &str) -> Result<Vec<Node>> {
-    let lines = split_lines(text);
+    // One parser for every document: the split below reads only what parsing never rewrites
+    // (`begin`, `end`, `blank`).
+    let mut p = Parser {
+        src: text,
+        lines: split_lines(text),
+        i: 0,
+        end: 0,
+        depth: 0,
+    };
     let mut docs = Vec::new();
     let mut start = 0;
-    let mut i = 0;
     let mut in_doc = true;
-    let flush = |from: usize, to: usize, docs: &mut Vec<Node>| -> Result<()> {
-        let mut p = Parser {
-            src: text,
-            lines: lines.clone(),
-            i: from,
-            end: to,
-            depth: 0,
-        };
-        if let Some(node) = p.document()? {
-            docs.push(node);
-        }
-        Ok(())
-    };
-    while i < lines.len() {
-        let l = &lines[i];
+    for i in 0..p.lines.len() {
+        let l = p.lines[i];
         let raw = &text[l.begin..l.end];
         let marker = |m: &str| {
             raw.strip_prefix(m)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
         };
-        if marker("---") {
+        if marker("---") || marker("...") {
             if in_doc {
-                flush(start, i, &mut docs)?;
+                docs.extend(p.document(start, i)?);
             }
+            in_doc = raw.starts_with('-');
             let rest = raw[3..].trim_start_matches([' ', '\t']);
-            if !rest.is_empty() && !rest.starts_with('#') {
-                return Err(error_at(
-                    text,
-                    &lines,
-                    l.begin + 3,
-                    "content on the `---` line",
-                ));
+            if in_doc && !rest.is_empty() && !rest.starts_with('#') {
+                return Err(p.err(l.begin + 3, "content on the `---` line"));
             }
             start = i + 1;
-            in_doc = true;
-        } else if marker("...") {
-            if in_doc {
-                flush(start, i, &mut docs)?;
-            }
-            in_doc = false;
-        } else if raw.starts_with('%') && lines[start..i].iter().all(|l| l.blank) {
+        } else if raw.starts_with('%') && p.lines[start..i].iter().all(|l| l.blank) {
             // A directive (`%YAML 1.2`): it precedes a `---` and changes nothing here.
             start = i + 1;
-        } else if !in_doc && !lines[i].blank {
+        } else if !in_doc && !l.blank {
             // Content after `...` without a `---`: YAML reads it as a new document.
             start = i;
             in_doc = true;
         }
-        i += 1;
     }
     if in_doc {
-        flush(start, lines.len(), &mut docs)?;
+        docs.extend(p.document(start, p.lines.len())?);
     }
     Ok(docs)
 }
@@ -231,7 +214,9 @@ impl<'a> Parser<'a> {
         position(self.src, &self.lines, at).0
     }
 
-    fn document(&mut self) -> Result<Option<Node>> {
+    /// The document on lines `from..to`, if it has any content.
+    fn document(&mut self, from: usize, to: usize) -> Result<Option<Node>> {
+        (self.i, self.end, self.depth) = (from, to, 0);
         self.skip_blank();
         if self.i >= self.end {
             return Ok(None);
