@@ -113,7 +113,7 @@ pub async fn with_backend<R>(
                 .unwrap_or_else(kube::default_namespace);
             let backend = kube::KubeLock::new(client.clone(), lock.lock_type, &ns, &lock.name)
                 .with_events(events);
-            f(Box::new(backend), Some((client, ns))).await
+            f(Box::new(backend), Some((client.into(), ns))).await
         }
     }
 }

@@ -411,7 +411,9 @@ async fn one_run(
         Some(s) => Some(
             leasehold::backend::kube::client(Some(&s.kubeconfig("admin")))
                 .await
-                .expect("admin client"),
+                .expect("admin client")
+                .kube()
+                .clone(),
         ),
         None => None,
     };

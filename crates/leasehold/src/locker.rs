@@ -73,7 +73,7 @@ impl LeaseLocker {
     /// time, unlock retries every 2 s.
     #[doc(alias = "NewLeaseLocker")]
     pub fn new(
-        client: kube::Client,
+        client: impl Into<crate::backend::kube::ApiClient>,
         namespace: &str,
         name: &str,
         owner: impl Into<String>,

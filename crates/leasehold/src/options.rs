@@ -198,7 +198,10 @@ impl Options {
     /// An [`OptionsError`] naming what is invalid.
     #[doc(alias = "NewResourceLock")]
     #[doc(alias = "NewLeaderElectionConfig")]
-    pub fn build(self, client: kube::Client) -> Result<Elector<KubeLock>, OptionsError> {
+    pub fn build(
+        self,
+        client: impl Into<crate::backend::kube::ApiClient>,
+    ) -> Result<Elector<KubeLock>, OptionsError> {
         if !is_dns_subdomain(&self.name) {
             return Err(OptionsError::Name(self.name));
         }
@@ -227,7 +230,11 @@ impl Options {
 /// prints a message naming the problem and exits the process with status 64 (seed 000's and
 /// client-go's `RunOrDie`, which panic instead).
 #[doc(alias = "RunOrDie")]
-pub async fn run_or_die(client: kube::Client, options: Options, cancel: CancellationToken) {
+pub async fn run_or_die(
+    client: impl Into<crate::backend::kube::ApiClient>,
+    options: Options,
+    cancel: CancellationToken,
+) {
     match options.build(client) {
         Ok(elector) => elector.run(cancel).await,
         Err(e) => {

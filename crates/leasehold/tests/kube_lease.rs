@@ -289,7 +289,7 @@ async fn an_update_keeps_every_other_field_of_the_lease() {
         leasehold::backend::kube::client(Some(&harness::shared().await.kubeconfig("admin")))
             .await
             .unwrap();
-    let api: kube::Api<Lease> = kube::Api::namespaced(client, "default");
+    let api: kube::Api<Lease> = kube::Api::namespaced(client.kube().clone(), "default");
     let lease: Lease = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": {"team": "a"}, "annotations": {"note": "keep me"}},
         "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "leaseTransitions": 7,
@@ -317,4 +317,43 @@ async fn an_update_keeps_every_other_field_of_the_lease() {
     assert_eq!(spec.lease_transitions, Some(8));
     assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
     assert_eq!(spec.preferred_holder.as_deref(), Some("someone"));
+}
+
+/// The lock's reads, writes and watches take leasehold's own HTTP/2 connection (the real API
+/// server offers HTTP/2), so every test in this file runs through it; a watch sees a write made
+/// on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_requests_take_the_own_http2_path() {
+    use futures_util::StreamExt as _;
+    let server = harness::shared().await;
+    let client = leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
+        .await
+        .unwrap();
+    assert!(client.is_direct());
+    let lock = LeaseLock::new(client.clone(), "default", &unique("direct"));
+    assert!(lock.get().await.unwrap().is_none());
+    let record = leasehold::LeaderRecord {
+        holder_identity: "a".into(),
+        lease_duration_seconds: 2,
+        ..Default::default()
+    };
+    let v1 = lock.create(&record).await.unwrap();
+    let mut watch = lock.watch(Some(&v1));
+    let renewed = leasehold::LeaderRecord {
+        leader_transitions: 1,
+        ..record.clone()
+    };
+    let v2 = lock.update(&renewed, &v1).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("a watch event")
+        .expect("an open watch")
+        .unwrap()
+        .expect("the Lease");
+    assert_eq!((seen.version, seen.record), (v2.clone(), renewed));
+    assert!(matches!(
+        lock.update(&record, &v1).await,
+        Err(LockError::Conflict { .. })
+    ));
+    assert!(client.is_direct(), "the API server refused HTTP/2");
 }

@@ -24,7 +24,7 @@ fn fast() -> Timing {
     }
 }
 
-async fn client() -> kube::Client {
+async fn client() -> leasehold::backend::kube::ApiClient {
     leasehold::backend::kube::client(Some(&harness::shared().await.kubeconfig("admin")))
         .await
         .unwrap()
@@ -56,7 +56,7 @@ async fn annotation_and_multi_locks_pass_conformance() {
 async fn configmap_lock_writes_client_go_encoding_and_keeps_the_rest() {
     let c = client().await;
     let name = unique("cm-keep");
-    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(c.kube().clone(), "default");
     cms.create(
         &PostParams::default(),
         &ConfigMap {
@@ -276,7 +276,7 @@ async fn rolling_migration_from_configmap_to_lease_never_has_two_leaders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_annotation_is_reported_and_replaced_only_after_a_lease() {
     let c = client().await;
-    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(c.kube().clone(), "default");
     for (label, value) in [
         ("json", "{not json".to_owned()),
         ("missing", r#"{"holderIdentity":"x"}"#.to_owned()),
@@ -342,7 +342,7 @@ async fn events_are_recorded_on_the_lock() {
     );
     wait_for_a_leader(&[&cand]).await;
     stop(cand).await;
-    let events: Api<Event> = Api::namespaced(c.clone(), "default");
+    let events: Api<Event> = Api::namespaced(c.kube().clone(), "default");
     let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
     let until = Instant::now() + Duration::from_secs(10);
     loop {

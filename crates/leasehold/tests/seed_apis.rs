@@ -21,14 +21,14 @@ fn fast() -> Timing {
     }
 }
 
-async fn client() -> kube::Client {
+async fn client() -> leasehold::backend::kube::ApiClient {
     leasehold::backend::kube::client(Some(&harness::shared().await.kubeconfig("admin")))
         .await
         .unwrap()
 }
 
 /// A client for an address where nothing listens.
-fn unreachable_client() -> kube::Client {
+fn unreachable_client() -> leasehold::backend::kube::ApiClient {
     let port = harness::free_port();
     let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
     leasehold::backend::kube::client_from_config(config).unwrap()
@@ -92,7 +92,7 @@ async fn lease_locker_locks_blocks_unlocks_and_checks() {
     assert!(lb.fencing_token() > la.fencing_token());
     b.check(Duration::ZERO).unwrap();
     b.unlock_with_retry(&never).await;
-    let leases: Api<Lease> = Api::namespaced(c.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(c.kube().clone(), "default");
     let spec = leases
         .get(&name.to_lowercase())
         .await
@@ -114,7 +114,7 @@ async fn lease_locker_without_release_on_cancel_leaves_the_lease_to_expire() {
     cancel.cancel();
     timeout(Duration::from_secs(2), l.lost()).await.unwrap();
     sleep(Duration::from_millis(200)).await;
-    let leases: Api<Lease> = Api::namespaced(c.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(c.kube().clone(), "default");
     let spec = leases.get(&name).await.unwrap().spec.unwrap();
     assert_eq!(
         spec.holder_identity.as_deref(),
@@ -128,7 +128,7 @@ async fn lease_locker_without_release_on_cancel_leaves_the_lease_to_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn use_observed_time_false_takes_over_a_stale_record_at_once() {
     let c = client().await;
-    let leases: Api<Lease> = Api::namespaced(c.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(c.kube().clone(), "default");
     let hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
     let stale = LeaderRecord {
         holder_identity: "ghost".into(),

@@ -38,13 +38,23 @@ delegate_lock_backend!(AnnotationLock);
 
 impl AnnotationLock {
     /// A lock on the annotation of the ConfigMap `namespace/name`.
-    pub fn config_map(client: kube::Client, namespace: &str, name: &str) -> Self {
-        Self(ObjectLock::new(client, Kind::ConfigMap, namespace, name))
+    pub fn config_map(client: impl Into<super::ApiClient>, namespace: &str, name: &str) -> Self {
+        Self(ObjectLock::new(
+            client.into(),
+            Kind::ConfigMap,
+            namespace,
+            name,
+        ))
     }
 
     /// A lock on the annotation of the Endpoints object `namespace/name`.
-    pub fn endpoints(client: kube::Client, namespace: &str, name: &str) -> Self {
-        Self(ObjectLock::new(client, Kind::Endpoints, namespace, name))
+    pub fn endpoints(client: impl Into<super::ApiClient>, namespace: &str, name: &str) -> Self {
+        Self(ObjectLock::new(
+            client.into(),
+            Kind::Endpoints,
+            namespace,
+            name,
+        ))
     }
 
     /// Records an Event on the object at every acquisition and loss. Best effort.

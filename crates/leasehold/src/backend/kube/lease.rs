@@ -23,8 +23,8 @@ delegate_lock_backend!(LeaseLock);
 
 impl LeaseLock {
     /// A lock on the Lease `namespace/name`.
-    pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
-        Self(ObjectLock::new(client, Kind::Lease, namespace, name))
+    pub fn new(client: impl Into<super::ApiClient>, namespace: &str, name: &str) -> Self {
+        Self(ObjectLock::new(client.into(), Kind::Lease, namespace, name))
     }
 
     /// Records an Event on the Lease at every acquisition and loss (client-go's

@@ -3,6 +3,7 @@
 //! client configuration rules every Kubernetes lock shares.
 
 mod annotation;
+mod http2;
 mod kubeconfig;
 mod lease;
 mod multi;
@@ -92,7 +93,13 @@ pub enum KubeLock {
 impl KubeLock {
     /// The lock of `lock_type` named `namespace/name` (both objects of a multi-lock share the
     /// name, as in client-go).
-    pub fn new(client: kube::Client, lock_type: LockType, namespace: &str, name: &str) -> Self {
+    pub fn new(
+        client: impl Into<ApiClient>,
+        lock_type: LockType,
+        namespace: &str,
+        name: &str,
+    ) -> Self {
+        let client = client.into();
         let lease = || LeaseLock::new(client.clone(), namespace, name);
         let cm = || AnnotationLock::config_map(client.clone(), namespace, name);
         let ep = || AnnotationLock::endpoints(client.clone(), namespace, name);
@@ -183,6 +190,91 @@ pub enum ClientError {
     Build(#[source] kube::Error),
 }
 
+/// The client the Kubernetes locks send their requests with.
+///
+/// Built by [`client`] or [`client_from_config`], it sends a lock's reads, writes and watches
+/// over leasehold's own HTTP/2 connection to the API server (`http2`, which says why: at
+/// thousands of elections per process the request path is most of the cost of leading), and
+/// everything else (Events, Pod labels) through the [`kube::Client`] it also holds. Made from a
+/// [`kube::Client`] (`From`), as an operator that already has one does, every request goes
+/// through that client.
+///
+/// The two paths share the configuration (TLS, client certificates, tokens, exec plugins,
+/// impersonation); with a server that does not agree to HTTP/2, a plain-`http` cluster URL or a
+/// proxy, everything goes through kube's client.
+#[derive(Clone)]
+pub struct ApiClient {
+    kube: kube::Client,
+    direct: Option<http2::Http2>,
+}
+
+impl From<kube::Client> for ApiClient {
+    fn from(kube: kube::Client) -> Self {
+        Self { kube, direct: None }
+    }
+}
+
+impl From<ApiClient> for kube::Client {
+    fn from(c: ApiClient) -> Self {
+        c.kube
+    }
+}
+
+// === impl ApiClient ===
+
+impl ApiClient {
+    /// The kube client, for requests of your own.
+    pub fn kube(&self) -> &kube::Client {
+        &self.kube
+    }
+
+    /// Whether lock requests take leasehold's own HTTP/2 path (false when made from a
+    /// [`kube::Client`], or once the server has refused HTTP/2).
+    pub fn is_direct(&self) -> bool {
+        self.direct.as_ref().is_some_and(http2::Http2::usable)
+    }
+
+    fn direct(&self) -> Option<&http2::Http2> {
+        self.direct.as_ref().filter(|d| d.usable())
+    }
+
+    /// Sends `req` and decodes its JSON answer.
+    pub(crate) async fn request<T: serde::de::DeserializeOwned>(
+        &self,
+        req: http::Request<Vec<u8>>,
+    ) -> Result<T, kube::Error> {
+        let req = match self.direct() {
+            None => req,
+            Some(d) => match d.request(req).await {
+                Err(http2::Failure::NotHttp2(req)) => req,
+                Err(http2::Failure::Kube(e)) => return Err(e),
+                Ok(v) => return Ok(v),
+            },
+        };
+        self.kube.request(req).await
+    }
+
+    /// Starts the watch `req`.
+    pub(crate) async fn events<T: serde::de::DeserializeOwned + Clone + Send + 'static>(
+        &self,
+        req: http::Request<Vec<u8>>,
+    ) -> Result<
+        futures_util::stream::BoxStream<'static, kube::Result<kube::api::WatchEvent<T>>>,
+        kube::Error,
+    > {
+        use futures_util::StreamExt as _;
+        let req = match self.direct() {
+            None => req,
+            Some(d) => match d.events::<T>(req).await {
+                Err(http2::Failure::NotHttp2(req)) => req,
+                Err(http2::Failure::Kube(e)) => return Err(e),
+                Ok(s) => return Ok(s.boxed()),
+            },
+        };
+        Ok(self.kube.request_events::<T>(req).await?.boxed())
+    }
+}
+
 /// Builds a client: `kubeconfig` if given, else the files in `KUBECONFIG` (merged, the first
 /// to set a value wins; missing ones skipped, as kubectl does), else `~/.kube/config`, else the
 /// in-cluster service account.
@@ -196,7 +288,7 @@ pub enum ClientError {
 ///
 /// # Errors
 /// A [`ClientError`] naming what could not be read.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
+pub async fn client(kubeconfig: Option<&Path>) -> Result<ApiClient, ClientError> {
     let options = kube::config::KubeConfigOptions::default();
     let config = match kubeconfig {
         Some(path) => {
@@ -246,7 +338,9 @@ fn list(paths: &[PathBuf]) -> String {
     names.join(", ")
 }
 
-/// Builds a client from a [`kube::Config`] the way leasehold needs it:
+/// Builds a client from a [`kube::Config`] the way leasehold needs it: the locks' requests on
+/// leasehold's own HTTP/2 connection (see [`ApiClient`]), and a [`kube::Client`] for the rest,
+/// built as follows.
 ///
 /// - **HTTP/2 when the API server offers it** (it does): the watch and every read and write share
 ///   one TLS connection, which the watch keeps warm, so a standby's takeover write goes out on a
@@ -262,10 +356,12 @@ fn list(paths: &[PathBuf]) -> String {
 ///
 /// # Errors
 /// [`ClientError::Build`] when the TLS or auth configuration is unusable.
-pub fn client_from_config(config: kube::Config) -> Result<kube::Client, ClientError> {
+pub fn client_from_config(config: kube::Config) -> Result<ApiClient, ClientError> {
     use kube::client::ConfigExt as _;
     use std::time::Duration;
     use tower::ServiceBuilder;
+
+    let direct = http2::Http2::new(&config).map_err(ClientError::Build)?;
 
     let tls = config.rustls_client_config().map_err(ClientError::Build)?;
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -290,7 +386,10 @@ pub fn client_from_config(config: kube::Config) -> Result<kube::Client, ClientEr
         .layer(config.extra_headers_layer().map_err(ClientError::Build)?)
         .map_err(tower::BoxError::from)
         .service(hyper);
-    Ok(kube::Client::new(service, config.default_namespace))
+    Ok(ApiClient {
+        kube: kube::Client::new(service, config.default_namespace),
+        direct,
+    })
 }
 
 /// The namespace a lock lives in when none is given: the Pod's own (from the service-account

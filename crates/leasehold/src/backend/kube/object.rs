@@ -2,7 +2,7 @@
 //! compare-and-swap on `resourceVersion`, a watch on its name, and Events about it. Where the
 //! record lives in the object (a Lease's `spec`, an annotation) is the [`Kind`]'s business.
 
-use super::{annotation, map_error, wire};
+use super::{ApiClient, annotation, map_error, wire};
 use futures_util::{StreamExt as _, stream};
 use k8s_openapi::api::{
     coordination::v1::Lease,
@@ -150,7 +150,7 @@ impl Codec for AnnotationCodec {
 
 /// A lock on one named object, its record read and written by the [`Codec`] `C`.
 pub(crate) struct ObjectLock<C: Codec> {
-    client: kube::Client,
+    client: ApiClient,
     /// Builds the object's requests (its collection's URL path).
     request: Arc<Request>,
     events: Option<Api<Event>>,
@@ -178,7 +178,7 @@ impl<C: Codec> Clone for ObjectLock<C> {
 // === impl ObjectLock ===
 
 impl<C: Codec> ObjectLock<C> {
-    pub(crate) fn new(client: kube::Client, kind: Kind, namespace: &str, name: &str) -> Self {
+    pub(crate) fn new(client: ApiClient, kind: Kind, namespace: &str, name: &str) -> Self {
         let url = DynamicObject::url_path(&kind.api_resource(), Some(namespace));
         Self {
             client,
@@ -192,7 +192,7 @@ impl<C: Codec> ObjectLock<C> {
     }
 
     pub(crate) fn with_events(mut self, on: bool) -> Self {
-        self.events = on.then(|| Api::namespaced(self.client.clone(), &self.namespace));
+        self.events = on.then(|| Api::namespaced(self.client.kube().clone(), &self.namespace));
         self
     }
 
@@ -347,11 +347,11 @@ impl<C: Codec> ObjectLock<C> {
                         .fields(&format!("metadata.name={}", lock.name))
                         .timeout(290);
                     let events = match lock.request.watch(&wp, &version) {
-                        Ok(req) => lock.client.request_events::<C::Object>(req).await,
+                        Ok(req) => lock.client.events::<C::Object>(req).await,
                         Err(e) => Err(kube::Error::BuildRequest(e)),
                     };
                     match events {
-                        Ok(s) => (lock, s.boxed()),
+                        Ok(s) => (lock, s),
                         Err(e) => {
                             let err = lock.err(e, "watch", "watch");
                             return Some((Err(err), St::Done));
