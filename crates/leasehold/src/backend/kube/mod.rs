@@ -342,12 +342,13 @@ fn list(paths: &[PathBuf]) -> String {
 /// leasehold's own HTTP/2 connection (see [`ApiClient`]), and a [`kube::Client`] for the rest,
 /// built as follows.
 ///
-/// - **HTTP/2 when the API server offers it** (it does): the watch and every read and write share
-///   one TLS connection, which the watch keeps warm, so a standby's takeover write goes out on a
-///   live connection. With kube's default HTTP/1.1 client the watch holds one connection and the
-///   first write after a release (or after 90 s idle) has to open a new one: a new TCP + TLS
-///   handshake in the middle of a handover.
-/// - **No idle expiry** of pooled connections, and HTTP/2 keep-alive pings every 30 s.
+/// - **HTTP/1.1 only.** The lock's watch and writes share leasehold's own HTTP/2 connection,
+///   which the watch keeps warm, so a standby's takeover write goes out on a live connection.
+///   What is left for this client (Events, Pod labels, and everything when the server refuses
+///   HTTP/2) gains nothing from HTTP/2, and a second HTTP/2 client would add about 140 KB to
+///   the sidecar, which is resident memory (docs/benchmarks.md).
+/// - **No idle expiry** of pooled connections: a write after a quiet spell reuses one when it
+///   can.
 /// - **No retry layer**: kube's retries 429/5xx with backoffs that could outlast a renew
 ///   deadline; the elector retries itself, under a deadline per request.
 ///
@@ -371,14 +372,12 @@ pub fn client_from_config(config: kube::Config) -> Result<ApiClient, ClientError
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_all_versions()
+        .enable_http1()
         .wrap_connector(http);
     let hyper = hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(None)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .http2_keep_alive_while_idle(true)
         .build(https);
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
