@@ -12,7 +12,7 @@ use leasehold_core::{
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use tokio::{
     sync::watch,
-    time::{Instant, sleep_until, timeout_at},
+    time::{Instant, timeout_at},
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -289,6 +289,8 @@ impl<B: LockBackend> Elector<B> {
         let describe = self.backend.describe();
 
         let mut event = Some(Event::Start);
+        let mut cancelled = std::pin::pin!(cancel.cancelled());
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(origin));
         loop {
             if let Some(ev) = event.take() {
                 let now = Instant::now();
@@ -463,10 +465,14 @@ impl<B: LockBackend> Elector<B> {
                 status.last_error = last_error
                     .clone()
                     .or_else(|| duplicate.as_ref().map(|(m, _)| m.clone()));
+                // Waking no one costs a pass over the channel's waiter lists all the same; with
+                // no handle to this elector, store the status silently (a later subscriber
+                // still reads it).
+                let listened = self.tx.receiver_count() > 0;
                 self.tx.send_if_modified(|s| {
                     let changed = *s != status;
                     *s = status;
-                    changed
+                    changed && listened
                 });
                 if finished {
                     return;
@@ -497,9 +503,15 @@ impl<B: LockBackend> Elector<B> {
                 (None, false) => Instant::now() + Duration::from_secs(3600),
             };
 
+            // One timer for the whole run, moved rather than replaced: dropping a timer and
+            // registering a new one on every pass is most of a pass's cost at thousands of
+            // elections per process.
+            if sleep.deadline() != timer_at {
+                sleep.as_mut().reset(timer_at);
+            }
             tokio::select! {
                 biased;
-                _ = cancel.cancelled(), if !cancel_sent => {
+                _ = &mut cancelled, if !cancel_sent => {
                     cancel_sent = true;
                     // Stop acting first, whatever the machine is waiting for.
                     if let Some(t) = &leadership { t.cancel(); }
@@ -520,7 +532,7 @@ impl<B: LockBackend> Elector<B> {
                     }
                     event = Some(ev);
                 }
-                _ = sleep_until(timer_at) => {
+                _ = &mut sleep => {
                     event = Some(Event::Timer);
                 }
                 item = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
@@ -630,10 +642,18 @@ impl<B: LockBackend> Elector<B> {
 /// one write on the connection. At 10,000 elections the wakeups, syscalls and loopback TCP work
 /// of single renewals were over a third of the process's CPU (docs/benchmarks.md). The machine
 /// grants slack only for routine renewals, never for a step-down.
+///
+/// The steps are the coarsest of 200 ms, 100 ms, 50 ms, ... that fits the slack, so the grids
+/// nest: an election whose slack is short (its jitter window nearly over) still lands on points
+/// that others share, instead of on a grid of its own.
 fn on_shared_grid(at: Instant, slack: Duration) -> Instant {
+    const COARSEST: u128 = 200_000_000;
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
-    let step = slack.as_nanos();
+    let mut step = COARSEST;
+    while step > slack.as_nanos() {
+        step /= 2;
+    }
     if step < 1_000_000 || at <= epoch {
         // Under a millisecond is below the timer's resolution anyway.
         return at;

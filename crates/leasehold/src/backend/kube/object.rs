@@ -153,6 +153,9 @@ pub(crate) struct ObjectLock<C: Codec> {
     client: ApiClient,
     /// Builds the object's requests (its collection's URL path).
     request: Arc<Request>,
+    /// The object's own URL path, parsed once: a leader reads and replaces the same object
+    /// every renewal. `None` if the name makes no valid path (the request builder says why).
+    item: Option<http::Uri>,
     events: Option<Api<Event>>,
     kind: Kind,
     name: String,
@@ -166,6 +169,7 @@ impl<C: Codec> Clone for ObjectLock<C> {
         Self {
             client: self.client.clone(),
             request: self.request.clone(),
+            item: self.item.clone(),
             events: self.events.clone(),
             kind: self.kind,
             name: self.name.clone(),
@@ -180,9 +184,11 @@ impl<C: Codec> Clone for ObjectLock<C> {
 impl<C: Codec> ObjectLock<C> {
     pub(crate) fn new(client: ApiClient, kind: Kind, namespace: &str, name: &str) -> Self {
         let url = DynamicObject::url_path(&kind.api_resource(), Some(namespace));
+        let item = format!("{url}/{name}").parse().ok();
         Self {
             client,
             request: Arc::new(Request::new(url)),
+            item,
             events: None,
             kind,
             name: name.to_owned(),
@@ -231,10 +237,11 @@ impl<C: Codec> ObjectLock<C> {
 
     /// GET, with 404 as `None`.
     async fn fetch(&self, op: &'static str) -> Result<Option<C::Object>, LockError> {
-        let req = self
-            .request
-            .get(&self.name, &GetParams::default())
-            .map_err(|e| self.err(kube::Error::BuildRequest(e), op, "get"))?;
+        let req = match &self.item {
+            Some(uri) => self.item_request(http::Method::GET, uri, Vec::new()),
+            None => self.request.get(&self.name, &GetParams::default()),
+        }
+        .map_err(|e| self.err(kube::Error::BuildRequest(e), op, "get"))?;
         match self.client.request::<C::Object>(req).await {
             Ok(o) => Ok(Some(o)),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
@@ -272,6 +279,26 @@ impl<C: Codec> ObjectLock<C> {
         let version = Version::new(C::version(&stored).to_owned());
         self.remember(stored);
         Ok(version)
+    }
+
+    /// A GET or PUT of the object itself, as kube-core's builder makes it (minus its empty
+    /// query), without formatting and parsing the path again.
+    fn item_request(
+        &self,
+        method: http::Method,
+        uri: &http::Uri,
+        body: Vec<u8>,
+    ) -> Result<http::Request<Vec<u8>>, kube::core::request::Error> {
+        let mut req = http::Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri.clone();
+        if req.method() == http::Method::PUT {
+            req.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+        }
+        Ok(req)
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -315,12 +342,13 @@ impl<C: Codec> ObjectLock<C> {
             let obj = self.base_object(&version).await?;
             let body = C::update_body(obj, &record)
                 .map_err(|e| self.err(kube::Error::SerdeError(e), "update", "update"))?;
-            self.write(
-                "update",
-                self.request
+            let req = match &self.item {
+                Some(uri) => self.item_request(http::Method::PUT, uri, body),
+                None => self
+                    .request
                     .replace(&self.name, &PostParams::default(), body),
-            )
-            .await
+            };
+            self.write("update", req).await
         })
     }
 

@@ -93,10 +93,18 @@ fn push_record(out: &mut String, r: &LeaderRecord) {
     );
     for (key, time) in [("acquireTime", r.acquire_time), ("renewTime", r.renew_time)] {
         if let Some(t) = time {
+            // `strftime` would parse its format string on every renewal.
+            let d = jiff::tz::Offset::UTC.to_datetime(t);
             let _ = write!(
                 out,
-                r#","{key}":"{}""#,
-                t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+                r#","{key}":"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z""#,
+                d.year(),
+                d.month(),
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second(),
+                d.subsec_nanosecond() / 1000
             );
         }
     }
