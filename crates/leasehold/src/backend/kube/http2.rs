@@ -342,7 +342,13 @@ impl Inner {
             self.refused.store(true, Ordering::Relaxed);
             return Err(Connect::NotHttp2);
         }
+        // Flow-control windows as hyper's client sets them (h2's defaults are 64 KiB): the
+        // answers to one grid tick's renewals are about that much, and a watch per standby
+        // shares the connection, so a small window would make the server wait for our
+        // WINDOW_UPDATE in the middle of a burst or a handover.
         let (sender, mut conn) = h2::client::Builder::new()
+            .initial_window_size(2 * 1024 * 1024)
+            .initial_connection_window_size(5 * 1024 * 1024)
             .enable_push(false)
             .handshake::<_, Bytes>(Unvectored(tls))
             .await
