@@ -69,8 +69,8 @@ struct Inner {
     tls: TlsConnector,
     connect_timeout: Duration,
     decorate: Decorate,
-    /// The live connection (and a generation number, so a failed one is forgotten only once).
-    conn: tokio::sync::Mutex<Option<(u64, SendRequest<Bytes>)>>,
+    /// The live connection, or the attempt to open one. Never held across an `await`.
+    slot: std::sync::Mutex<Slot>,
     /// The server did not agree to HTTP/2: requests go through kube's client from now on.
     refused: AtomicBool,
 }
@@ -120,7 +120,9 @@ impl Http2 {
         let server_name = ServerName::try_from(name.clone())
             .map_err(|e| transport(&format!("TLS server name `{name}`"), e))?;
         let mut tls = config.rustls_client_config()?;
-        tls.alpn_protocols = vec![b"h2".to_vec()];
+        // HTTP/1.1 offered too: a server that enforces ALPN overlap and speaks only HTTP/1.1
+        // must answer (and be used through kube's client), not fail the handshake.
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let decorate = tower::ServiceBuilder::new()
             .option_layer(config.auth_layer()?)
             .layer(config.extra_headers_layer()?)
@@ -139,7 +141,7 @@ impl Http2 {
                 tls: TlsConnector::from(Arc::new(tls)),
                 connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(10)),
                 decorate: Decorate::new(decorate),
-                conn: tokio::sync::Mutex::new(None),
+                slot: std::sync::Mutex::default(),
                 refused: AtomicBool::new(false),
             }),
         }))
@@ -200,14 +202,8 @@ impl Http2 {
                         Some(Err(e)) => {
                             return Some((Err(transport("watch stream", e)), None));
                         }
-                        None => {
-                            // A last line without its newline.
-                            let line = trim_line(&buf);
-                            if line.is_empty() {
-                                return None;
-                            }
-                            return Some((decode_event(line), None));
-                        }
+                        // A last line without its newline is cut off: dropped, as kube does.
+                        None => return None,
                     }
                 }
             },
@@ -225,14 +221,14 @@ impl Http2 {
                 Err(Connect::NotHttp2) => {
                     return Err(Failure::NotHttp2(Request::from_parts(parts, body)));
                 }
-                Err(Connect::Failed(e)) => return Err(e.into()),
+                Err(Connect::Failed(e)) => return Err(kube::Error::Service(e.into()).into()),
             };
             let mut sender = match sender.ready().await {
                 Ok(s) => s,
                 // The connection ended while idle (the server closed it, a PING went
                 // unanswered): nothing was sent, so open a new one and send there, once.
                 Err(e) => {
-                    self.forget(generation).await;
+                    self.forget(generation);
                     if std::mem::replace(&mut retried, true) {
                         return Err(transport("HTTP/2 connection", e).into());
                     }
@@ -250,8 +246,10 @@ impl Http2 {
             let end = body.is_empty();
             let (answer, mut out) = match sender.send_request(head, end) {
                 Ok(x) => x,
+                // The connection failed, or it ran out of stream IDs (h2 reports both here):
+                // the next request opens a new one.
                 Err(e) => {
-                    self.forget(generation).await;
+                    self.forget(generation);
                     return Err(transport("HTTP/2 request", e).into());
                 }
             };
@@ -267,39 +265,99 @@ impl Http2 {
         }
     }
 
-    /// The live connection, opened if there is none. Callers wait for one opening at a time
-    /// (each request is under the elector's deadline, so a hung connect costs no more).
+    /// The live connection, or the one being opened.
+    ///
+    /// The opening runs in a task of its own, bounded as a whole (TCP, TLS and HTTP/2
+    /// handshakes) by the connect timeout, and every request that needs a connection meanwhile
+    /// waits for that one attempt: a request that gives up at its deadline leaves the attempt
+    /// running for the others, and no request holds a lock while it waits.
     async fn sender(&self) -> Result<(u64, SendRequest<Bytes>), Connect> {
-        let inner = &*self.inner;
-        let mut slot = inner.conn.lock().await;
-        if let Some((generation, s)) = slot.as_ref() {
-            return Ok((*generation, s.clone()));
-        }
-        if inner.refused.load(Ordering::Relaxed) {
-            return Err(Connect::NotHttp2);
-        }
-        let sender = inner.connect().await?;
-        let generation = slot.as_ref().map_or(0, |(g, _)| g + 1);
-        *slot = Some((generation, sender.clone()));
-        Ok((generation, sender))
+        use futures_util::FutureExt as _;
+        let attempt = {
+            let mut slot = self.inner.lock();
+            if let Some((generation, s)) = &slot.live {
+                return Ok((*generation, s.clone()));
+            }
+            if self.inner.refused.load(Ordering::Relaxed) {
+                return Err(Connect::NotHttp2);
+            }
+            match &slot.opening {
+                Some(attempt) => attempt.clone(),
+                None => {
+                    let inner = Arc::clone(&self.inner);
+                    let task =
+                        tokio::spawn(async move {
+                            let opened =
+                                match tokio::time::timeout(inner.connect_timeout, inner.connect())
+                                    .await
+                                {
+                                    Ok(r) => r,
+                                    Err(_) => Err(Connect::Failed(format!(
+                                        "no connection to {}:{} within {:?}",
+                                        inner.host, inner.port, inner.connect_timeout
+                                    ))),
+                                };
+                            let mut slot = inner.lock();
+                            slot.opening = None;
+                            let sender = opened?;
+                            slot.generation += 1;
+                            slot.live = Some((slot.generation, sender.clone()));
+                            Ok((slot.generation, sender))
+                        });
+                    let attempt = task
+                        .map(|r| {
+                            r.unwrap_or_else(|e| {
+                                Err(Connect::Failed(format!("connecting failed: {e}")))
+                            })
+                        })
+                        .boxed()
+                        .shared();
+                    slot.opening = Some(attempt.clone());
+                    attempt
+                }
+            }
+        };
+        attempt.await
     }
 
-    async fn forget(&self, generation: u64) {
-        let mut slot = self.inner.conn.lock().await;
-        if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
-            *slot = None;
+    /// Drops connection `generation` if it is still the live one (a newer one stays).
+    fn forget(&self, generation: u64) {
+        let mut slot = self.inner.lock();
+        if slot.live.as_ref().is_some_and(|(g, _)| *g == generation) {
+            slot.live = None;
         }
     }
 }
 
+/// An attempt to open a connection, shared by every request waiting for it.
+type Opening = futures_util::future::Shared<
+    futures_util::future::BoxFuture<'static, Result<(u64, SendRequest<Bytes>), Connect>>,
+>;
+
+#[derive(Default)]
+struct Slot {
+    /// Connections opened so far; the live one's number.
+    generation: u64,
+    live: Option<(u64, SendRequest<Bytes>)>,
+    opening: Option<Opening>,
+}
+
+#[derive(Clone)]
 enum Connect {
     NotHttp2,
-    Failed(kube::Error),
+    Failed(String),
 }
 
 // === impl Inner ===
 
 impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // The slot holds no invariant a panic elsewhere could break half-way.
+        self.slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn absolute(&self, relative: &Uri) -> Result<Uri, kube::Error> {
         let pq = relative.path_and_query().map_or("/", |pq| pq.as_str());
         let path_and_query = if self.prefix.is_empty() {
@@ -322,15 +380,11 @@ impl Inner {
 
     async fn connect(&self) -> Result<SendRequest<Bytes>, Connect> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
-            Connect::Failed(transport(&format!("{what} {}:{}", self.host, self.port), e))
+            Connect::Failed(format!("{what} {}:{}: {e}", self.host, self.port))
         };
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| fail("timed out connecting to", &"no answer"))?
-        .map_err(|e| fail("cannot connect to", &e))?;
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| fail("cannot connect to", &e))?;
         let _ = tcp.set_nodelay(true);
         let tls = self
             .tls
@@ -508,6 +562,53 @@ mod tests {
             panic!("not an API error");
         };
         assert_eq!((s.code, s.message.as_str()), (502, "upstream down"));
+    }
+
+    /// A server that accepts TCP but never answers the TLS handshake: every request waiting
+    /// for the connection fails after one connect timeout (the whole handshake is bounded, and
+    /// they all wait for the same attempt), naming the server; the next request tries again.
+    #[tokio::test]
+    async fn a_silent_server_fails_all_waiting_requests_after_one_connect_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let mut config = kube::Config::new(format!("https://127.0.0.1:{port}").parse().unwrap());
+        config.accept_invalid_certs = true;
+        config.connect_timeout = Some(Duration::from_millis(300));
+        let h = Http2::new(&config).unwrap().unwrap();
+        let started = tokio::time::Instant::now();
+        let requests = (0..20).map(|_| {
+            let h = h.clone();
+            async move {
+                let req = Request::get("/api/v1/namespaces/a/configmaps/b")
+                    .body(Vec::new())
+                    .unwrap();
+                match h.request::<serde_json::Value>(req).await {
+                    Err(Failure::Kube(e)) => e.to_string(),
+                    _ => panic!("expected a connection failure"),
+                }
+            }
+        });
+        let errors = futures_util::future::join_all(requests).await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(1500),
+            "{took:?}: attempts were not shared"
+        );
+        for e in &errors {
+            assert!(
+                e.contains(&format!("no connection to 127.0.0.1:{port} within 300ms")),
+                "{e}"
+            );
+        }
+        assert!(h.usable(), "a failed connect is not a refusal of HTTP/2");
+        assert!(h.inner.lock().opening.is_none() && h.inner.lock().live.is_none());
+        accepted.abort();
     }
 
     #[test]

@@ -19,6 +19,9 @@ use leasehold_core::{
 };
 use std::sync::{Arc, Mutex};
 
+/// How long a watch may take to start (the API server answers a watch's headers at once).
+const WATCH_START: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The kind of object a lock keeps its record in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -184,7 +187,10 @@ impl<C: Codec> Clone for ObjectLock<C> {
 impl<C: Codec> ObjectLock<C> {
     pub(crate) fn new(client: ApiClient, kind: Kind, namespace: &str, name: &str) -> Self {
         let url = DynamicObject::url_path(&kind.api_resource(), Some(namespace));
-        let item = format!("{url}/{name}").parse().ok();
+        // An empty name would make the collection's path; kube-core's builder refuses it.
+        let item = (!name.is_empty())
+            .then(|| format!("{url}/{name}").parse().ok())
+            .flatten();
         Self {
             client,
             request: Arc::new(Request::new(url)),
@@ -374,8 +380,18 @@ impl<C: Codec> ObjectLock<C> {
                     let wp = WatchParams::default()
                         .fields(&format!("metadata.name={}", lock.name))
                         .timeout(290);
+                    // Bounded: a server that accepts the request but never answers it would
+                    // otherwise leave a standby without a watch, and without knowing it.
                     let events = match lock.request.watch(&wp, &version) {
-                        Ok(req) => lock.client.events::<C::Object>(req).await,
+                        Ok(req) => {
+                            tokio::time::timeout(WATCH_START, lock.client.events::<C::Object>(req))
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(kube::Error::Service(
+                                        format!("no answer within {WATCH_START:?}").into(),
+                                    ))
+                                })
+                        }
                         Err(e) => Err(kube::Error::BuildRequest(e)),
                     };
                     match events {
