@@ -59,7 +59,6 @@ pub(crate) struct Http2 {
 }
 
 struct Inner {
-    scheme: uri::Scheme,
     authority: uri::Authority,
     /// The cluster URL's path ("" or e.g. "/k8s/clusters/c-1"), without a trailing `/`.
     prefix: String,
@@ -132,7 +131,6 @@ impl Http2 {
             }));
         Ok(Some(Self {
             inner: Arc::new(Inner {
-                scheme: uri::Scheme::HTTPS,
                 authority,
                 prefix: url.path().trim_end_matches('/').to_owned(),
                 host,
@@ -187,7 +185,7 @@ impl Http2 {
                 loop {
                     if let Some(end) = buf.iter().position(|&b| b == b'\n') {
                         let line = buf.split_to(end + 1);
-                        let line = trim_line(&line);
+                        let line = line.trim_ascii();
                         if line.is_empty() {
                             continue;
                         }
@@ -359,19 +357,19 @@ impl Inner {
     }
 
     fn absolute(&self, relative: &Uri) -> Result<Uri, kube::Error> {
-        let pq = relative.path_and_query().map_or("/", |pq| pq.as_str());
         let path_and_query = if self.prefix.is_empty() {
             relative
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| uri::PathAndQuery::from_static("/"))
         } else {
+            let pq = relative.path_and_query().map_or("/", |pq| pq.as_str());
             format!("{}{pq}", self.prefix)
                 .parse()
                 .map_err(|e| transport("request path", e))?
         };
         Uri::builder()
-            .scheme(self.scheme.clone())
+            .scheme(uri::Scheme::HTTPS)
             .authority(self.authority.clone())
             .path_and_query(path_and_query)
             .build()
@@ -516,10 +514,6 @@ fn api_error(status: http::StatusCode, body: &[u8]) -> kube::Error {
         Status::failure(text.trim(), "Failed to parse error data").with_code(status.as_u16())
     });
     kube::Error::Api(status.boxed())
-}
-
-fn trim_line(line: &[u8]) -> &[u8] {
-    line.trim_ascii()
 }
 
 /// One line of a watch: an event, or the `Status` the API server sends when the watch fails.

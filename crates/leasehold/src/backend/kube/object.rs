@@ -244,7 +244,7 @@ impl<C: Codec> ObjectLock<C> {
     /// GET, with 404 as `None`.
     async fn fetch(&self, op: &'static str) -> Result<Option<C::Object>, LockError> {
         let req = match &self.item {
-            Some(uri) => self.item_request(http::Method::GET, uri, Vec::new()),
+            Some(uri) => Ok(item_request(http::Method::GET, uri, Vec::new())),
             None => self.request.get(&self.name, &GetParams::default()),
         }
         .map_err(|e| self.err(kube::Error::BuildRequest(e), op, "get"))?;
@@ -285,26 +285,6 @@ impl<C: Codec> ObjectLock<C> {
         let version = Version::new(C::version(&stored).to_owned());
         self.remember(stored);
         Ok(version)
-    }
-
-    /// A GET or PUT of the object itself, as kube-core's builder makes it (minus its empty
-    /// query), without formatting and parsing the path again.
-    fn item_request(
-        &self,
-        method: http::Method,
-        uri: &http::Uri,
-        body: Vec<u8>,
-    ) -> Result<http::Request<Vec<u8>>, kube::core::request::Error> {
-        let mut req = http::Request::new(body);
-        *req.method_mut() = method;
-        *req.uri_mut() = uri.clone();
-        if req.method() == http::Method::PUT {
-            req.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-        }
-        Ok(req)
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -349,7 +329,7 @@ impl<C: Codec> ObjectLock<C> {
             let body = C::update_body(obj, &record)
                 .map_err(|e| self.err(kube::Error::SerdeError(e), "update", "update"))?;
             let req = match &self.item {
-                Some(uri) => self.item_request(http::Method::PUT, uri, body),
+                Some(uri) => Ok(item_request(http::Method::PUT, uri, body)),
                 None => self
                     .request
                     .replace(&self.name, &PostParams::default(), body),
@@ -492,6 +472,21 @@ impl<C: Codec> ObjectLock<C> {
             Ok(())
         })
     }
+}
+
+/// A GET or PUT of the object itself, as kube-core's builder makes it (minus its empty query),
+/// without formatting and parsing the path again.
+fn item_request(method: http::Method, uri: &http::Uri, body: Vec<u8>) -> http::Request<Vec<u8>> {
+    let mut req = http::Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri.clone();
+    if req.method() == http::Method::PUT {
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+    }
+    req
 }
 
 /// Implements [`leasehold_core::LockBackend`] for a newtype over [`ObjectLock`].
