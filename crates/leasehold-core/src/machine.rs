@@ -350,23 +350,62 @@ impl Machine {
 
     /// What this candidate knows now.
     pub fn status(&self) -> Status {
-        let record = self.seen.as_ref().and_then(|s| s.record.clone());
+        let mut status = Status::default();
+        self.update_status(&mut status);
+        status
+    }
+
+    /// Brings `status` up to date with what this candidate knows (all but `last_error`, which
+    /// the driver owns), and says whether anything changed.
+    ///
+    /// A driver publishes a status after every event, and a leader's record changes with every
+    /// renewal; updating in place copies only what changed and reuses the strings' buffers,
+    /// where building a new [`Status`] cloned the holder twice per event.
+    pub fn update_status(&self, status: &mut Status) -> bool {
         let (role, fencing_token) = match &self.state {
             State::Leading(t) => (Role::Leader, Some(t.token)),
             State::Finished => (Role::Stopped, None),
             _ => (Role::Standby, None),
         };
-        Status {
-            role,
-            leader: record
-                .as_ref()
-                .map(|r| r.holder_identity.clone())
-                .unwrap_or_default(),
-            fencing_token,
-            observed: self.seen.is_some(),
-            record,
-            last_error: None,
+        let record = self.seen.as_ref().and_then(|s| s.record.as_ref());
+        let holder = record.map_or("", |r| r.holder_identity.as_str());
+        let mut changed = false;
+        if (status.role, status.fencing_token, status.observed)
+            != (role, fencing_token, self.seen.is_some())
+        {
+            (status.role, status.fencing_token, status.observed) =
+                (role, fencing_token, self.seen.is_some());
+            changed = true;
         }
+        if status.leader != holder {
+            status.leader.clear();
+            status.leader.push_str(holder);
+            changed = true;
+        }
+        match (&mut status.record, record) {
+            (Some(have), Some(r)) if have == r => {}
+            (Some(have), Some(r)) => {
+                have.holder_identity.clone_from(&r.holder_identity);
+                (
+                    have.lease_duration_seconds,
+                    have.acquire_time,
+                    have.renew_time,
+                    have.leader_transitions,
+                ) = (
+                    r.lease_duration_seconds,
+                    r.acquire_time,
+                    r.renew_time,
+                    r.leader_transitions,
+                );
+                changed = true;
+            }
+            (None, None) => {}
+            (have, r) => {
+                *have = r.cloned();
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// Whether the lock has been observed at least once (cheap; [`status`](Self::status) clones
@@ -550,12 +589,13 @@ impl Machine {
     /// seconds: backends store them at microseconds (Lease, file) or seconds (annotations).
     fn is_own(&self, r: &LeaderRecord) -> bool {
         let secs = |t: &Option<Timestamp>| t.map(|t| t.as_second());
+        // Numbers first: they tell the remembered writes apart, the holder mostly does not.
         self.own_writes.iter().any(|w| {
-            w.holder_identity == r.holder_identity
+            secs(&w.renew_time) == secs(&r.renew_time)
                 && w.leader_transitions == r.leader_transitions
                 && w.lease_duration_seconds == r.lease_duration_seconds
                 && secs(&w.acquire_time) == secs(&r.acquire_time)
-                && secs(&w.renew_time) == secs(&r.renew_time)
+                && w.holder_identity == r.holder_identity
         })
     }
 
@@ -627,13 +667,13 @@ impl Machine {
             .seen
             .as_ref()
             .and_then(|s| s.record.as_ref())
-            .map(|r| r.holder_identity.clone())
-            .unwrap_or_default();
+            .map_or("", |r| r.holder_identity.as_str());
         // Fired once per change of holder; a lock that is absent or released at start is not a
-        // change.
-        if self.reported_leader.as_deref() != Some(holder.as_str())
+        // change. Compared borrowed: this runs on every observation, and changes are rare.
+        if self.reported_leader.as_deref() != Some(holder)
             && (self.reported_leader.is_some() || !holder.is_empty())
         {
+            let holder = holder.to_owned();
             self.reported_leader = Some(holder.clone());
             out.push(Action::NewLeader { identity: holder });
         }
@@ -904,7 +944,8 @@ impl Machine {
             return;
         }
         let timeout = self.request_timeout();
-        let version = self.seen.as_ref().and_then(|s| s.version.clone());
+        // Cloned only for a request: most calls find nothing due.
+        let version = || self.seen.as_ref().and_then(|s| s.version.clone());
         match &self.state {
             State::Finished => {}
             State::Leading(term) => {
@@ -912,7 +953,7 @@ impl Machine {
                     return;
                 }
                 let deadline = (now + timeout).min(term.last_ok_sent + self.timing.renew_deadline);
-                match version {
+                match version() {
                     Some(version) if !self.stale => {
                         let record = LeaderRecord {
                             holder_identity: self.identity.clone(),
@@ -947,7 +988,7 @@ impl Machine {
                     return;
                 }
                 let deadline = (now + timeout).min(*give_up);
-                match version {
+                match version() {
                     Some(version) if !self.stale => {
                         let record = LeaderRecord {
                             holder_identity: String::new(),

@@ -159,7 +159,9 @@ proptest! {
 
     /// Whatever the store and the clock do: no panic, leadership callbacks alternate, at most
     /// one request in flight, the step-down happens by the renew deadline, and the machine
-    /// always has a next deadline or a request in flight (never stalls).
+    /// always has a next deadline or a request in flight (never stalls). The status a driver
+    /// keeps up to date in place always equals a fresh one, and reports a change exactly when
+    /// it differs from the last.
     #[test]
     fn the_machine_keeps_its_invariants(events in prop::collection::vec((ev(), 0u64..4000), 1..120)) {
         let timing = Timing::default();
@@ -171,6 +173,7 @@ proptest! {
         let mut inflight: Option<bool> = None;
         let mut finished = false;
         let mut last_started = None;
+        let mut published = leasehold_core::Status::default();
         let apply = |m: &mut Machine, e: Event, now: Duration| -> Vec<Action> { m.handle(e, now, wall) };
         let mut actions = apply(&mut m, Event::Start, now);
         for (e, dt) in events {
@@ -196,6 +199,10 @@ proptest! {
                 }
             }
             prop_assert_eq!(leading, m.is_leader());
+            let before = published.clone();
+            let changed = m.update_status(&mut published);
+            prop_assert_eq!(&published, &m.status());
+            prop_assert_eq!(changed, published != before, "change reported wrongly");
             if finished {
                 break;
             }

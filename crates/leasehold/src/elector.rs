@@ -454,26 +454,31 @@ impl<B: LockBackend> Elector<B> {
                         changed
                     });
                 }
-                let mut status = self.machine.status();
-                if status.observed {
-                    let leaderless =
-                        status.leader.is_empty() || status.leader == crate::backend::UNKNOWN_LEADER;
-                    self.metrics.set_leaderless(leaderless, Instant::now());
-                }
                 let lease = self.machine.timing().lease_duration;
                 duplicate = duplicate.take().filter(|(_, at)| at.elapsed() < lease * 2);
-                status.last_error = last_error
-                    .clone()
-                    .or_else(|| duplicate.as_ref().map(|(m, _)| m.clone()));
+                let error = last_error
+                    .as_deref()
+                    .or_else(|| duplicate.as_ref().map(|(m, _)| m.as_str()));
                 // Waking no one costs a pass over the channel's waiter lists all the same; with
                 // no handle to this elector, store the status silently (a later subscriber
                 // still reads it).
                 let listened = self.tx.receiver_count() > 0;
+                let machine = &self.machine;
+                let mut leaderless = None;
                 self.tx.send_if_modified(|s| {
-                    let changed = *s != status;
-                    *s = status;
+                    let mut changed = machine.update_status(s);
+                    if s.last_error.as_deref() != error {
+                        s.last_error = error.map(str::to_owned);
+                        changed = true;
+                    }
+                    leaderless = s
+                        .observed
+                        .then(|| s.leader.is_empty() || s.leader == crate::backend::UNKNOWN_LEADER);
                     changed && listened
                 });
+                if let Some(leaderless) = leaderless {
+                    self.metrics.set_leaderless(leaderless, Instant::now());
+                }
                 if finished {
                     return;
                 }

@@ -50,6 +50,18 @@ fn main() -> std::process::ExitCode {
         eprintln!("lh-candidate: --name and --id are required");
         return std::process::ExitCode::from(2);
     };
+    // Warnings to stderr, as the Rust peers log (`RUST_LOG` as one level, default `warn`) and
+    // as an operator runs the library. With no subscriber at all, every disabled span in h2
+    // would go on to ask the `log` crate (kube-client turns on tracing's `log` fallback): 6 % of
+    // this process's instructions at 300 elections, measured with callgrind.
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .init();
     let timing = Timing {
         lease_duration: Duration::from_millis(lease),
         renew_deadline: Duration::from_millis(renew),

@@ -163,7 +163,7 @@ impl Http2 {
         if status.is_client_error() || status.is_server_error() {
             return Err(api_error(status, &bytes).into());
         }
-        serde_json::from_slice(&bytes).map_err(|e| kube::Error::SerdeError(e).into())
+        from_json(&bytes).map_err(|e| kube::Error::SerdeError(e).into())
     }
 
     /// Starts a watch: the events of the answer's lines, as kube's `request_events` reads them.
@@ -516,9 +516,19 @@ fn api_error(status: http::StatusCode, body: &[u8]) -> kube::Error {
     kube::Error::Api(status.boxed())
 }
 
+/// Decodes JSON after checking once that it is UTF-8: decoding bytes checks every string and
+/// raw member on its own, about 3 % of a renewal's instructions in short calls (callgrind).
+fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        // Decoding the bytes says where the bad byte is.
+        Err(_) => serde_json::from_slice(bytes),
+    }
+}
+
 /// One line of a watch: an event, or the `Status` the API server sends when the watch fails.
 fn decode_event<T: DeserializeOwned>(line: &[u8]) -> kube::Result<WatchEvent<T>> {
-    serde_json::from_slice(line).map_err(|e| match serde_json::from_slice::<Status>(line) {
+    from_json(line).map_err(|e| match serde_json::from_slice::<Status>(line) {
         Ok(status) if status.code != 0 => kube::Error::Api(status.boxed()),
         _ => kube::Error::SerdeError(e),
     })
