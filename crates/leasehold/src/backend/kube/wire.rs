@@ -84,8 +84,8 @@ pub(crate) fn create_body(namespace: &str, name: &str, record: &LeaderRecord) ->
 /// Writes the record's members (no braces) as client-go's `LeaderElectionRecordToLeaseSpec`
 /// does: times as MicroTime (RFC 3339, microseconds, UTC), an absent time left out.
 ///
-/// Digits are written by hand: through `core::fmt` this was a twelfth of a renewal's
-/// instructions (callgrind), for two numbers and two timestamps.
+/// Digits are written by hand: through `core::fmt` this was 7 % of a renewal's instructions
+/// (callgrind), for two numbers and two timestamps.
 fn push_record(out: &mut String, r: &LeaderRecord) {
     out.push_str(r#""holderIdentity":"#);
     push_json_str(out, &r.holder_identity);
@@ -110,20 +110,8 @@ fn push_int(out: &mut String, n: i32) {
     if n < 0 {
         out.push('-');
     }
-    let mut n = n.unsigned_abs();
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
+    let n = n.unsigned_abs();
+    push_fixed(out, n, n.checked_ilog10().map_or(1, |l| l as usize + 1));
 }
 
 /// Appends `t` as a MicroTime, `2006-01-02T15:04:05.000000Z`.
@@ -175,7 +163,7 @@ fn push_fixed(out: &mut String, mut n: u32, width: usize) {
 /// Appends `s` as a JSON string.
 ///
 /// Escapes as `serde_json` does, straight into `out`: every key of every answer passes through
-/// here, and a `String` per key was a sixth of a renewal's allocations.
+/// here, and a `String` per key was 15 % of a renewal's allocations (heaptrack).
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     let mut plain = 0;
@@ -350,7 +338,7 @@ impl<'de> de::Deserialize<'de> for Metadata {
 /// Go's decoder reads them; a wrong type is an error naming the field.
 ///
 /// One pass over the members, in place: every answer of every renewal comes through here, and
-/// collecting the members and decoding each field again took a third of the answer's decoding.
+/// collecting the members and decoding each field again made this 29 % of decoding an answer.
 fn read_spec(raw: &RawValue, out: &mut String) -> Result<LeaderRecord, FieldError> {
     let mut de = serde_json::Deserializer::from_str(raw.get());
     let read = de::Deserializer::deserialize_option(&mut de, SpecReader { out })
@@ -484,7 +472,7 @@ fn time(raw: &RawValue, field: &'static str) -> Result<Option<jiff::Timestamp>, 
 }
 
 /// A MicroTime as the API server writes it, `2006-01-02T15:04:05.000000Z`, read without the
-/// general RFC 3339 parser (a third of reading a record); `None` for any other form.
+/// general RFC 3339 parser (which was a third of reading the spec); `None` for any other form.
 fn micro_time(t: &str) -> Option<jiff::Timestamp> {
     let b = t.as_bytes();
     let layout = b.len() == 27
