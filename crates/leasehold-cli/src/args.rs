@@ -70,8 +70,9 @@ pub struct RunArgs {
     pub timing: leasehold::Timing,
     /// The command after `--`.
     pub command: Vec<OsString>,
-    /// Test builds only (hidden flag `--x-clock-offset`): shift the wall-clock time written into
-    /// records, to show that a candidate whose clock is off cannot affect expiry.
+    /// Fault injection only (hidden flag `--x-clock-offset`, refused unless
+    /// `LEASEHOLD_FAULT_INJECTION=1` is set): shift the wall-clock time written into records, to
+    /// show that a candidate whose clock is off cannot affect expiry (`leasehold-faults`).
     pub clock_offset: Option<jiff::SignedDuration>,
     /// HTTP status, Pod label, Events.
     pub sidecar: SidecarArgs,
@@ -156,7 +157,8 @@ With a COMMAND, leasehold starts it when it becomes leader (own process group, e
 LEASEHOLD_NAME, LEASEHOLD_IDENTITY, LEASEHOLD_FENCING_TOKEN), stops it (SIGTERM, then SIGKILL)
 before the lease can expire for anyone else, and exits with its exit code if it ends by itself.
 
-EXIT CODES: 0 ok; 64 bad flag or config; 1 runtime failure; otherwise the child's code.
+EXIT CODES: 0 ok; 64 bad flag or config; 127 or 126 the command is not found or not
+executable; 1 runtime failure; otherwise the child's code.
 ";
 
 /// Parses a duration like `500ms`, `2s`, `1m30s`, `1h`.
@@ -271,6 +273,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     let mut no_events = false;
     let mut command = Vec::new();
     let mut clock_offset = None;
+    // Every flag once: with two values, which one wins is a guess the user should not have to
+    // make (a repeated `--name` in a manifest is a mistake, not an override).
+    let mut seen: Vec<String> = Vec::new();
+    let fault_injection = std::env::var_os("LEASEHOLD_FAULT_INJECTION").is_some_and(|v| v == "1");
 
     while let Some(arg) = args.next() {
         let arg_s = arg.to_string_lossy().into_owned();
@@ -279,6 +285,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
                 return Err(usage("`status` takes no command".into()));
             }
             command.extend(args.by_ref());
+            if command.is_empty() {
+                return Err(usage(
+                    "`--` must be followed by a command (leave out `--` to only contend)".into(),
+                ));
+            }
             break;
         }
         if arg_s == "-h" || arg_s == "--help" {
@@ -288,6 +299,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
             _ => (arg_s.clone(), None),
         };
+        if flag.starts_with("--") {
+            if seen.contains(&flag) {
+                return Err(usage(format!("{flag} is given twice")));
+            }
+            seen.push(flag.clone());
+        }
         let switch = match flag.as_str() {
             "--json" if !is_run => Some(&mut json),
             "--label-pod" if is_run => Some(&mut label_pod),
@@ -321,7 +338,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--kubeconfig",
             "--lock-type",
         ];
-        if !(known_all.contains(&flag.as_str()) || (is_run && known_run.contains(&flag.as_str()))) {
+        let hidden = flag == "--x-clock-offset" && !fault_injection;
+        if hidden
+            || !(known_all.contains(&flag.as_str())
+                || (is_run && known_run.contains(&flag.as_str())))
+        {
             return Err(usage(if flag.starts_with('-') {
                 format!("unknown flag `{flag}` for `{sub}`; see --help")
             } else {
@@ -404,18 +425,21 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
 
     let name = name.ok_or_else(|| usage("--name is required".into()))?;
     validate_name(&name, backend)?;
-    if let Some(ns) = &namespace {
-        if backend == Backend::Kube && !is_dns_label(ns) {
-            return Err(usage(format!(
-                "--namespace: `{ns}` is not a valid namespace (lowercase letters, digits, '-', at most 63)"
-            )));
-        }
+    if let Some(ns) = &namespace
+        && backend == Backend::Kube
+        && !is_dns_label(ns)
+    {
+        return Err(usage(format!(
+            "--namespace: `{ns}` is not a valid namespace (lowercase letters, digits, '-', at most 63)"
+        )));
     }
     if backend == Backend::Kube && file.is_some() {
         return Err(usage("--file applies only to --backend file".into()));
     }
     if backend == Backend::File {
         let kube_only = [
+            ("--namespace", namespace.is_some()),
+            ("--kubeconfig", kubeconfig.is_some()),
             ("--lock-type", lock_type.is_some()),
             ("--label-pod", label_pod),
             ("--pod-name", pod_name.is_some()),
@@ -451,13 +475,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
         timing.retry_period = d;
     }
     timing.validate().map_err(|e| {
-        let flag = match &e {
-            leasehold::ConfigError::NotPositive { field } => field.replace('_', "-"),
-            leasehold::ConfigError::FractionalLease(_) => "lease-duration".into(),
-            _ => "timing".into(),
+        let from = |given: bool| match (given, ttl.is_some()) {
+            (true, _) => "",
+            (false, true) => ", from --ttl",
+            (false, false) => ", the default",
         };
-        let hint = if ttl.is_some() { " (from --ttl)" } else { "" };
-        usage(format!("--{flag}: {e}{hint}"))
+        usage(timing_error(
+            &e,
+            [
+                from(lease.is_some()),
+                from(renew.is_some()),
+                from(retry.is_some()),
+            ],
+        ))
     })?;
     if let Some(id) = &id {
         if id.is_empty() {
@@ -512,6 +542,32 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             no_events,
         },
     })))
+}
+
+/// The library's timing error in the CLI's words: flags instead of field names, and where a
+/// value came from when the user did not give it (`from`: lease, renew deadline, retry period).
+fn timing_error(e: &leasehold::ConfigError, from: [&str; 3]) -> String {
+    use leasehold::ConfigError as E;
+    let [lease_from, renew_from, retry_from] = from;
+    match e {
+        E::NotPositive { field } => format!("--{}: must be positive", field.replace('_', "-")),
+        E::FractionalLease(d) => format!(
+            "--lease-duration: must be whole seconds (the record stores leaseDurationSeconds), got {d:?}{lease_from}"
+        ),
+        E::LeaseTooLong(d) => format!(
+            "--lease-duration: must be at most 2147483647s (leaseDurationSeconds is 32-bit), got {d:?}{lease_from}"
+        ),
+        E::LeaseNotAboveRenew { lease, renew } => format!(
+            "--lease-duration ({lease:?}{lease_from}) must be greater than --renew-deadline ({renew:?}{renew_from})"
+        ),
+        E::MarginUnderASecond { lease, renew } => format!(
+            "--lease-duration ({lease:?}{lease_from}) must exceed --renew-deadline ({renew:?}{renew_from}) by at least 1s when the renew deadline is under 2s: the leader may then renew more than once a second, and client-go sees a record change at most once a second"
+        ),
+        E::RenewNotAboveRetry { renew, retry } => format!(
+            "--renew-deadline ({renew:?}{renew_from}) must be greater than 1.2 × --retry-period ({retry:?}{retry_from})"
+        ),
+        E::EmptyIdentity => "--id must not be empty".into(),
+    }
 }
 
 /// Parses `HOST:PORT`, `:PORT` (all interfaces) or `PORT`.
@@ -663,9 +719,36 @@ mod tests {
         assert!(e("run").contains("--name is required"));
         assert!(e("run --name a --lease-duration 5").contains("--lease-duration"));
         assert!(e("run --name a --retry-period=abc").contains("--retry-period"));
-        assert!(
-            e("run --name a --lease-duration 5s --renew-deadline 6s").contains("renew_deadline")
+        assert_eq!(
+            e("run --name a --lease-duration 5s --renew-deadline 6s"),
+            "--lease-duration (5s) must be greater than --renew-deadline (6s)"
         );
+        assert_eq!(
+            e("run --name a --renew-deadline 15s"),
+            "--lease-duration (15s, the default) must be greater than --renew-deadline (15s)"
+        );
+        assert_eq!(
+            e("run --name a --ttl 3s --retry-period 2s"),
+            "--renew-deadline (2s, from --ttl) must be greater than 1.2 × --retry-period (2s)"
+        );
+        assert_eq!(
+            e("run --name a --retry-period 0s"),
+            "--retry-period: must be positive"
+        );
+        assert_eq!(e("run --name a --name b"), "--name is given twice");
+        assert_eq!(e("status --name a --json --json"), "--json is given twice");
+        assert_eq!(e("run --name a --ttl=3s --ttl 4s"), "--ttl is given twice");
+        assert!(e("run --name a --").starts_with("`--` must be followed by a command"));
+        assert_eq!(
+            e("run --name a --backend file --namespace ns"),
+            "--namespace applies only to --backend kube"
+        );
+        assert_eq!(
+            e("status --name a --backend file --kubeconfig k"),
+            "--kubeconfig applies only to --backend kube"
+        );
+        // The fault-injection knob is not a flag unless LEASEHOLD_FAULT_INJECTION=1.
+        assert!(e("run --name a --x-clock-offset 5m").contains("unknown flag `--x-clock-offset`"));
         assert!(
             e("run --name a --lease-duration 1500ms --renew-deadline 1s --retry-period 100ms")
                 .contains("--lease-duration")

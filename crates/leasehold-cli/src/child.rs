@@ -30,6 +30,63 @@ pub async fn wait_group_gone(pgid: u32, limit: Duration) -> bool {
     }
 }
 
+/// Why the command after `--` cannot be run, found before contending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommandProblem {
+    /// Not on `PATH`, or no such file (exit 127, as shells do).
+    #[error("not found")]
+    NotFound,
+    /// It exists but is a directory or has no execute permission (exit 126, as shells do).
+    #[error("not an executable file")]
+    NotExecutable,
+}
+
+impl CommandProblem {
+    /// The exit code a shell would give for it.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::NotFound => 127,
+            Self::NotExecutable => 126,
+        }
+    }
+}
+
+/// Checks that `program` can be executed, the way `execvp` looks for it: a name with a `/` as
+/// it stands, any other in each directory of `PATH`. The spawn can still fail later (the file
+/// may go away); this only keeps a typo from taking the lease on every replica in turn.
+pub fn check_program(program: &std::ffi::OsStr) -> Result<(), CommandProblem> {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::{Path, PathBuf};
+    let runnable = |p: &Path| match std::fs::metadata(p) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(CommandProblem::NotExecutable),
+        Err(_) => Err(CommandProblem::NotFound),
+    };
+    if program.is_empty() {
+        return Err(CommandProblem::NotFound);
+    }
+    if program.as_encoded_bytes().contains(&b'/') {
+        return runnable(Path::new(program));
+    }
+    // glibc's execvp searches this when PATH is unset.
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/bin:/usr/bin"));
+    let mut found = Err(CommandProblem::NotFound);
+    for dir in std::env::split_paths(&path) {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        match runnable(&dir.join(program)) {
+            Ok(()) => return Ok(()),
+            // Like execvp: a later directory may still hold an executable one.
+            Err(CommandProblem::NotExecutable) => found = Err(CommandProblem::NotExecutable),
+            Err(CommandProblem::NotFound) => {}
+        }
+    }
+    found
+}
+
 /// Starts `command` in its own process group with the leadership in its environment, tied to
 /// this process by a parent-death signal.
 ///

@@ -1,6 +1,16 @@
 //! The `leasehold` binary: a thin shell over the `leasehold` library. Parse, run, map errors to
 //! exit codes (64 usage, 1 runtime, or the child's own).
 
+/// Writes a line to stdout for whoever reads it, and carries on if nobody does: a closed pipe
+/// (`leasehold run ... | head -1`) must not abort the process while it holds the lease, or
+/// skip the release. Everything said here is also logged on stderr or is `status` output.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 mod args;
 mod child;
 mod http;
@@ -24,11 +34,11 @@ fn main() -> ExitCode {
     };
     let code = match cli {
         args::Cli::Help => {
-            print!("{}", args::HELP);
+            say!("{}", args::HELP.trim_end());
             0
         }
         args::Cli::Version => {
-            println!("leasehold {}", env!("CARGO_PKG_VERSION"));
+            say!("leasehold {}", env!("CARGO_PKG_VERSION"));
             0
         }
         args::Cli::Watchdog { pgid, grace } => watchdog::run(pgid, grace),
@@ -69,13 +79,30 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// (`info,leasehold=debug`). `Targets` rather than `EnvFilter`: it parses the same common forms
 /// without the regex engine, which was a tenth of the binary, and a sidecar's binary size is
 /// its resident memory (docs/benchmarks.md).
+///
+/// `Targets` reads a bare word as a target to log at every level, so `warning` would silently
+/// turn off all logging except a target of that name. A bare word must be a level here; a
+/// target at every level is `target=trace`.
 fn log_filter(var: Option<&str>) -> Result<Targets, String> {
-    match var.map(str::trim) {
-        None | Some("") => Ok(Targets::new().with_default(LevelFilter::INFO)),
-        Some(v) => v
-            .parse::<Targets>()
-            .map_err(|e| format!("LEASEHOLD_LOG={v:?} is not a log filter ({e}); expected a level such as `debug` or `info,leasehold=debug`")),
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let v = match var.map(str::trim) {
+        None | Some("") => return Ok(Targets::new().with_default(LevelFilter::INFO)),
+        Some(v) => v,
+    };
+    let bad = |why: String| {
+        format!(
+            "LEASEHOLD_LOG={v:?} is not a log filter ({why}); expected a level such as `debug` or `info,leasehold=debug`"
+        )
+    };
+    if let Some(word) = v.split(',').map(str::trim).find(|d| {
+        !d.is_empty() && !d.contains('=') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+    }) {
+        return Err(bad(format!(
+            "`{word}` is not a level: {}",
+            LEVELS.join(", ")
+        )));
     }
+    v.parse::<Targets>().map_err(|e| bad(e.to_string()))
 }
 
 fn init_tracing() {
@@ -106,7 +133,16 @@ mod tests {
         assert!(log_filter(None).is_ok());
         assert!(log_filter(Some("debug")).is_ok());
         assert!(log_filter(Some("info,leasehold=debug,kube=warn")).is_ok());
+        assert!(log_filter(Some("WARN")).is_ok());
         let e = log_filter(Some("leasehold=loud")).unwrap_err();
         assert!(e.contains("LEASEHOLD_LOG=\"leasehold=loud\""), "{e}");
+        // A bare word that is not a level would otherwise be a target name, silencing the rest.
+        for bad in ["warning", "bogus", "info,verbose"] {
+            let e = log_filter(Some(bad)).unwrap_err();
+            assert!(
+                e.contains("is not a level: off, error, warn, info, debug, trace"),
+                "{e}"
+            );
+        }
     }
 }

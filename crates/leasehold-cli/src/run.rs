@@ -27,13 +27,29 @@ pub enum Error {
     /// A flag or the configuration is wrong (exit 64).
     #[error("{0}")]
     Usage(String),
-    /// The kubeconfig named by `--kubeconfig` is unusable (exit 64).
-    #[error("invalid --kubeconfig")]
-    Kubeconfig(#[source] leasehold::backend::kube::ClientError),
+    /// The kubeconfig (named by `--kubeconfig`, or found through `KUBECONFIG` or at
+    /// `~/.kube/config`) exists but is unusable (exit 64).
+    #[error("invalid {from}")]
+    Kubeconfig {
+        /// Where it came from: `--kubeconfig`, or `kubeconfig` when found by default.
+        from: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: leasehold::backend::kube::ClientError,
+    },
     /// No Kubernetes client could be configured (exit 1).
     #[error("cannot configure a Kubernetes client")]
     Client(#[source] leasehold::backend::kube::ClientError),
-    /// The command could not be started (exit 1).
+    /// The command after `--` cannot be run (exit 127 or 126, as shells do); found before
+    /// contending, so a typo never takes the lease.
+    #[error("cannot run `{command}`: {problem}")]
+    Command {
+        /// The program.
+        command: String,
+        /// What is wrong with it.
+        problem: child::CommandProblem,
+    },
+    /// The command could not be started (exit 1). The lease was released first.
     #[error("cannot start `{command}`")]
     Spawn {
         /// The program.
@@ -68,7 +84,8 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Usage(_) | Self::Kubeconfig(_) => 64,
+            Self::Usage(_) | Self::Kubeconfig { .. } => 64,
+            Self::Command { problem, .. } => problem.exit_code(),
             _ => 1,
         }
     }
@@ -84,10 +101,49 @@ pub fn default_file(name: &str) -> PathBuf {
     dir.join(format!("leasehold-{name}.json"))
 }
 
+/// Checks `--file` before contending: the backend would otherwise retry a path that can never
+/// work (no such directory, a directory, no permission) once per retry period, forever. With
+/// `create` (for `run`), the sibling `PATH.lock` the backend locks with is created, which proves
+/// the directory is writable.
+fn check_file(path: &std::path::Path, create: bool) -> Result<(), Error> {
+    let bad = |m: String| Err(Error::Usage(format!("--file {}: {m}", path.display())));
+    if path.as_os_str().is_empty() {
+        return Err(Error::Usage("--file: empty path".into()));
+    }
+    if path.is_dir() {
+        return bad("is a directory; name a file in it".into());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return bad(format!("the directory {} does not exist", dir.display()));
+    }
+    if create {
+        let mut lock = path.as_os_str().to_owned();
+        lock.push(".lock");
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+        {
+            return bad(format!(
+                "cannot create its lock file {}: {e}",
+                std::path::Path::new(&lock).display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the backend from the lock flags and hands it to `f`, with the Kubernetes client and
-/// namespace for the kube backend. `events`: record Events on the lock object.
+/// namespace for the kube backend. `contend`: for `run` (the lock will be written), not
+/// `status`. `events`: record Events on the lock object.
 pub async fn with_backend<R>(
     lock: &LockArgs,
+    contend: bool,
     events: bool,
     f: impl AsyncFnOnce(Box<dyn LockBackend>, Option<(kube::Client, String)>) -> Result<R, Error>,
 ) -> Result<R, Error> {
@@ -97,6 +153,7 @@ pub async fn with_backend<R>(
                 .file
                 .clone()
                 .unwrap_or_else(|| default_file(&lock.name));
+            check_file(&path, contend)?;
             f(Box::new(FileLock::new(path)), None).await
         }
         Backend::Kube => {
@@ -104,7 +161,14 @@ pub async fn with_backend<R>(
             let client = kube::client(lock.kubeconfig.as_deref())
                 .await
                 .map_err(|e| match e {
-                    kube::ClientError::Kubeconfig { .. } => Error::Kubeconfig(e),
+                    kube::ClientError::Kubeconfig { .. } => Error::Kubeconfig {
+                        from: if lock.kubeconfig.is_some() {
+                            "--kubeconfig"
+                        } else {
+                            "kubeconfig"
+                        },
+                        source: e,
+                    },
                     _ => Error::Client(e),
                 })?;
             let ns = lock
@@ -164,10 +228,17 @@ struct Running {
 /// # Errors
 /// See [`Error`].
 pub async fn run(args: RunArgs) -> Result<i32, Error> {
+    if let Some(program) = args.command.first() {
+        child::check_program(program).map_err(|problem| Error::Command {
+            command: program.to_string_lossy().into_owned(),
+            problem,
+        })?;
+    }
     let identity = identity(&args);
     let lock = args.lock.clone();
     with_backend(
         &lock,
+        true,
         !args.sidecar.no_events,
         async move |backend, kube| run_on(backend, kube, args, identity).await,
     )
@@ -319,6 +390,8 @@ async fn run_on(
     let mut current: Option<Leadership> = None;
     let mut shutting_down = false;
     let mut exit_code = 0;
+    // An error to return once the lease is released.
+    let mut fatal: Option<Error> = None;
     let far = || Instant::now() + Duration::from_secs(86_400);
 
     loop {
@@ -331,47 +404,58 @@ async fn run_on(
             cancel.cancel();
         }
         // Start the command when leading and no earlier child is left.
-        if running.is_none() && !shutting_down && !args.command.is_empty() {
-            if let Some(l) = current
+        if running.is_none()
+            && !shutting_down
+            && !args.command.is_empty()
+            && let Some(l) = current
                 .as_ref()
                 .filter(|l| !l.is_lost() && l.valid_until() > Instant::now())
-            {
-                let env = [
-                    ("LEASEHOLD_NAME", name.clone()),
-                    ("LEASEHOLD_IDENTITY", identity.clone()),
-                    ("LEASEHOLD_FENCING_TOKEN", l.fencing_token().to_string()),
-                ];
-                let child = child::spawn(&args.command, &env).map_err(|source| Error::Spawn {
-                    command: args.command[0].to_string_lossy().into_owned(),
-                    source,
-                })?;
-                let pgid = child.id().unwrap_or_default();
-                let watchdog = match Watchdog::start(pgid, grace, l.valid_until()).await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        // Never leave a child running without its guard.
-                        let mut child = child;
-                        kill_group(pgid, rustix::process::Signal::KILL);
-                        let _ = child.wait().await;
-                        child::wait_group_gone(pgid, grace).await;
-                        cancel.cancel();
-                        let _ = (&mut elector_task).await;
-                        return Err(Error::Watchdog(e));
-                    }
-                };
-                tracing::info!(pid = pgid, fencing_token = %l.fencing_token(), "started command");
-                let mut rx = l.subscribe_valid_until();
-                rx.mark_unchanged();
-                until_rx = Some(rx);
-                running = Some(Running {
-                    child,
-                    pgid,
-                    watchdog,
-                    leadership: l.clone(),
-                    kill_at: None,
-                    watchdog_exited: false,
-                });
-            }
+        {
+            let env = [
+                ("LEASEHOLD_NAME", name.clone()),
+                ("LEASEHOLD_IDENTITY", identity.clone()),
+                ("LEASEHOLD_FENCING_TOKEN", l.fencing_token().to_string()),
+            ];
+            let child = match child::spawn(&args.command, &env) {
+                Ok(child) => child,
+                Err(source) => {
+                    // Nobody acts on this term: release it now rather than make the others
+                    // wait a lease duration, then report why.
+                    fatal = Some(Error::Spawn {
+                        command: args.command[0].to_string_lossy().into_owned(),
+                        source,
+                    });
+                    shutting_down = true;
+                    want_release = true;
+                    continue;
+                }
+            };
+            let pgid = child.id().unwrap_or_default();
+            let watchdog = match Watchdog::start(pgid, grace, l.valid_until()).await {
+                Ok(w) => w,
+                Err(e) => {
+                    // Never leave a child running without its guard.
+                    let mut child = child;
+                    kill_group(pgid, rustix::process::Signal::KILL);
+                    let _ = child.wait().await;
+                    child::wait_group_gone(pgid, grace).await;
+                    cancel.cancel();
+                    let _ = (&mut elector_task).await;
+                    return Err(Error::Watchdog(e));
+                }
+            };
+            tracing::info!(pid = pgid, fencing_token = %l.fencing_token(), "started command");
+            let mut rx = l.subscribe_valid_until();
+            rx.mark_unchanged();
+            until_rx = Some(rx);
+            running = Some(Running {
+                child,
+                pgid,
+                watchdog,
+                leadership: l.clone(),
+                kill_at: None,
+                watchdog_exited: false,
+            });
         }
         let lost = running.as_ref().map(|r| r.leadership.token());
         let kill_at = running.as_ref().and_then(|r| r.kill_at).unwrap_or_else(far);
@@ -381,7 +465,7 @@ async fn run_on(
             _ = async { sigterm.recv().await }, if true => on_signal(&mut shutting_down, &mut running, &mut want_release, &cancel, grace, "SIGTERM"),
             _ = sigint.recv() => on_signal(&mut shutting_down, &mut running, &mut want_release, &cancel, grace, "SIGINT"),
             Some(l) = lead_rx.recv() => {
-                println!("leading: {identity} (fencing token {})", l.fencing_token());
+                say!("leading: {identity} (fencing token {})", l.fencing_token());
                 if let Some(lb) = &labeler {
                     lb.set("leader");
                     // Back to standby the moment this term ends, however it ends.
@@ -399,9 +483,9 @@ async fn run_on(
             }
             Some(Note::Leader(who)) = note_rx.recv() => {
                 if who.is_empty() {
-                    println!("released: no leader");
+                    say!("released: no leader");
                 } else if who != identity {
-                    println!("leader: {who}");
+                    say!("leader: {who}");
                 }
             }
             _ = async { lost.as_ref().expect("guarded").cancelled().await }, if lost.is_some() && running.as_ref().is_some_and(|r| r.kill_at.is_none()) => {
@@ -477,7 +561,7 @@ async fn run_on(
                 };
                 if r.kill_at.is_some() || term_over || shutting_down {
                     tracing::info!(code, "command stopped");
-                    println!("stopped leading: {identity}");
+                    say!("stopped leading: {identity}");
                     if shutting_down {
                         want_release = true;
                     }
@@ -508,20 +592,23 @@ async fn run_on(
                     t.abort();
                 }
                 if let Some(l) = current.as_ref().filter(|_| args.command.is_empty()) {
-                    println!("stopped leading: {identity} (fencing token {})", l.fencing_token());
+                    say!("stopped leading: {identity} (fencing token {})", l.fencing_token());
+                }
+                if let Some(e) = fatal {
+                    return Err(e);
                 }
                 return Ok(exit_code);
             }
         }
         // Without a command, report the end of a term as it happens.
-        if args.command.is_empty() {
-            if let Some(l) = current.as_ref().filter(|l| l.is_lost()) {
-                println!(
-                    "stopped leading: {identity} (fencing token {})",
-                    l.fencing_token()
-                );
-                current = None;
-            }
+        if args.command.is_empty()
+            && let Some(l) = current.as_ref().filter(|l| l.is_lost())
+        {
+            say!(
+                "stopped leading: {identity} (fencing token {})",
+                l.fencing_token()
+            );
+            current = None;
         }
     }
 }

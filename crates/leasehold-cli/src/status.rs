@@ -11,18 +11,18 @@ use crate::{
 /// [`Error::Lock`] when the lock cannot be read; see [`Error`].
 pub async fn status(args: StatusArgs) -> Result<i32, Error> {
     let json = args.json;
-    with_backend(&args.lock, false, async move |backend, _| {
+    with_backend(&args.lock, false, false, async move |backend, _| {
         let describe = backend.describe();
         let got = backend.get().await.map_err(Error::Lock)?;
         let now = jiff::Timestamp::now();
         let Some(v) = got else {
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({ "lock": describe, "exists": false, "holder": null })
                 );
             } else {
-                println!("{describe}: no lock record (nobody has contended yet)");
+                say!("{describe}: no lock record (nobody has contended yet)");
             }
             return Ok(0);
         };
@@ -35,7 +35,7 @@ pub async fn status(args: StatusArgs) -> Result<i32, Error> {
             t.map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
         };
         if json {
-            println!(
+            say!(
                 "{}",
                 serde_json::json!({
                     "lock": describe,
@@ -55,23 +55,23 @@ pub async fn status(args: StatusArgs) -> Result<i32, Error> {
             } else {
                 r.holder_identity.as_str()
             };
-            println!("lock:            {describe}");
-            println!("holder:          {holder}");
-            println!(
+            say!("lock:            {describe}");
+            say!("holder:          {holder}");
+            say!(
                 "acquire time:    {}",
                 fmt(r.acquire_time).unwrap_or_else(|| "-".into())
             );
-            println!(
+            say!(
                 "renew time:      {}",
                 fmt(r.renew_time).unwrap_or_else(|| "-".into())
             );
-            println!("lease duration:  {}s", r.lease_duration_seconds);
-            println!("transitions:     {} (fencing token)", r.leader_transitions);
+            say!("lease duration:  {}s", r.lease_duration_seconds);
+            say!("transitions:     {} (fencing token)", r.leader_transitions);
             match time_left {
-                Some(t) => println!(
+                Some(t) => say!(
                     "time left:       {t:.1}s (renew time + lease duration, by this host's clock)"
                 ),
-                None => println!("time left:       -"),
+                None => say!("time left:       -"),
             }
         }
         Ok(0)

@@ -20,7 +20,7 @@ use rustix::{
     process::{Pid, Signal, kill_process_group},
     time::{ClockId, Timespec, clock_gettime},
 };
-use std::{io::Read as _, time::Duration};
+use std::time::Duration;
 
 /// The watchdog's exit code after it killed the group at its deadline.
 pub const DEADLINE_EXIT: i32 = 3;
@@ -41,19 +41,20 @@ fn kill_group(pgid: i32, sig: Signal) {
 
 /// Runs the watchdog for process group `pgid`; returns the exit code.
 pub fn run(pgid: i32, grace: Duration) -> i32 {
+    // Read from the descriptor itself, not through `Stdin`'s buffer: `poll` watches the
+    // descriptor, so lines left in a user-space buffer would go unseen until the next write.
     let stdin = std::io::stdin();
-    let mut input = stdin.lock();
     let mut buf = Vec::new();
     let mut term_at: Option<u128> = None;
     let mut kill_at: Option<u128> = None;
     let grace_ns = grace.as_nanos();
     loop {
         let now = monotonic_ns();
-        if let Some(t) = term_at.filter(|t| now >= *t) {
-            if kill_at.is_none() {
-                kill_group(pgid, Signal::TERM);
-                kill_at = Some(t + grace_ns);
-            }
+        if let Some(t) = term_at.filter(|t| now >= *t)
+            && kill_at.is_none()
+        {
+            kill_group(pgid, Signal::TERM);
+            kill_at = Some(t + grace_ns);
         }
         if kill_at.is_some_and(|k| now >= k) {
             kill_group(pgid, Signal::KILL);
@@ -78,9 +79,9 @@ pub fn run(pgid: i32, grace: Duration) -> i32 {
             }
         }
         let mut chunk = [0u8; 512];
-        let n = match input.read(&mut chunk) {
+        let n = match rustix::io::read(&stdin, &mut chunk) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
             Err(_) => 0,
         };
         if n == 0 {

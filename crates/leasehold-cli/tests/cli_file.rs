@@ -323,6 +323,30 @@ fn bad_input_exits_64_naming_the_problem() {
             "--kubeconfig",
         ),
         (&["bogus"], "bogus"),
+        (
+            &["run", "--name", "a", "--name", "b"],
+            "--name is given twice",
+        ),
+        (
+            &[
+                "run",
+                "--name",
+                "a",
+                "--backend",
+                "file",
+                "--file",
+                "/nonexistent/dir/x.json",
+            ],
+            "the directory /nonexistent/dir does not exist",
+        ),
+        (
+            &["run", "--name", "a", "--backend", "file", "--file", "/tmp"],
+            "is a directory",
+        ),
+        (
+            &["run", "--name", "a", "--backend", "file", "--"],
+            "`--` must be followed by a command",
+        ),
     ];
     for (args, needle) in cases {
         let (code, err) = run(args);
@@ -345,4 +369,178 @@ fn bad_input_exits_64_naming_the_problem() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.json") && err.contains("corrupt"), "{err}");
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "garbage");
+}
+
+fn record(dir: &Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(dir.join("lock.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[test]
+fn a_command_that_cannot_run_never_takes_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_exec = dir.path().join("not-executable");
+    std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    let missing = dir.path().join("missing");
+    let cases = [
+        (missing.to_str().unwrap(), 127, "not found"),
+        ("no-such-command-anywhere", 127, "not found"),
+        (not_exec.to_str().unwrap(), 126, "not an executable file"),
+        (dir.path().to_str().unwrap(), 126, "not an executable file"),
+    ];
+    for (program, code, why) in cases {
+        let out = Command::new(BIN)
+            .args(["run", "--backend", "file", "--name", "t", "--file"])
+            .arg(dir.path().join("lock.json"))
+            .args(["--", program])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{program}: {err}");
+        assert!(
+            err.contains(&format!("cannot run `{program}`: {why}")),
+            "{program}: {err}"
+        );
+        assert!(
+            record(dir.path()).is_none(),
+            "{program}: nothing was written"
+        );
+    }
+}
+
+#[test]
+fn a_command_that_fails_to_start_once_leading_releases_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut holder = leasehold(dir.path(), "a", &[], &[]);
+    let lines = leasehold_testing::harness::stamp_lines(holder.stdout.take().unwrap());
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(10)).unwrap().1,
+        "leading: a (fencing token 0)"
+    );
+    // Runnable when b starts (so it contends), gone by the time b leads.
+    let prog = dir.path().join("prog");
+    std::fs::write(&prog, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let b = Command::new(BIN)
+        .args(["run", "--backend", "file", "--name", "t", "--id", "b"])
+        .arg("--file")
+        .arg(dir.path().join("lock.json"))
+        .args([
+            "--lease-duration",
+            "2s",
+            "--renew-deadline",
+            "1s",
+            "--retry-period",
+            "200ms",
+        ])
+        .arg("--")
+        .arg(&prog)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_file(&prog).unwrap();
+    signal(&holder, rustix::process::Signal::TERM);
+    assert_eq!(holder.wait().unwrap().code(), Some(0));
+    let out = b.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot start"), "{err}");
+    let rec = record(dir.path()).unwrap();
+    assert_eq!(
+        rec["holderIdentity"], "",
+        "b released the term it could not use: {rec}"
+    );
+    assert_eq!(rec["leaderTransitions"], 1, "{rec}");
+}
+
+#[test]
+fn a_closed_stdout_does_not_stop_it_or_skip_the_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // every line leasehold prints now meets EPIPE
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--backend",
+            "file",
+            "--name",
+            "t",
+            "--id",
+            "x",
+            "--file",
+        ])
+        .arg(dir.path().join("lock.json"))
+        .args(["--", "sh", "-c", "sleep 0.3; exit 5"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "the child's code: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let rec = record(dir.path()).unwrap();
+    assert_eq!(rec["holderIdentity"], "", "released: {rec}");
+}
+
+#[test]
+fn a_log_filter_that_is_not_a_level_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--backend", "file", "--name", "t", "--file"])
+        .arg(dir.path().join("lock.json"))
+        .args(["--", "true"])
+        .env("LEASEHOLD_LOG", "warning")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("`warning` is not a level") && err.contains("logging at info"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_kubeconfig_that_exists_but_cannot_be_used_is_an_error_not_a_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken");
+    std::fs::write(&broken, "apiVersion: v1\nclusters: [oops\n").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let status = |env: Option<&Path>, flag: Option<&Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["status", "--name", "a"]);
+        if let Some(f) = flag {
+            cmd.arg("--kubeconfig").arg(f);
+        }
+        // In-cluster credentials would be found here if leasehold fell back to them.
+        cmd.env_remove("KUBECONFIG")
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBERNETES_SERVICE_PORT", "1");
+        if let Some(e) = env {
+            cmd.env("KUBECONFIG", e);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = status(Some(&broken), None);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains(&format!("kubeconfig {}", broken.display())),
+        "{err}"
+    );
+    let (code, err) = status(None, Some(&empty));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("it sets no current-context (it is empty)"),
+        "{err}"
+    );
+    let (code, err) = status(Some(&empty), None);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("no current-context"), "{err}");
 }

@@ -32,6 +32,25 @@ pub enum ConfigError {
         /// The renew deadline.
         renew: Duration,
     },
+    /// The leader may renew more often than once a second, with less than a second of margin.
+    ///
+    /// client-go tells records apart at whole seconds (it compares them as JSON with
+    /// `metav1.Time`), and so does everyone on ConfigMap and Endpoints annotations. A renewal in
+    /// the same second as the one before is invisible to them, so their view of the leader's
+    /// last renewal can be up to a second older than the leader's own. With a margin
+    /// (`lease_duration - renew_deadline`) of a second or more the leader still steps down
+    /// before any of them can take over. Renewals can come less than a second apart only with
+    /// a renew deadline under 2 s (every half renew deadline, or, capped to leave a request
+    /// timeout before the step-down, every three quarters of it).
+    #[error(
+        "lease_duration ({lease:?}) must exceed renew_deadline ({renew:?}) by at least 1s when the renew deadline is under 2s: the leader may then renew more than once a second, and client-go sees a record change at most once a second"
+    )]
+    MarginUnderASecond {
+        /// The lease duration.
+        lease: Duration,
+        /// The renew deadline.
+        renew: Duration,
+    },
     /// The renew deadline leaves no room for a retry.
     #[error("renew_deadline ({renew:?}) must be greater than 1.2 × retry_period ({retry:?})")]
     RenewNotAboveRetry {
@@ -134,6 +153,14 @@ impl Timing {
                 renew: self.renew_deadline,
             });
         }
+        if self.renew_deadline < Duration::from_secs(2)
+            && self.lease_duration - self.renew_deadline < Duration::from_secs(1)
+        {
+            return Err(ConfigError::MarginUnderASecond {
+                lease: self.lease_duration,
+                renew: self.renew_deadline,
+            });
+        }
         if self.renew_deadline.as_secs_f64() <= JITTER_FACTOR * self.retry_period.as_secs_f64() {
             return Err(ConfigError::RenewNotAboveRetry {
                 renew: self.renew_deadline,
@@ -202,6 +229,21 @@ mod tests {
             t(10_000, 1200, 1000).validate(),
             Err(ConfigError::RenewNotAboveRetry { .. })
         ));
+        // Renewing every 667 ms with 667 ms of margin (what `--ttl 2s` gives): a Go standby
+        // can see the leader's state up to a second late, past the margin. The same with
+        // renewals a second apart by the retry period, but capped at 3/4 of a 1.3 s deadline.
+        assert!(matches!(
+            Timing::from_ttl(Duration::from_secs(2)).validate(),
+            Err(ConfigError::MarginUnderASecond { .. })
+        ));
+        assert!(matches!(
+            t(2000, 1300, 1000).validate(),
+            Err(ConfigError::MarginUnderASecond { .. })
+        ));
+        // A second of margin, or a renew deadline of 2 s or more, is enough.
+        assert_eq!(t(2000, 1000, 250).validate(), Ok(()));
+        assert_eq!(t(3000, 2000, 1000).validate(), Ok(()));
+        assert_eq!(Timing::from_ttl(Duration::from_secs(3)).validate(), Ok(()));
         assert_eq!(t(10_000, 1201, 1000).validate(), Ok(()));
     }
 }

@@ -134,6 +134,10 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Option<Versioned>, LockE
 
 /// A store that holds one leader record and can compare-and-swap it.
 ///
+/// Replaces client-go's `resourcelock.Interface` (`Get`, `Create`, `Update`, `Describe`; its
+/// `RecordEvent` is [`record_event`](Self::record_event), and `Identity` lives in the elector),
+/// with a `watch` added so standbys need not poll.
+///
 /// # Correctness
 /// Every implementation must guarantee, and the conformance suite checks:
 /// - [`get`](Self::get) returns the record as last durably written, or `None` if the object does
@@ -155,6 +159,7 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Option<Versioned>, LockE
 /// - No method may hang forever; the caller also puts its own deadline on every call.
 pub trait LockBackend: Send + Sync + 'static {
     /// A human-readable name of the lock object, for logs and errors (`lease ns/name`, a path).
+    #[doc(alias = "Describe")]
     fn describe(&self) -> String;
 
     /// Reads the record.

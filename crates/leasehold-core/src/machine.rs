@@ -558,13 +558,21 @@ impl Machine {
         out
     }
 
-    /// When the routine renewal after a success at `now` is due, and the end of its jitter
-    /// window (renew interval × [1, [`JITTER_FACTOR`](crate::config::JITTER_FACTOR))).
-    fn routine_renewal(&mut self, now: Tick) -> (Tick, Tick) {
+    /// When the routine renewal after a success at `now` (sent at `sent_at`) is due, and the
+    /// end of its jitter window (renew interval × [1, [`JITTER_FACTOR`](crate::config::JITTER_FACTOR))).
+    ///
+    /// Never later than a request timeout before the step-down: with a retry period close to
+    /// the renew deadline (15 s / 10 s / 8 s is valid) and a slow answer, jitter would
+    /// otherwise put the renewal past the step-down, and a healthy leader would step down
+    /// without having tried.
+    fn routine_renewal(&mut self, now: Tick, sent_at: Tick) -> (Tick, Tick) {
         let interval = self.timing.renew_interval();
+        let latest = (sent_at + self.timing.renew_deadline)
+            .saturating_sub(self.request_timeout())
+            .max(now);
         (
-            now + self.jittered(interval),
-            now + interval.mul_f64(crate::config::JITTER_FACTOR),
+            (now + self.jittered(interval)).min(latest),
+            (now + interval.mul_f64(crate::config::JITTER_FACTOR)).min(latest),
         )
     }
 
@@ -614,6 +622,13 @@ impl Machine {
             self.own_writes.pop_front();
         }
         self.own_writes.push_back(r);
+    }
+
+    /// Forgets the latest remembered write equal to `r` (one that is known not to have landed).
+    fn forget_write(&mut self, r: &LeaderRecord) {
+        if let Some(i) = self.own_writes.iter().rposition(|w| w == r) {
+            self.own_writes.remove(i);
+        }
     }
 
     fn set_seen(&mut self, v: Option<Versioned>, now: Tick, out: &mut Vec<Action>) {
@@ -708,10 +723,10 @@ impl Machine {
                     // Our own write coming back, or another field of the object changed. Adopt
                     // the version only for the latest write (a watch event may trail a newer
                     // write response); after a conflict, renew at once on the version read.
-                    if latest || from_read || same_record {
-                        if let Some(seen) = &mut self.seen {
-                            seen.version = Some(obs.version.clone());
-                        }
+                    if (latest || from_read || same_record)
+                        && let Some(seen) = &mut self.seen
+                    {
+                        seen.version = Some(obs.version.clone());
                     }
                     if from_read {
                         term.renew_at = now;
@@ -801,6 +816,12 @@ impl Machine {
         let version = match result {
             Ok(version) => version,
             Err(ErrorKind::Conflict) => {
+                // A conflict means the write did not land: forget it, or a record that someone
+                // under the same identity wrote in the same second would pass for ours (times
+                // compare at whole seconds) and be resumed as this candidate's own.
+                if let Inflight::Acquire { record, .. } | Inflight::Renew { record, .. } = &op {
+                    self.forget_write(record);
+                }
                 // Read again and decide again.
                 self.stale = true;
                 match &mut self.state {
@@ -824,7 +845,7 @@ impl Machine {
             }
             Inflight::Renew { sent_at, record } => {
                 self.set_seen(Some(Versioned { record, version }), now, out);
-                let (next, until) = self.routine_renewal(now);
+                let (next, until) = self.routine_renewal(now, sent_at);
                 if let State::Leading(term) = &mut self.state {
                     term.last_ok_sent = term.last_ok_sent.max(sent_at);
                     term.renew_at = next;
@@ -833,7 +854,7 @@ impl Machine {
                 }
             }
             Inflight::Acquire { sent_at, record } => {
-                let (renew_at, until) = self.routine_renewal(now);
+                let (renew_at, until) = self.routine_renewal(now, sent_at);
                 let term = Term {
                     token: record.fencing_token(),
                     transitions: record.leader_transitions,
@@ -1027,8 +1048,10 @@ impl Machine {
                     out.push(Action::Read { deadline });
                     return;
                 };
-                // The token after the highest ever seen (a deleted or unreadable lock continues
-                // from it), or after the record's own.
+                // The token after the highest ever seen: a deleted or unreadable lock continues
+                // from it, and so does a takeover of a lock that was deleted and re-created with
+                // a smaller count (by a client-go candidate, say) since. The record's own count
+                // is never above it: every record seen raised it.
                 let after_max = self.max_transitions.map_or(Some(0), |m| m.checked_add(1));
                 let read_due = now >= self.last_heard + self.timing.lease_duration;
                 if let (true, Some(version)) = (seen.unreadable, seen.version.clone()) {
@@ -1057,9 +1080,8 @@ impl Machine {
                         let own = r.holder_identity == self.identity && self.is_own(r);
                         let expired = now >= self.expires_at(r, seen.since);
                         if r.is_released() || own || expired {
-                            let next = r.leader_transitions.checked_add(1);
                             let version = version.clone();
-                            self.acquire(next, Some(version), now, deadline, wall, out);
+                            self.acquire(after_max, Some(version), now, deadline, wall, out);
                         } else if read_due {
                             self.inflight = Some(Inflight::Read);
                             out.push(Action::Read { deadline });
@@ -1272,6 +1294,33 @@ mod tests {
                 .is_empty()
         );
         assert!(m.is_leader());
+    }
+
+    #[test]
+    fn a_slow_answer_never_pushes_the_renewal_past_the_step_down() {
+        // Valid (10 s > 1.2 × 8 s), but 8 s plus up to 20 % jitter after a slow answer would
+        // land after the step-down at send + 10 s.
+        let timing = Timing {
+            lease_duration: 15 * S,
+            renew_deadline: 10 * S,
+            retry_period: 8 * S,
+            ..Timing::default()
+        };
+        for seed in 0..50 {
+            let mut m = Machine::new("me", timing.clone(), seed).unwrap();
+            m.handle(Event::Start, Duration::ZERO, wall());
+            m.handle(Event::ReadDone(Ok(None)), Duration::ZERO, wall());
+            // The acquisition sent at 0 is answered after 1.5 s.
+            m.handle(Event::WriteDone(Ok(ver("1"))), ms(1500), wall());
+            assert!(m.is_leader());
+            let renew_at = m.deadline().unwrap();
+            assert!(
+                renew_at + ms(2500) <= 10 * S,
+                "{seed}: renewal at {renew_at:?} leaves no time before the step-down"
+            );
+            let a = m.handle(Event::Timer, renew_at, wall());
+            assert!(matches!(a.as_slice(), [Action::Update { .. }]), "{a:?}");
+        }
     }
 
     #[test]
@@ -1879,8 +1928,14 @@ mod tests {
             renew_time: Some("2030-01-01T00:00:02Z".parse().unwrap()),
             ..record.clone()
         };
-        m.handle(Event::WriteDone(Err(ErrorKind::Conflict)), at, wall());
-        let a = m.handle(Event::ReadDone(Ok(seen(truncated, "9"))), at, wall());
+        // That renewal lands; the next one meets a conflict (a 409 means it did not land), and
+        // the read that follows finds the first one, with its times truncated.
+        m.handle(Event::WriteDone(Ok(ver("2"))), at, wall());
+        let next = m.deadline().unwrap();
+        let a = m.handle(Event::Timer, next, wall());
+        assert!(matches!(a.as_slice(), [Action::Update { .. }]), "{a:?}");
+        m.handle(Event::WriteDone(Err(ErrorKind::Conflict)), next, wall());
+        let a = m.handle(Event::ReadDone(Ok(seen(truncated, "9"))), next, wall());
         assert!(m.is_leader(), "{a:?}");
         assert!(
             matches!(a.as_slice(), [Action::Update { version, .. }] if *version == ver("9")),
@@ -1916,6 +1971,65 @@ mod tests {
             record.leader_transitions, 7,
             "tokens continue across the deletion"
         );
+    }
+
+    #[test]
+    fn tokens_never_go_back_when_a_deleted_lock_is_recreated_with_a_smaller_count() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("x", 6, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        m.handle(Event::Watched(None), S, wall());
+        // A client-go candidate re-creates it from scratch, counting from 0, and then goes silent.
+        m.handle(Event::Watched(seen(other("go", 0, 0), "2")), 2 * S, wall());
+        let a = m.handle(Event::Timer, 2 * S + 15 * S, wall());
+        let [Action::Update { record, .. }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            record.leader_transitions, 7,
+            "after the highest count seen (6), not the record's own (0)"
+        );
+    }
+
+    #[test]
+    fn a_twin_s_acquisition_in_the_same_second_is_not_taken_for_a_lost_write_of_ours() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        let a = m.handle(
+            Event::ReadDone(Ok(seen(other("", 2, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        let [Action::Update { record: mine, .. }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        // A process under the same identity won the race with a write stamped 3 ms later, in the
+        // same wall-clock second: its record differs from ours only below the second.
+        let twins = LeaderRecord {
+            acquire_time: Some(
+                wall()
+                    .checked_add(jiff::SignedDuration::from_millis(3))
+                    .unwrap(),
+            ),
+            renew_time: Some(
+                wall()
+                    .checked_add(jiff::SignedDuration::from_millis(3))
+                    .unwrap(),
+            ),
+            ..mine.clone()
+        };
+        m.handle(Event::WriteDone(Err(ErrorKind::Conflict)), ms(2), wall());
+        let a = m.handle(Event::ReadDone(Ok(seen(twins, "2"))), ms(3), wall());
+        assert!(
+            !a.iter()
+                .any(|a| matches!(a, Action::Update { .. } | Action::StartedLeading { .. })),
+            "the twin's live term is neither resumed nor taken over: {a:?}"
+        );
+        assert!(!m.is_leader());
     }
 
     #[test]

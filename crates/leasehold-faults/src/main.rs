@@ -373,7 +373,9 @@ async fn one_run(
                     None => cmd.args(["--backend", "file", "--file"]).arg(&file),
                 };
                 if let Some(o) = &offset {
-                    cmd.args(["--x-clock-offset", o]);
+                    // A hidden knob that the binary accepts only for fault injection.
+                    cmd.env("LEASEHOLD_FAULT_INJECTION", "1")
+                        .args(["--x-clock-offset", o]);
                 }
                 cmd.arg("--").arg(&me).arg("recorder");
             } else {

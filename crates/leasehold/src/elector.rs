@@ -265,8 +265,10 @@ impl<B: LockBackend> Elector<B> {
     /// Contends until `cancel` fires; then steps down, releases (if configured) and returns.
     ///
     /// # Cancel safety
-    /// Not cancel safe: dropping the future skips the release, leaving the lease to expire.
-    /// Cancel through `cancel` instead.
+    /// Not cancel safe: dropping the future (or a panic in a callback) ends the term at once,
+    /// since the leadership token is cancelled when the future is dropped, so work guarded by it
+    /// stops; but it skips the release, leaving the lease to expire. Cancel through `cancel`
+    /// instead.
     #[doc(alias = "Run")]
     #[doc(alias = "RunOrDie")]
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -278,10 +280,17 @@ impl<B: LockBackend> Elector<B> {
         let mut watch: Option<WatchStream> = None;
         let mut watch_retry_at = origin;
         let mut watch_backoff = Duration::from_millis(100);
-        let mut leadership: Option<CancellationToken> = None;
+        // A guard, not a bare token: if this future is dropped mid-term (a `select!` that
+        // finished elsewhere, a panic in a callback), renewals stop, so the term must end too.
+        let mut leadership: Option<tokio_util::sync::DropGuard> = None;
         let mut valid_until: Option<watch::Sender<Instant>> = None;
         let mut cancel_sent = false;
         let mut last_error: Option<String> = None;
+        // The failure last warned about, and whether a write failed: a read that succeeds says
+        // nothing about writes (a missing directory, RBAC without `update`), so only a write
+        // ends a write's warning. Otherwise each read/write pair would log "failed" and
+        // "reachable again" once per retry.
+        let mut warned: Option<(String, bool)> = None;
         let mut last_watch_error: Option<String> = None;
         // A duplicate identity stays reported until none has been seen for two lease durations
         // (the machine repeats the report once per lease duration while it lasts).
@@ -298,8 +307,11 @@ impl<B: LockBackend> Elector<B> {
                     .checked_add(self.clock_offset)
                     .unwrap_or_else(|_| Timestamp::now());
                 if let Event::ReadDone(Ok(_)) | Event::Watched(_) | Event::WriteDone(Ok(_)) = &ev {
-                    if last_error.take().is_some() {
-                        tracing::info!(lock = %describe, "lock reachable again");
+                    last_error = None;
+                    let wrote = matches!(ev, Event::WriteDone(_));
+                    if warned.as_ref().is_some_and(|(_, write)| wrote || !write) {
+                        warned = None;
+                        tracing::info!(lock = %describe, "lock requests succeed again");
                     }
                 }
                 let actions = self.machine.handle(ev, now - origin, wall);
@@ -380,7 +392,7 @@ impl<B: LockBackend> Elector<B> {
                             self.metrics.started_term();
                             self.record_event(LockEventKind::BecameLeader, token);
                             let t = cancel.child_token();
-                            leadership = Some(t.clone());
+                            leadership = Some(t.clone().drop_guard());
                             let until = origin + self.machine.leading_until().unwrap_or_default();
                             let (until_tx, until_rx) = watch::channel(until);
                             valid_until = Some(until_tx);
@@ -394,9 +406,8 @@ impl<B: LockBackend> Elector<B> {
                             }
                         }
                         Action::StoppedLeading { token, reason } => {
-                            if let Some(t) = leadership.take() {
-                                t.cancel();
-                            }
+                            // Dropping the guard cancels the token.
+                            drop(leadership.take());
                             valid_until = None;
                             self.record_event(LockEventKind::StoppedLeading, token);
                             match &reason {
@@ -519,7 +530,7 @@ impl<B: LockBackend> Elector<B> {
                 _ = &mut cancelled, if !cancel_sent => {
                     cancel_sent = true;
                     // Stop acting first, whatever the machine is waiting for.
-                    if let Some(t) = &leadership { t.cancel(); }
+                    drop(leadership.take());
                     event = Some(Event::Cancel);
                 }
                 (ev, error) = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
@@ -528,11 +539,14 @@ impl<B: LockBackend> Elector<B> {
                         // One line per kind of failure, not one per retry.
                         if matches!(ev, Event::WriteDone(Err(ErrorKind::Conflict))) {
                             tracing::debug!(lock = %describe, error = %msg, "conflict; reading again");
-                        } else if last_error.as_deref() != Some(msg.as_str()) {
-                            tracing::warn!(lock = %describe, error = %msg, "lock request failed; retrying");
-                            last_error = Some(msg);
                         } else {
-                            tracing::debug!(lock = %describe, error = %msg, "lock request failed again");
+                            if warned.as_ref().is_some_and(|(m, _)| *m == msg) {
+                                tracing::debug!(lock = %describe, error = %msg, "lock request failed again");
+                            } else {
+                                tracing::warn!(lock = %describe, error = %msg, "lock request failed; retrying");
+                                warned = Some((msg.clone(), matches!(ev, Event::WriteDone(_))));
+                            }
+                            last_error = Some(msg);
                         }
                     }
                     event = Some(ev);

@@ -170,10 +170,10 @@ impl LeaseLocker {
             let _ = task.await;
             return Err(LockerError::Cancelled(self.lock.describe()));
         };
-        let transitions = handle
-            .status()
-            .record
-            .map_or(0, |r: LeaderRecord| r.leader_transitions);
+        // The term's own token (its `leaderTransitions`), not the published status: the status
+        // may still show the record before this acquisition, and the unlock fallback's release
+        // would then never match.
+        let transitions = i32::try_from(leadership.fencing_token().0).unwrap_or(i32::MAX);
         // Later cancellation: release, or abandon to expire.
         let (cancel, stop_c, release) =
             (cancel.clone(), stop.clone(), self.timing.release_on_cancel);
@@ -291,7 +291,14 @@ impl LeaseLocker {
     }
 
     /// Checks that the lock is held and its lease has not expired by more than
-    /// `max_tolerable_expired` (a stalled renewal): seed 004's `Check`, client-go's healthz.
+    /// `max_tolerable_expired`: seed 004's `Check`, client-go's healthz.
+    ///
+    /// The two errors mean different things. A term ends (and the lock reads as
+    /// [`NotHeld`](CheckError::NotHeld)) at its renew deadline, before the lease can expire for
+    /// anyone else, whenever the election task runs. [`Expired`](CheckError::Expired) is the
+    /// case `Check` exists for in Go: the task has stalled (a starved or blocked runtime), so
+    /// nothing ended a term whose lease others may already have taken, and that by more than
+    /// the tolerance. A liveness probe should fail on `Expired`; `NotHeld` is a standby.
     ///
     /// # Errors
     /// [`CheckError::NotHeld`] or [`CheckError::Expired`].

@@ -106,10 +106,10 @@ impl Metrics {
     /// Total time the lock was observed released, absent or unreadable, including now.
     pub fn leaderless(&self) -> Duration {
         let mut d = Duration::from_micros(self.leaderless_micros.load(Relaxed));
-        if let Ok(since) = self.leaderless_since.lock() {
-            if let Some(at) = *since {
-                d += at.elapsed();
-            }
+        if let Ok(since) = self.leaderless_since.lock()
+            && let Some(at) = *since
+        {
+            d += at.elapsed();
         }
         d
     }

@@ -249,3 +249,29 @@ async fn two_candidates_with_one_identity_never_both_lead_and_the_newcomer_repor
     tb.await.unwrap();
     let _ = rxa;
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_run_future_mid_term_ends_the_term() {
+    let lock = MemLock::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let elector = Elector::new(lock, "a", Timing::default())
+        .unwrap()
+        .on_started_leading(move |l| {
+            let _ = tx.send(l);
+        });
+    let cancel = CancellationToken::new();
+    let run = elector.run(cancel.clone());
+    let leadership = tokio::select! {
+        () = run => panic!("run returned without a cancel"),
+        l = rx.recv() => l.unwrap(),
+    };
+    // `select!` finished on the other branch: the run future is dropped, renewals stop.
+    assert!(
+        leadership.is_lost(),
+        "work guarded by the term stops as soon as nobody renews it"
+    );
+    assert!(
+        !cancel.is_cancelled(),
+        "only the term's token, not the caller's"
+    );
+}

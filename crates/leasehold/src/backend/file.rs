@@ -1,4 +1,4 @@
-//! The file backend: the embedded default, needing no server.
+//! The file backend: the embedded one, needing no server (the README's run command uses it).
 //!
 //! The record is a JSON file holding client-go's `LeaderElectionRecord` fields (times with
 //! microseconds) plus a `generation` that serves as the version. Compare-and-swap runs under an

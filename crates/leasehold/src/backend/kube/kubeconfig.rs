@@ -21,6 +21,10 @@ pub enum KubeconfigError {
     /// kubeconfig schema; the error names the line.
     #[error("{0}")]
     Yaml(yaml::YamlError),
+    /// No `current-context` is set (for example, the file is empty), so there is nothing to
+    /// connect to; kube-rs would only say it "failed to determine current context".
+    #[error("it sets no current-context{}", if *.0 { " (it is empty)" } else { "" })]
+    NoCurrentContext(bool),
     /// kube-rs refused the configuration (no current context, a missing cluster, mismatched
     /// documents, ...).
     #[error(transparent)]
@@ -85,7 +89,7 @@ pub(crate) fn read_merged(paths: &[PathBuf]) -> Result<Kubeconfig, (PathBuf, Kub
 /// kubectl reads UTF-8, with or without a byte-order mark, and UTF-16 with one.
 fn decode(bytes: Vec<u8>) -> Result<String, KubeconfigError> {
     let utf16 = |rest: &[u8], from: fn([u8; 2]) -> u16, name| {
-        if rest.len() % 2 != 0 {
+        if !rest.len().is_multiple_of(2) {
             return Err(KubeconfigError::Encoding(name));
         }
         let units: Vec<u16> = rest.chunks_exact(2).map(|c| from([c[0], c[1]])).collect();

@@ -296,41 +296,51 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<ApiClient, ClientError>
                 path: path.to_owned(),
                 source,
             };
-            let kc = kubeconfig::read_from(path).map_err(wrap)?;
+            let kc = kubeconfig::read_from(path)
+                .and_then(with_context)
+                .map_err(wrap)?;
             kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
                 .map_err(|e| wrap(e.into()))?
         }
         None => {
             let paths = kubeconfig::default_paths();
-            let from_files = if paths.is_empty() {
-                Err("found no kubeconfig file (in KUBECONFIG or at ~/.kube/config)".to_owned())
+            let mut config = if paths.is_empty() {
+                kube::Config::incluster().map_err(|in_cluster| ClientError::Infer {
+                    kubeconfig: "found no kubeconfig file (in KUBECONFIG or at ~/.kube/config)"
+                        .to_owned(),
+                    in_cluster,
+                })?
             } else {
-                match kubeconfig::read_merged(&paths) {
-                    Ok(kc) => kube::Config::from_custom_kubeconfig(kc, &options)
-                        .await
-                        .map_err(|e| format!("kubeconfig {}: {e}", list(&paths))),
-                    Err((path, e)) => Err(format!(
-                        "kubeconfig {}: {}",
-                        path.display(),
-                        crate::display_chain(&e)
-                    )),
-                }
-            };
-            let mut config = match from_files {
-                Ok(config) => config,
-                Err(kubeconfig) => {
-                    kube::Config::incluster().map_err(|in_cluster| ClientError::Infer {
-                        kubeconfig,
-                        in_cluster,
-                    })?
-                }
+                // A kubeconfig that exists but cannot be used is an error, as with kubectl and
+                // client-go: falling back to the Pod's service account would run with other
+                // credentials than the ones the user chose.
+                let kc = kubeconfig::read_merged(&paths)
+                    .map_err(|(path, source)| ClientError::Kubeconfig { path, source })?;
+                let wrap = |source| ClientError::Kubeconfig {
+                    path: PathBuf::from(list(&paths)),
+                    source,
+                };
+                let kc = with_context(kc).map_err(wrap)?;
+                kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| wrap(e.into()))?
             };
             config.apply_debug_overrides();
             config
         }
     };
     client_from_config(config)
+}
+
+/// A kubeconfig without a current context names no server: say so, rather than kube-rs's
+/// "failed to determine current context".
+fn with_context(kc: kube::config::Kubeconfig) -> Result<kube::config::Kubeconfig, KubeconfigError> {
+    if kc.current_context.as_deref().is_none_or(str::is_empty) {
+        let empty = kc.contexts.is_empty() && kc.clusters.is_empty() && kc.auth_infos.is_empty();
+        return Err(KubeconfigError::NoCurrentContext(empty));
+    }
+    Ok(kc)
 }
 
 fn list(paths: &[PathBuf]) -> String {

@@ -106,10 +106,13 @@ impl<P: LockBackend + Clone, S: LockBackend + Clone> LockBackend for MultiLock<P
         let record = record.clone();
         Box::pin(async move {
             let p = self.primary.create(&record).await?;
-            let s = match self.secondary.get().await? {
-                None => self.secondary.create(&record).await?,
-                Some(existing) => self.secondary.update(&record, &existing.version).await?,
-            };
+            // Create, never update: a secondary that exists may be held right now by a
+            // candidate that knows only it (the last step of a migration), and this candidate
+            // has never read it. An `AlreadyExists` is a conflict, as in client-go's
+            // `MultiLock.Create`: the pair then reads as held by an unknown leader (the primary
+            // is ours, the secondary not) until the secondary stays unchanged for a lease
+            // duration, and is then taken over by an update of both.
+            let s = self.secondary.create(&record).await?;
             Ok(join(&p, Some(&s)))
         })
     }
@@ -179,6 +182,30 @@ mod tests {
             renew_time: jiff::Timestamp::from_second(renew).ok(),
             leader_transitions: transitions,
         }
+    }
+
+    #[tokio::test]
+    async fn create_never_overwrites_a_secondary_it_has_not_read() {
+        use leasehold_testing::mem::MemLock;
+        let (primary, secondary) = (MemLock::new(), MemLock::new());
+        // A Lease-only candidate holds the secondary; the primary is gone.
+        secondary.put(rec("lease-only", 100, 12));
+        let multi = MultiLock::new(primary.clone(), secondary.clone());
+        assert!(
+            multi.get().await.unwrap().is_none(),
+            "no primary reads as absent"
+        );
+        let e = multi.create(&rec("multi", 101, 0)).await.unwrap_err();
+        assert!(matches!(e, LockError::Conflict { .. }), "{e:?}");
+        assert_eq!(
+            secondary.current().unwrap().record.holder_identity,
+            "lease-only",
+            "the live secondary is untouched"
+        );
+        // The pair now reads as held by an unknown leader, with the secondary's token.
+        let seen = multi.get().await.unwrap().unwrap().record;
+        assert_eq!(seen.holder_identity, UNKNOWN_LEADER);
+        assert_eq!(seen.leader_transitions, 12);
     }
 
     #[test]
