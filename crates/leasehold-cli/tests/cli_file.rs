@@ -29,6 +29,15 @@ fn now_nanos() -> u128 {
 }
 
 fn leasehold(dir: &Path, id: &str, extra: &[&str], command: &[&str]) -> Child {
+    leasehold_cmd(dir, id, extra, command)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `leasehold run` on the file backend in `dir`, 2 s / 1 s / 200 ms.
+fn leasehold_cmd(dir: &Path, id: &str, extra: &[&str], command: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--backend", "file", "--name", "t", "--id", id])
         .arg("--file")
@@ -45,12 +54,8 @@ fn leasehold(dir: &Path, id: &str, extra: &[&str], command: &[&str]) -> Child {
     if !command.is_empty() {
         cmd.arg("--").args(command);
     }
-    cmd.env("DIR", dir)
-        .env("LEASEHOLD_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    cmd.env("DIR", dir).env("LEASEHOLD_LOG", "debug");
+    cmd
 }
 
 fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -421,20 +426,7 @@ fn a_command_that_fails_to_start_once_leading_releases_the_lease() {
     let prog = dir.path().join("prog");
     std::fs::write(&prog, "#!/bin/sh\nexit 0\n").unwrap();
     std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let b = Command::new(BIN)
-        .args(["run", "--backend", "file", "--name", "t", "--id", "b"])
-        .arg("--file")
-        .arg(dir.path().join("lock.json"))
-        .args([
-            "--lease-duration",
-            "2s",
-            "--renew-deadline",
-            "1s",
-            "--retry-period",
-            "200ms",
-        ])
-        .arg("--")
-        .arg(&prog)
+    let b = leasehold_cmd(dir.path(), "b", &[], &[prog.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -8,6 +8,7 @@ mod kubeconfig;
 mod lease;
 mod multi;
 mod object;
+mod tcp;
 mod wire;
 mod yaml;
 
