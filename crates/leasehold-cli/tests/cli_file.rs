@@ -452,19 +452,7 @@ fn a_closed_stdout_does_not_stop_it_or_skip_the_release() {
     let dir = tempfile::tempdir().unwrap();
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader); // every line leasehold prints now meets EPIPE
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            "--backend",
-            "file",
-            "--name",
-            "t",
-            "--id",
-            "x",
-            "--file",
-        ])
-        .arg(dir.path().join("lock.json"))
-        .args(["--", "sh", "-c", "sleep 0.3; exit 5"])
+    let out = leasehold_cmd(dir.path(), "x", &[], &["sh", "-c", "sleep 0.3; exit 5"])
         .stdout(writer)
         .stderr(Stdio::piped())
         .output()

@@ -368,3 +368,50 @@ async fn events_are_recorded_on_the_lock() {
         sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A migration candidate whose ConfigMap is gone must not overwrite a live Lease it has never
+/// read (client-go's `MultiLock.Create` fails with AlreadyExists the same way), on the real API
+/// server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_without_its_primary_never_overwrites_a_live_lease() {
+    let c = client().await;
+    let name = unique("multi-create");
+    let lease = LeaseLock::new(c.clone(), "default", &name);
+    let held = leasehold::LeaderRecord {
+        holder_identity: "lease-only".into(),
+        lease_duration_seconds: 15,
+        acquire_time: Some(jiff::Timestamp::now()),
+        renew_time: Some(jiff::Timestamp::now()),
+        leader_transitions: 12,
+    };
+    lease.create(&held).await.unwrap();
+    let multi = MultiLock::new(
+        AnnotationLock::config_map(c.clone(), "default", &name),
+        LeaseLock::new(c.clone(), "default", &name),
+    );
+    assert!(
+        multi.get().await.unwrap().is_none(),
+        "no primary reads as absent"
+    );
+    let e = multi
+        .create(&leasehold::LeaderRecord {
+            holder_identity: "multi".into(),
+            leader_transitions: 0,
+            ..held.clone()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LockError::Conflict { .. }), "{e:?}");
+    let stored = lease.get().await.unwrap().unwrap().record;
+    assert_eq!(
+        stored.holder_identity, "lease-only",
+        "the live Lease is untouched"
+    );
+    assert_eq!(stored.leader_transitions, 12);
+    let seen = multi.get().await.unwrap().unwrap().record;
+    assert_eq!(
+        seen.holder_identity,
+        leasehold::backend::kube::UNKNOWN_LEADER
+    );
+    assert_eq!(seen.leader_transitions, 12);
+}

@@ -42,16 +42,16 @@ pub(crate) const BUSY: usize = 16;
 pub(crate) const BATCH: Duration = Duration::from_millis(10);
 
 /// Counts a request as in flight until dropped.
-pub(crate) struct InFlight(Arc<AtomicUsize>);
+pub(crate) struct InFlight<'a>(&'a AtomicUsize);
 
-impl InFlight {
-    pub(crate) fn enter(count: &Arc<AtomicUsize>) -> Self {
+impl<'a> InFlight<'a> {
+    pub(crate) fn enter(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(count))
+        Self(count)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -109,9 +109,7 @@ impl Tcp {
     }
 
     fn io(&self) -> io::Result<&AsyncFd<std::net::TcpStream>> {
-        self.io
-            .as_ref()
-            .ok_or_else(|| io::Error::other("connection lost its registration"))
+        self.io.as_ref().ok_or_else(unregistered)
     }
 
     /// Registers the socket again, with or without read interest. Whoever waited on the old
@@ -120,11 +118,7 @@ impl Tcp {
         if self.reading == reading {
             return Ok(());
         }
-        let stream = self
-            .io
-            .take()
-            .ok_or_else(|| io::Error::other("connection lost its registration"))?
-            .into_inner();
+        let stream = self.io.take().ok_or_else(unregistered)?.into_inner();
         let interest = if reading {
             Interest::READABLE | Interest::WRITABLE
         } else {
@@ -135,6 +129,11 @@ impl Tcp {
         cx.waker().wake_by_ref();
         Ok(())
     }
+}
+
+/// Only if re-registering failed halfway, which leaves the connection unusable.
+fn unregistered() -> io::Error {
+    io::Error::other("connection lost its registration")
 }
 
 impl AsyncRead for Tcp {
@@ -151,11 +150,7 @@ impl AsyncRead for Tcp {
         loop {
             if !busy {
                 this.tick_armed = false;
-                let io = this
-                    .io
-                    .as_ref()
-                    .ok_or_else(|| io::Error::other("connection lost its registration"))?;
-                let mut ready = ready!(io.poll_read_ready(cx))?;
+                let mut ready = ready!(this.io()?.poll_read_ready(cx))?;
                 match ready.try_io(|s| s.get_ref().read(buf.initialize_unfilled())) {
                     Ok(Ok(n)) => {
                         buf.advance(n);
