@@ -433,6 +433,12 @@ impl Machine {
         matches!(self.state, State::Leading(_))
     }
 
+    /// Whether this candidate stands by: neither leading, nor releasing after a cancel, nor
+    /// finished. Only a standby needs to watch the lock.
+    pub fn is_standby(&self) -> bool {
+        matches!(self.state, State::Standby)
+    }
+
     /// Whether an acquisition (create, or update of a released or expired record) is in
     /// flight. A driver need not watch meanwhile: the answer decides what comes next.
     pub fn acquiring(&self) -> bool {

@@ -54,7 +54,8 @@ impl MemLock {
         self.state.lock().expect("poisoned").fail_next = n;
     }
 
-    /// Requests received so far, by kind (`get`, `create`, `update`), with their arrival times.
+    /// Requests received so far, by kind (`get`, `create`, `update`, `watch`), with their
+    /// arrival times. A watch is counted when it is opened.
     pub fn requests(&self) -> Vec<(&'static str, tokio::time::Instant)> {
         self.state.lock().expect("poisoned").requests.clone()
     }
@@ -144,6 +145,11 @@ impl LockBackend for MemLock {
     }
 
     fn watch(&self, version: Option<&Version>) -> WatchStream {
+        self.state
+            .lock()
+            .expect("poisoned")
+            .requests
+            .push(("watch", tokio::time::Instant::now()));
         let mut rx = self.tx.subscribe();
         let from = version.cloned();
         let first = {

@@ -170,6 +170,29 @@ async fn a_standby_learns_from_the_watch_and_does_not_poll() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_handover_opens_no_watch_beside_its_two_writes() {
+    // The releasing leader opens none (it is about to finish), and the standby keeps the one
+    // it has until its acquisition is answered: on a real API server, a watch set up or torn
+    // down beside the release or the acquisition is work in the middle of the handover.
+    let lock = MemLock::new();
+    let (c1, mut rx1, t1, _) = spawn(lock.clone(), "a");
+    assert_eq!(rx1.recv().await.unwrap().0, Ev::Started(0));
+    let (c2, mut rx2, t2, h2) = spawn(lock.clone(), "b");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(h2.leader(), "a");
+    let before = lock.requests().len();
+    c1.cancel();
+    t1.await.unwrap();
+    assert_eq!(rx2.recv().await.unwrap().0, Ev::Started(1));
+    let handover: Vec<_> = lock.requests()[before..].iter().map(|r| r.0).collect();
+    assert_eq!(handover, ["update", "update"], "release, then acquisition");
+    let watches = lock.requests().iter().filter(|r| r.0 == "watch").count();
+    assert_eq!(watches, 1, "only the standby's, opened once");
+    c2.cancel();
+    t2.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_without_losing_leadership() {
     let lock = MemLock::new();
     let (cancel, mut rx, task, handle) = spawn(lock.clone(), "me");
