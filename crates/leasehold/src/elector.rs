@@ -499,19 +499,16 @@ impl<B: LockBackend> Elector<B> {
             // failure. A leader needs none: it learns the lock's state from its own renewals
             // (a conflict means someone else wrote), so a process leading M elections holds no
             // watch streams at all. Nor does a candidate that is releasing: it is about to
-            // finish, and a watch opened beside the release would cost the API server a watch
-            // set-up and an event in the middle of the handover.
-            //
-            // A candidate whose acquisition is in flight keeps the watch it has (cancelling it
-            // beside the acquisition would put the stream's teardown on the handover's path;
-            // it is dropped once the answer makes this candidate leader) but opens none:
-            // opening M watches while M acquisitions wait would fill the connection's streams
-            // (HTTP/2 allows 250 by default) with requests that never end.
-            let standby = self.machine.observed() && self.machine.is_standby();
-            let open_watch = standby && !self.machine.acquiring();
-            if !standby {
+            // finish, and a watch opened beside the release would be one more request, and one
+            // more event to send, for the API server in the middle of the handover. Nor does a
+            // candidate whose acquisition is in flight: opening M watches while M acquisitions
+            // wait would fill the connection's streams (HTTP/2 allows 250 by default) with
+            // requests that never end, and the answer decides what comes next.
+            let open_watch =
+                self.machine.observed() && self.machine.is_standby() && !self.machine.acquiring();
+            if !open_watch {
                 watch = None;
-            } else if open_watch && watch.is_none() && Instant::now() >= watch_retry_at {
+            } else if watch.is_none() && Instant::now() >= watch_retry_at {
                 watch = Some(self.backend.watch(self.machine.version().as_ref()));
             }
             let deadline = self

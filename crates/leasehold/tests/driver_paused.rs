@@ -170,10 +170,10 @@ async fn a_standby_learns_from_the_watch_and_does_not_poll() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_handover_opens_no_watch_beside_its_two_writes() {
-    // The releasing leader opens none (it is about to finish), and the standby keeps the one
-    // it has until its acquisition is answered: on a real API server, a watch set up or torn
-    // down beside the release or the acquisition is work in the middle of the handover.
+async fn a_releasing_leader_opens_no_watch() {
+    // It is no longer leader once cancelled, but it is about to finish: on a real API server,
+    // a watch set up beside the release is a request, and an event to send, in the middle of
+    // the handover.
     let lock = MemLock::new();
     let (c1, mut rx1, t1, _) = spawn(lock.clone(), "a");
     assert_eq!(rx1.recv().await.unwrap().0, Ev::Started(0));
@@ -187,7 +187,7 @@ async fn a_handover_opens_no_watch_beside_its_two_writes() {
     let handover: Vec<_> = lock.requests()[before..].iter().map(|r| r.0).collect();
     assert_eq!(handover, ["update", "update"], "release, then acquisition");
     let watches = lock.requests().iter().filter(|r| r.0 == "watch").count();
-    assert_eq!(watches, 1, "only the standby's, opened once");
+    assert_eq!(watches, 1, "only the standby's");
     c2.cancel();
     t2.await.unwrap();
 }
