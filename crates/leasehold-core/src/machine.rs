@@ -1213,6 +1213,17 @@ mod tests {
             version: ver(v),
         })
     }
+    /// A fresh machine that reads `record` (version "1") at t=0; returns it and its actions.
+    fn observing(record: LeaderRecord) -> (Machine, Vec<Action>) {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        let a = m.handle(
+            Event::ReadDone(Ok(seen(record, "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        (m, a)
+    }
     /// Drives a fresh machine to leadership at t=0 on an absent lock; returns it.
     fn leader() -> Machine {
         let mut m = machine();
@@ -1560,13 +1571,7 @@ mod tests {
 
     #[test]
     fn a_changed_record_restarts_the_expiry_clock() {
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        m.handle(
-            Event::ReadDone(Ok(seen(other("x", 1, 0), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
+        let (mut m, _) = observing(other("x", 1, 0));
         let mut renewed = other("x", 1, 0);
         renewed.renew_time = Some(
             wall()
@@ -1582,13 +1587,7 @@ mod tests {
 
     #[test]
     fn acquires_at_once_on_release_seen_by_the_watch() {
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        m.handle(
-            Event::ReadDone(Ok(seen(other("x", 3, 0), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
+        let (mut m, _) = observing(other("x", 3, 0));
         let released = LeaderRecord {
             lease_duration_seconds: 1,
             leader_transitions: 3,
@@ -1619,13 +1618,7 @@ mod tests {
 
     #[test]
     fn a_conflict_means_read_again_and_never_overwrite_a_valid_lease() {
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        m.handle(
-            Event::ReadDone(Ok(seen(other("", 3, 0), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
+        let (mut m, _) = observing(other("", 3, 0));
         let a = m.handle(Event::WriteDone(Err(ErrorKind::Conflict)), ms(5), wall());
         assert!(matches!(a.as_slice(), [Action::Read { .. }]), "{a:?}");
         // Someone else got it: wait a full lease from now.
@@ -1808,13 +1801,7 @@ mod tests {
 
     #[test]
     fn standby_rereads_no_more_often_than_the_lease_duration() {
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        m.handle(
-            Event::ReadDone(Ok(seen(other("", 0, 0), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
+        let (mut m, _) = observing(other("", 0, 0));
         m.handle(
             Event::WriteDone(Err(ErrorKind::Conflict)),
             Duration::ZERO,
@@ -1839,13 +1826,7 @@ mod tests {
     fn a_record_under_our_name_that_we_did_not_write_is_foreign_and_a_renewal_of_it_is_reported() {
         // Restarted with the same identity: the record may be a dead predecessor's or a live
         // twin's. Wait it out like any foreign record.
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        let a = m.handle(
-            Event::ReadDone(Ok(seen(other("me", 2, 0), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
+        let (mut m, a) = observing(other("me", 2, 0));
         assert_eq!(
             a,
             vec![Action::NewLeader {
@@ -1951,13 +1932,7 @@ mod tests {
 
     #[test]
     fn a_deleted_held_lock_is_recreated_only_after_the_lease_and_with_a_larger_token() {
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        m.handle(
-            Event::ReadDone(Ok(seen(other("x", 6, 0), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
+        let (mut m, _) = observing(other("x", 6, 0));
         // Someone deletes the Lease while x may still be acting.
         let a = m.handle(Event::Watched(None), 3 * S, wall());
         assert!(
@@ -1981,13 +1956,7 @@ mod tests {
 
     #[test]
     fn tokens_never_go_back_when_a_deleted_lock_is_recreated_with_a_smaller_count() {
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        m.handle(
-            Event::ReadDone(Ok(seen(other("x", 6, 0), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
+        let (mut m, _) = observing(other("x", 6, 0));
         m.handle(Event::Watched(None), S, wall());
         // A client-go candidate re-creates it from scratch, counting from 0, and then goes silent.
         m.handle(Event::Watched(seen(other("go", 0, 0), "2")), 2 * S, wall());
@@ -2003,13 +1972,7 @@ mod tests {
 
     #[test]
     fn a_twin_s_acquisition_in_the_same_second_is_not_taken_for_a_lost_write_of_ours() {
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        let a = m.handle(
-            Event::ReadDone(Ok(seen(other("", 2, 0), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
+        let (mut m, a) = observing(other("", 2, 0));
         let [Action::Update { record: mine, .. }] = a.as_slice() else {
             panic!("{a:?}")
         };
@@ -2040,13 +2003,7 @@ mod tests {
 
     #[test]
     fn a_released_then_deleted_lock_is_recreated_at_once() {
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        m.handle(
-            Event::ReadDone(Ok(seen(other("", 2, 0), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
+        let (mut m, _) = observing(other("", 2, 0));
         m.handle(
             Event::WriteDone(Err(ErrorKind::Conflict)),
             Duration::ZERO,
@@ -2142,13 +2099,7 @@ mod tests {
 
     #[test]
     fn tokens_continue_past_an_unreadable_record() {
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        m.handle(
-            Event::ReadDone(Ok(seen(other("x", 7, 0), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
+        let (mut m, _) = observing(other("x", 7, 0));
         m.handle(unreadable("2", false), S, wall());
         let a = m.handle(Event::Timer, 16 * S, wall());
         assert!(
@@ -2265,13 +2216,7 @@ mod tests {
             "{a:?}"
         );
         // Observed-time expiry (the default) waits a full lease from observation.
-        let mut m = machine();
-        m.handle(Event::Start, Duration::ZERO, wall());
-        let a = m.handle(
-            Event::ReadDone(Ok(seen(stale.clone(), "1"))),
-            Duration::ZERO,
-            wall(),
-        );
+        let (m, a) = observing(stale.clone());
         assert!(
             !a.iter().any(|a| matches!(a, Action::Update { .. })),
             "{a:?}"
