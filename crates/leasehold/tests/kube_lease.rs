@@ -1,9 +1,20 @@
 //! The Lease backend and the elector against a real kube-apiserver + etcd (started by the
 //! harness on 127.0.0.1).
 
-use leasehold::{Elector, LockBackend, LockError, Timing, backend::kube::LeaseLock};
+use leasehold::{
+    Elector, LeaderRecord, LockBackend, LockError, Timing, Version, Versioned,
+    backend::kube::LeaseLock,
+};
+use leasehold_core::lock::{BoxFuture, WatchStream};
 use leasehold_testing::harness::{self, unique};
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -248,6 +259,70 @@ async fn graceful_handover_takes_milliseconds() {
         "handover must not wait for expiry or polling"
     );
     stop_all(cands).await;
+}
+
+/// The real Lease lock, counting the watches its elector opens.
+struct CountingWatches {
+    inner: LeaseLock,
+    opened: Arc<AtomicUsize>,
+}
+
+impl LockBackend for CountingWatches {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
+        self.inner.get()
+    }
+    fn create(&self, record: &LeaderRecord) -> BoxFuture<'_, Result<Version, LockError>> {
+        self.inner.create(record)
+    }
+    fn update(
+        &self,
+        record: &LeaderRecord,
+        version: &Version,
+    ) -> BoxFuture<'_, Result<Version, LockError>> {
+        self.inner.update(record, version)
+    }
+    fn watch(&self, version: Option<&Version>) -> WatchStream {
+        self.opened.fetch_add(1, Ordering::SeqCst);
+        self.inner.watch(version)
+    }
+}
+
+/// A leader watches nothing, and neither does a leader releasing after a cancel: it is about
+/// to finish, and a watch opened beside the release would be a request, and an event to send,
+/// for the API server in the middle of the handover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_releasing_leader_opens_no_watch() {
+    let name = unique("release-watch");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let backend = CountingWatches {
+        inner: lock("admin", &name).await,
+        opened: Arc::clone(&opened),
+    };
+    let t1 = tx.clone();
+    let a = Elector::new(backend, "a", fast())
+        .unwrap()
+        .on_started_leading(move |l| {
+            let _ = t1.send(Ev::Started("a".into(), l.fencing_token().0, Instant::now()));
+        });
+    let cancel_a = CancellationToken::new();
+    let task_a = tokio::spawn(a.run(cancel_a.clone()));
+    assert_eq!(next_started(&mut rx, Duration::from_secs(10)).await.0, "a");
+    let b = candidate(&name, "b", fast(), tx.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.handle.leader() != "a" {
+        assert!(Instant::now() < deadline, "b never observed a");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel_a.cancel();
+    let (new, token, _) = next_started(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!((new.as_str(), token), ("b", 1), "the release went through");
+    task_a.await.unwrap();
+    assert_eq!(opened.load(Ordering::SeqCst), 0, "a opened a watch");
+    stop_all(HashMap::from([("b".to_owned(), b)])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
