@@ -6,6 +6,7 @@
 //!                                              [--scale 100,1000,10000] [--scale-window SECS]
 //!                                              [--out docs/benchmarks.md]
 //! cargo run --release -p leasehold-bench -- serve   # just the API server, for profiling
+//! cargo run --release -p leasehold-bench -- floor   # the server's own PUT and handover, 5 rounds
 //! ```
 //!
 //! Targets are printed as PASS/MISS beside the numbers, never asserted: the machine is noisy.
@@ -45,7 +46,7 @@ struct Opts {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "leasehold-bench: {msg}\nusage: leasehold-bench all [--runs N] [--window SECS] [--footprint SECS] [--scale M,M,..] [--scale-window SECS] [--out FILE] [--only lh-lib,go-elector,..]\n       leasehold-bench serve"
+        "leasehold-bench: {msg}\nusage: leasehold-bench all [--runs N] [--window SECS] [--footprint SECS] [--scale M,M,..] [--scale-window SECS] [--out FILE] [--only lh-lib,go-elector,..]\n       leasehold-bench serve\n       leasehold-bench floor"
     );
     std::process::exit(64);
 }
@@ -53,7 +54,7 @@ fn usage(msg: &str) -> ! {
 fn parse_opts() -> Opts {
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some("all") {
-        usage("expected the subcommand `all` or `serve`");
+        usage("expected the subcommand `all`, `serve` or `floor`");
     }
     let mut o = Opts {
         runs: 20,
@@ -99,11 +100,16 @@ fn main() {
         .build()
         .expect("runtime");
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("serve") {
+    if let Some(cmd @ ("serve" | "floor")) = args.next().as_deref() {
         if let Some(extra) = args.next() {
-            usage(&format!("`serve` takes no arguments, got {extra:?}"));
+            usage(&format!("`{cmd}` takes no arguments, got {extra:?}"));
         }
-        return rt.block_on(serve());
+        if cmd == "serve" {
+            rt.block_on(serve());
+        } else {
+            rt.block_on(floor());
+        }
+        return;
     }
     let opts = parse_opts();
     rt.block_on(run(opts));
@@ -119,6 +125,21 @@ async fn serve() {
         server.kubeconfig("admin").display()
     );
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `leasehold-bench floor`: the server floor ([`ServerFloor`]) five times over on one API
+/// server, to see how it settles after the server starts and how much it varies.
+async fn floor() {
+    let server = KubeServer::start().await;
+    for round in 1..=5 {
+        let f = server_floor(&server, &format!("floor-{round}")).await;
+        println!(
+            "round {round}: Lease PUT median {:.2} ms back to back, {:.2} ms isolated; bare handover {:.2} ms",
+            f.put.as_secs_f64() * 1e3,
+            f.put_isolated.as_secs_f64() * 1e3,
+            f.handover.as_secs_f64() * 1e3
+        );
+    }
 }
 
 async fn run(opts: Opts) {
@@ -193,10 +214,13 @@ async fn run(opts: Opts) {
     let server = KubeServer::start().await;
     let kc = server.kubeconfig("admin");
     let mut report = Report::new(&opts.runs, FAST, SCALE);
-    report.put_latency = put_latency(&server).await;
+    report.floor = server_floor(&server, "floor").await;
+    let f = report.floor;
     eprintln!(
-        "Lease PUT latency (API server's own, n=50): median {:.2} ms",
-        report.put_latency.as_secs_f64() * 1e3
+        "API server's own Lease PUT: median {:.2} ms back to back, {:.2} ms isolated; bare handover {:.2} ms",
+        f.put.as_secs_f64() * 1e3,
+        f.put_isolated.as_secs_f64() * 1e3,
+        f.handover.as_secs_f64() * 1e3
     );
 
     let mut n = 0;
@@ -348,28 +372,119 @@ async fn run(opts: Opts) {
     }
 }
 
-/// The API server's own Lease PUT latency through leasehold's client: median of 50 sequential
-/// compare-and-swap updates.
-async fn put_latency(server: &KubeServer) -> Duration {
-    let client = leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
-        .await
-        .expect("client");
-    let lock = leasehold::backend::kube::LeaseLock::new(client, "default", "put-latency");
-    let r = leasehold::LeaderRecord {
-        holder_identity: "bench".into(),
-        lease_duration_seconds: 15,
-        ..Default::default()
+/// How long the server sits idle before each isolated PUT and each floor handover: half a
+/// renewal interval of [`FAST`], which is how long, on average, the server has been idle when a
+/// leader's release arrives (the leader renews every half renew deadline).
+pub(crate) const IDLE: Duration = Duration::from_millis(250);
+
+/// What the API server itself takes for the requests a handover is made of, measured with
+/// leasehold's lock API and no elector, so that a candidate's handover can be read against it.
+///
+/// Every PUT here changes the record (its `renewTime`), as every renewal, release and
+/// acquisition does. A PUT that changes nothing is answered without a write to etcd (the API
+/// server compares the encoded object with the stored one and returns early), so it would
+/// measure only part of the path: here about 1.4 ms, against 2 to 3 ms for a real write.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerFloor {
+    /// Median of 50 Lease PUTs sent back to back on one connection (after 10 not counted).
+    pub put: Duration,
+    /// Median of 20 Lease PUTs each sent after the server sat idle for [`IDLE`]: the state in
+    /// which a handover's release finds it. An idle etcd and kube-apiserver answer more slowly
+    /// than busy ones (etcd alone, by hand: 0.85 ms back to back, 2.5 ms 250 ms apart).
+    pub put_isolated: Duration,
+    /// Median of 20 bare handovers, each after [`IDLE`]: one client releases the Lease, another,
+    /// whose watch is open, takes it with a compare-and-swap on the version the event carried.
+    /// From the release leaving to the acquisition answered: what a handover costs before any
+    /// elector, signal or process is involved.
+    pub handover: Duration,
+}
+
+/// Measures [`ServerFloor`] on the new Lease `default/NAME`, with two clients (two
+/// connections), as two candidates would have.
+async fn server_floor(server: &KubeServer, name: &str) -> ServerFloor {
+    use futures_util::StreamExt as _;
+    use leasehold::{LeaderRecord, backend::kube::LeaseLock};
+    let kc = server.kubeconfig("admin");
+    let connect = || async {
+        leasehold::backend::kube::client(Some(&kc))
+            .await
+            .expect("client")
     };
-    let mut v = lock.create(&r).await.expect("create");
-    let mut samples = Vec::new();
+    let (a, b) = (
+        LeaseLock::new(connect().await, "default", name),
+        LeaseLock::new(connect().await, "default", name),
+    );
+    let record = |holder: &str, transitions: i32| {
+        let now = jiff::Timestamp::now();
+        LeaderRecord {
+            holder_identity: holder.into(),
+            // A release writes a 1 s lease, as client-go's does.
+            lease_duration_seconds: if holder.is_empty() { 1 } else { 15 },
+            acquire_time: Some(now),
+            renew_time: Some(now),
+            leader_transitions: transitions,
+        }
+    };
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let mut version = a.create(&record("a", 0)).await.expect("create");
+    let mut puts = Vec::new();
     for _ in 0..60 {
         let t0 = Instant::now();
-        v = lock.update(&r, &v).await.expect("update");
-        samples.push(t0.elapsed());
+        version = a.update(&record("a", 0), &version).await.expect("update");
+        puts.push(t0.elapsed());
     }
-    samples.drain(..10); // warm-up
-    samples.sort();
-    samples[samples.len() / 2]
+    puts.drain(..10); // warm-up
+    let mut isolated = Vec::new();
+    for _ in 0..20 {
+        sleep(IDLE).await;
+        let t0 = Instant::now();
+        version = a.update(&record("a", 0), &version).await.expect("update");
+        isolated.push(t0.elapsed());
+    }
+    let mut handovers = Vec::new();
+    let (mut holder, mut standby) = ((&a, "a"), (&b, "b"));
+    for term in 1..=20 {
+        // The standby's watch, polled from its own task so that it is open before the release.
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let mut watch = standby.0.watch(Some(&version));
+        let watching = tokio::spawn(async move {
+            while let Some(item) = watch.next().await {
+                if tx.send(item).is_err() {
+                    break;
+                }
+            }
+        });
+        sleep(IDLE).await;
+        let t0 = Instant::now();
+        let released = holder
+            .0
+            .update(&record("", term - 1), &version)
+            .await
+            .expect("release");
+        loop {
+            match events.recv().await {
+                Some(Ok(Some(seen))) if seen.version == released => break,
+                Some(Ok(_)) => {}
+                other => panic!("server floor: the standby's watch ended: {other:?}"),
+            }
+        }
+        version = standby
+            .0
+            .update(&record(standby.1, term), &released)
+            .await
+            .expect("acquire");
+        handovers.push(t0.elapsed());
+        watching.abort();
+        std::mem::swap(&mut holder, &mut standby);
+    }
+    ServerFloor {
+        put: median(puts),
+        put_isolated: median(isolated),
+        handover: median(handovers),
+    }
 }
 
 /// Handover (`sig` = TERM) or failover (`sig` = KILL): the leader is signalled; time until the
