@@ -358,16 +358,24 @@ async fn run(opts: Opts) {
     if let Some(out) = &opts.out {
         let svg = out.with_extension("svg");
         std::fs::write(&svg, report.svg()).expect("write svg");
-        std::fs::write(
-            out,
-            report.markdown(
-                &table,
-                svg.file_name()
-                    .and_then(|f| f.to_str())
-                    .unwrap_or("benchmarks.svg"),
-            ),
-        )
-        .expect("write report");
+        // The measured part is generated; what people wrote about it below (from
+        // `report::READING` on) is kept until they rewrite it.
+        let kept = std::fs::read_to_string(out)
+            .ok()
+            .and_then(|old| old.find(report::READING).map(|at| old[at..].to_owned()))
+            .unwrap_or_default();
+        let mut text = report.markdown(
+            &table,
+            svg.file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or("benchmarks.svg"),
+        );
+        if !kept.is_empty() {
+            text.truncate(text.trim_end().len());
+            text.push_str("\n\n");
+            text.push_str(&kept);
+        }
+        std::fs::write(out, text).expect("write report");
         eprintln!("wrote {} and {}", out.display(), svg.display());
     }
 }

@@ -7,6 +7,9 @@ use crate::{
 };
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, time::Duration};
 
+/// The heading under which docs/benchmarks.md explains a run by hand; a new run keeps it.
+pub const READING: &str = "## Reading the results";
+
 pub struct Row {
     pub imp: Impl,
     pub d: Durations,
