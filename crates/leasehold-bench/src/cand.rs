@@ -1,6 +1,7 @@
 //! The candidates under test: how to start each, and how to read when it leads.
 
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -259,6 +260,9 @@ impl Cand {
         let (tx, rx) = mpsc::unbounded_channel();
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
+        // Everything the candidate prints is kept, to explain an odd figure after the run.
+        let log = logs().join(format!("{name}-{id}.log"));
+        let started = Instant::now();
         for (stream, is_err) in [
             (
                 Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
@@ -267,11 +271,22 @@ impl Cand {
             (Box::new(err), true),
         ] {
             let tx = tx.clone();
+            // Appends of one line each, so the two streams interleave by line.
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .ok();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if let Some(ev) = imp.parse(&line, is_err) {
                         let _ = tx.send((ev, Instant::now()));
+                    }
+                    if let Some(f) = &mut file {
+                        let at = started.elapsed().as_secs_f64();
+                        let which = if is_err { "err" } else { "out" };
+                        let _ = writeln!(f, "{at:10.4} {which} {line}");
                     }
                 }
             });
@@ -312,6 +327,12 @@ impl Cand {
     pub fn rss_kib(&self) -> Option<u64> {
         rss_kib(self.pid)
     }
+}
+
+/// Where each candidate's output is kept (`NAME-ID.log`, lines stamped with seconds since its
+/// start): `target/bench-logs`, emptied at the start of a run.
+pub fn logs() -> PathBuf {
+    leasehold_testing::harness::workspace_root().join("target/bench-logs")
 }
 
 /// Resident set size of `pid` in KiB.

@@ -216,6 +216,13 @@ async fn run(opts: Opts) {
             ok
         })
         .collect();
+    let _ = std::fs::remove_dir_all(cand::logs());
+    if let Err(e) = std::fs::create_dir_all(cand::logs()) {
+        eprintln!(
+            "leasehold-bench: cannot create {}: {e}; candidates' output is not kept",
+            cand::logs().display()
+        );
+    }
     eprintln!("leasehold-bench: starting etcd + kube-apiserver");
     let server = KubeServer::start().await;
     let kc = server.kubeconfig("admin");
