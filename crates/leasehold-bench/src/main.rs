@@ -139,12 +139,7 @@ async fn floor() {
     let server = KubeServer::start().await;
     for round in 1..=5 {
         let f = server_floor(&server, &format!("floor-{round}")).await;
-        println!(
-            "round {round}: Lease PUT median {:.2} ms back to back, {:.2} ms isolated; bare handover {:.2} ms",
-            f.put.as_secs_f64() * 1e3,
-            f.put_isolated.as_secs_f64() * 1e3,
-            f.handover.as_secs_f64() * 1e3
-        );
+        println!("round {round}: {f}");
     }
 }
 
@@ -234,12 +229,7 @@ async fn run(opts: Opts) {
         let server = &server;
         async move {
             let f = server_floor(server, name).await;
-            eprintln!(
-                "API server's own Lease PUT: median {:.2} ms back to back, {:.2} ms isolated; bare handover {:.2} ms",
-                f.put.as_secs_f64() * 1e3,
-                f.put_isolated.as_secs_f64() * 1e3,
-                f.handover.as_secs_f64() * 1e3
-            );
+            eprintln!("API server's own cost: {f}");
             f
         }
     };
@@ -446,6 +436,19 @@ pub struct ServerFloor {
     pub handover: Duration,
 }
 
+impl std::fmt::Display for ServerFloor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "Lease PUT median {:.2} ms back to back, {:.2} ms isolated; bare handover {:.2} ms",
+            ms(self.put),
+            ms(self.put_isolated),
+            ms(self.handover)
+        )
+    }
+}
+
 /// Measures [`ServerFloor`] on the new Lease `default/NAME`, with two clients (two
 /// connections), as two candidates would have.
 async fn server_floor(server: &KubeServer, name: &str) -> ServerFloor {
@@ -471,10 +474,6 @@ async fn server_floor(server: &KubeServer, name: &str) -> ServerFloor {
             renew_time: Some(now),
             leader_transitions: transitions,
         }
-    };
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
     };
     let mut version = a.create(&record("a", 0)).await.expect("create");
     let mut puts = Vec::new();
@@ -535,9 +534,9 @@ async fn server_floor(server: &KubeServer, name: &str) -> ServerFloor {
         std::mem::swap(&mut holder, &mut standby);
     }
     ServerFloor {
-        put: median(puts),
-        put_isolated: median(isolated),
-        handover: median(handovers),
+        put: report::median(&puts),
+        put_isolated: report::median(&isolated),
+        handover: report::median(&handovers),
     }
 }
 

@@ -59,6 +59,11 @@ fn stats(v: &[Duration]) -> Option<[Duration; 4]> {
     Some([v[0], p(0.5), p(0.9), v[v.len() - 1]])
 }
 
+/// The median of `v` as the tables print it (zero for no samples).
+pub fn median(v: &[Duration]) -> Duration {
+    stats(v).map_or(Duration::ZERO, |s| s[1])
+}
+
 fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1e3;
     if ms < 10.0 {
