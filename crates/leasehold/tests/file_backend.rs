@@ -185,3 +185,84 @@ proptest::proptest! {
         }
     }
 }
+
+fn holder(id: &str) -> leasehold::LeaderRecord {
+    leasehold::LeaderRecord {
+        holder_identity: id.into(),
+        lease_duration_seconds: 15,
+        ..Default::default()
+    }
+}
+
+/// Candidates may name one record by a symbolic link and by its target: both names are one
+/// record under one lock, and writes never replace the link.
+#[tokio::test]
+async fn a_symlinked_record_path_and_its_target_are_one_record_and_one_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target.json");
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let link = dir.path().join("sub/link.json");
+    // Relative to the link's directory, and dangling until the record is created.
+    std::os::unix::fs::symlink("../target.json", &link).unwrap();
+    let via_link = FileLock::new(&link);
+    let via_target = FileLock::new(&target);
+
+    let v1 = via_link.create(&holder("a")).await.unwrap();
+    let got = via_target
+        .get()
+        .await
+        .unwrap()
+        .expect("the record created through the link is read through the target");
+    assert_eq!(
+        (got.record.holder_identity.as_str(), &got.version),
+        ("a", &v1)
+    );
+    let err = via_target.create(&holder("b")).await.unwrap_err();
+    assert!(matches!(err, LockError::Conflict { .. }), "{err:?}");
+
+    let v2 = via_target.update(&holder("b"), &v1).await.unwrap();
+    let err = via_link.update(&holder("c"), &v1).await.unwrap_err();
+    assert!(
+        matches!(err, LockError::Conflict { .. }),
+        "stale through the link: {err:?}"
+    );
+    let v3 = via_link.update(&holder("c"), &v2).await.unwrap();
+    let got = via_target.get().await.unwrap().unwrap();
+    assert_eq!(
+        (got.record.holder_identity.as_str(), &got.version),
+        ("c", &v3)
+    );
+
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link is still a link"
+    );
+    assert!(
+        !dir.path().join("sub/link.json.lock").exists(),
+        "one lock file, beside the target"
+    );
+}
+
+#[tokio::test]
+async fn a_symlink_loop_is_an_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.json");
+    std::os::unix::fs::symlink("b.json", &a).unwrap();
+    std::os::unix::fs::symlink("a.json", dir.path().join("b.json")).unwrap();
+    let lock = FileLock::new(&a);
+    for err in [
+        lock.get().await.unwrap_err(),
+        lock.create(&holder("a")).await.unwrap_err(),
+    ] {
+        let text = err.to_string();
+        assert!(
+            matches!(err, LockError::Other { .. })
+                && text.contains(&*a.to_string_lossy())
+                && text.contains("symbolic link"),
+            "{text}"
+        );
+    }
+}
