@@ -1,6 +1,7 @@
 //! Starting the leader's child process and its watchdog.
 
 use crate::watchdog::monotonic_ns;
+use leasehold::Deadline;
 use std::{ffi::OsString, io, process::Stdio, time::Duration};
 use tokio::{
     io::AsyncWriteExt as _,
@@ -20,7 +21,7 @@ pub async fn wait_group_gone(pgid: u32, limit: Duration) -> bool {
     };
     let deadline = Instant::now() + limit;
     loop {
-        if rustix::process::test_kill_process_group(pid).is_err() {
+        if rustix::process::test_kill_process_group(pid).is_err() || only_zombies_in(pgid) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -28,6 +29,37 @@ pub async fn wait_group_gone(pgid: u32, limit: Duration) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Whether every process left in group `pgid` has exited and only waits to be reaped. An
+/// orphaned grandchild is reparented to PID 1, which may reap late or never (a minimal init,
+/// or leasehold itself as a container's PID 1): a zombie acts on nothing, so it does not count.
+fn only_zombies_in(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name: state, ppid, pgrp.
+        let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+        let (Some(state), Some(_), Some(group)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if group == pgid.to_string() && !matches!(state, "Z" | "X") {
+            return false;
+        }
+    }
+    true
 }
 
 /// Why the command after `--` cannot be run, found before contending.
@@ -130,8 +162,18 @@ fn die_with_parent(cmd: &mut Command) {
 pub struct Watchdog {
     process: Child,
     stdin: Option<ChildStdin>,
-    last: Option<Instant>,
+    last: Option<Deadline>,
+    /// When the last extension was written.
+    written_at: Option<Instant>,
 }
+
+/// How long an extension may sit unread in the watchdog's pipe before the watchdog counts as
+/// dead. It reads each line the moment it arrives; one still unread this much later means it
+/// is stopped or stuck, and then it would not stop the child at the deadline either.
+pub const UNRESPONSIVE_AFTER: Duration = Duration::from_millis(500);
+
+/// The longest a write to the watchdog, or the wait for it to exit, may take.
+const WATCHDOG_IO_LIMIT: Duration = Duration::from_millis(200);
 
 // === impl Watchdog ===
 
@@ -141,7 +183,7 @@ impl Watchdog {
     ///
     /// # Errors
     /// If this executable cannot be started again.
-    pub async fn start(pgid: u32, grace: Duration, until: Instant) -> io::Result<Self> {
+    pub async fn start(pgid: u32, grace: Duration, until: Deadline) -> io::Result<Self> {
         // /proc/self/exe still works after the binary was replaced on disk (an in-place upgrade),
         // where current_exe() names a deleted path.
         let exe = if std::path::Path::new("/proc/self/exe").exists() {
@@ -165,6 +207,7 @@ impl Watchdog {
             process,
             stdin,
             last: None,
+            written_at: None,
         };
         w.extend(until).await?;
         Ok(w)
@@ -172,28 +215,73 @@ impl Watchdog {
 
     /// Moves the deadline to `until`.
     ///
+    /// The boot-clock deadline is the elector's own ([`Deadline::boottime`], taken at the
+    /// renewal's send); converting the monotonic one here, after the answer, would add any
+    /// host suspend in between to the term.
+    ///
     /// # Errors
-    /// If the watchdog is gone.
-    pub async fn extend(&mut self, until: Instant) -> io::Result<()> {
+    /// If the watchdog is gone, or unresponsive: an earlier extension still unread after
+    /// [`UNRESPONSIVE_AFTER`] (it is stopped or stuck), or a write that does not complete
+    /// within 200 ms (its pipe is full). Never waits longer than that.
+    pub async fn extend(&mut self, until: Deadline) -> io::Result<()> {
         if self.last == Some(until) {
             return Ok(());
         }
-        self.last = Some(until);
-        let left = until.saturating_duration_since(Instant::now());
-        let at = monotonic_ns() + left.as_nanos();
         let stdin = self
             .stdin
             .as_mut()
             .ok_or_else(|| io::Error::other("watchdog closed"))?;
-        stdin.write_all(format!("D {at}\n").as_bytes()).await
+        if let Some(at) = self.written_at
+            && at.elapsed() >= UNRESPONSIVE_AFTER
+            && rustix::io::ioctl_fionread(&*stdin).is_ok_and(|unread| unread > 0)
+        {
+            return Err(io::Error::other(format!(
+                "the watchdog has not read its last deadline for {:?}: it is stopped or stuck",
+                at.elapsed()
+            )));
+        }
+        self.last = Some(until);
+        let at = match until.boottime {
+            Some(boot) => boot.as_nanos(),
+            None => {
+                monotonic_ns()
+                    + until
+                        .at
+                        .saturating_duration_since(Instant::now())
+                        .as_nanos()
+            }
+        };
+        match tokio::time::timeout(
+            WATCHDOG_IO_LIMIT,
+            stdin.write_all(format!("D {at}\n").as_bytes()),
+        )
+        .await
+        {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(io::Error::other(
+                    "the watchdog's pipe is full: it has stopped reading",
+                ));
+            }
+        }
+        self.written_at = Some(Instant::now());
+        Ok(())
     }
 
-    /// Tells the watchdog the child is done, and waits for it to exit.
+    /// Tells the watchdog the child is done, and waits (briefly) for it to exit; one that does
+    /// not (stopped, stuck) is killed, so a frozen watchdog never holds up the release.
     pub async fn finish(mut self) {
         if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.write_all(b"X\n").await;
+            let _ = tokio::time::timeout(WATCHDOG_IO_LIMIT, stdin.write_all(b"X\n")).await;
         }
-        let _ = self.process.wait().await;
+        if tokio::time::timeout(WATCHDOG_IO_LIMIT, self.process.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the watchdog did not exit when told; killing it");
+            let _ = self.process.start_kill();
+            let _ = tokio::time::timeout(WATCHDOG_IO_LIMIT, self.process.wait()).await;
+        }
     }
 
     /// Completes if the watchdog process exits (it should not while the child runs).

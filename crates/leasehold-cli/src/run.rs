@@ -91,29 +91,46 @@ impl Error {
     }
 }
 
-/// The default record file for `--backend file`: in `$XDG_RUNTIME_DIR` (private to the user)
-/// when set, else the temporary directory.
-pub fn default_file(name: &str) -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+/// The default record file for `--backend file`, and where its directory came from: in
+/// `$XDG_RUNTIME_DIR` when set, else the temporary directory. Both may be private (to the user;
+/// to each service under systemd's `PrivateTmp=` or in a container), so candidates of one
+/// election run by other users or services may each get a file of their own and all lead:
+/// [`with_backend`] warns.
+pub fn default_file(name: &str) -> (PathBuf, &'static str) {
+    let file = format!("leasehold-{name}.json");
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|d| d.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    dir.join(format!("leasehold-{name}.json"))
+    {
+        return (
+            dir.join(file),
+            "$XDG_RUNTIME_DIR, which is private to this user",
+        );
+    }
+    // Where `temp_dir` looks, in its order.
+    let from = if std::env::var_os("TMPDIR").is_some() {
+        "$TMPDIR, which may be private to this user or this service"
+    } else {
+        "the temporary directory, which systemd's PrivateTmp= or a container makes private to \
+         each service"
+    };
+    (std::env::temp_dir().join(file), from)
 }
 
 /// Checks `--file` before contending: the backend would otherwise retry a path that can never
-/// work (no such directory, a directory, no permission) once per retry period, forever. With
-/// `create` (for `run`), the sibling `PATH.lock` the backend locks with is created, which proves
+/// work (no such directory, a directory, no permission) once per retry period, forever. `real`
+/// is the path the backend uses (symbolic links followed): its directory is checked. With
+/// `create` (for `run`), the sibling `REAL.lock` the backend locks with is created, which proves
 /// the directory is writable.
-fn check_file(path: &std::path::Path, create: bool) -> Result<(), Error> {
+fn check_file(path: &std::path::Path, real: &std::path::Path, create: bool) -> Result<(), Error> {
     let bad = |m: String| Err(Error::Usage(format!("--file {}: {m}", path.display())));
     if path.as_os_str().is_empty() {
         return Err(Error::Usage("--file: empty path".into()));
     }
-    if path.is_dir() {
+    if real.is_dir() {
         return bad("is a directory; name a file in it".into());
     }
-    let dir = match path.parent() {
+    let dir = match real.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
     };
@@ -121,7 +138,7 @@ fn check_file(path: &std::path::Path, create: bool) -> Result<(), Error> {
         return bad(format!("the directory {} does not exist", dir.display()));
     }
     if create {
-        let mut lock = path.as_os_str().to_owned();
+        let mut lock = real.as_os_str().to_owned();
         lock.push(".lock");
         if let Err(e) = std::fs::OpenOptions::new()
             .create(true)
@@ -149,12 +166,33 @@ pub async fn with_backend<R>(
 ) -> Result<R, Error> {
     match lock.backend {
         Backend::File => {
-            let path = lock
-                .file
-                .clone()
-                .unwrap_or_else(|| default_file(&lock.name));
-            check_file(&path, contend)?;
-            f(Box::new(FileLock::new(path)), None).await
+            let path = match &lock.file {
+                Some(path) => path.clone(),
+                None => {
+                    let (path, from) = default_file(&lock.name);
+                    // Another candidate of this election that sees another directory there
+                    // holds another lock, and both lead: say so where the operator looks.
+                    tracing::warn!(
+                        file = %path.display(),
+                        "no --file given: the lock file is in {from}; candidates run by another \
+                         user, or in another service or container, may each get a file of their \
+                         own there and lead at the same time; pass --file with a path they all \
+                         share"
+                    );
+                    path
+                }
+            };
+            let backend = FileLock::new(&path);
+            let real = backend.resolved_path().map_err(|e| {
+                // Its message without the object, which names this same path.
+                let why = match &e {
+                    leasehold::LockError::Other { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                Error::Usage(format!("--file {}: {why}", path.display()))
+            })?;
+            check_file(&path, &real, contend)?;
+            f(Box::new(backend), None).await
         }
         Backend::Kube => {
             use leasehold::backend::kube;
@@ -386,7 +424,7 @@ async fn run_on(
     let mut running: Option<Running> = None;
     // The current child's term deadline, as it moves; one receiver per child (a fresh clone
     // would report the value as changed every time).
-    let mut until_rx: Option<tokio::sync::watch::Receiver<Instant>> = None;
+    let mut until_rx: Option<tokio::sync::watch::Receiver<leasehold::Deadline>> = None;
     let mut current: Option<Leadership> = None;
     let mut shutting_down = false;
     let mut exit_code = 0;
@@ -431,7 +469,11 @@ async fn run_on(
                 }
             };
             let pgid = child.id().unwrap_or_default();
-            let watchdog = match Watchdog::start(pgid, grace, l.valid_until()).await {
+            // Subscribe before reading the deadline, and hand the watchdog the value read: a
+            // renewal that lands in between is then seen as a change, never swallowed.
+            let mut rx = l.subscribe_deadline();
+            let deadline = *rx.borrow_and_update();
+            let watchdog = match Watchdog::start(pgid, grace, deadline).await {
                 Ok(w) => w,
                 Err(e) => {
                     // Never leave a child running without its guard.
@@ -445,8 +487,6 @@ async fn run_on(
                 }
             };
             tracing::info!(pid = pgid, fencing_token = %l.fencing_token(), "started command");
-            let mut rx = l.subscribe_valid_until();
-            rx.mark_unchanged();
             until_rx = Some(rx);
             running = Some(Running {
                 child,
@@ -496,9 +536,11 @@ async fn run_on(
             }
             Ok(()) = async { until_rx.as_mut().expect("guarded").changed().await }, if until_rx.is_some() => {
                 if let Some(r) = running.as_mut() {
-                    let until = r.leadership.valid_until();
-                    if r.watchdog.extend(until).await.is_err() {
-                        tracing::error!("watchdog is gone; stopping command");
+                    let until = *until_rx.as_mut().expect("guarded").borrow_and_update();
+                    if let Err(e) = r.watchdog.extend(until).await {
+                        // Without a working watchdog a frozen leasehold could not stop the
+                        // child in time: stop it now, and exit.
+                        tracing::error!(error = %e, "watchdog is gone or unresponsive; stopping command");
                         kill(r);
                         shutting_down = true;
                         exit_code = 1;
@@ -552,7 +594,18 @@ async fn run_on(
                 // Nothing of the group may be left before anyone else may start, or a new child.
                 kill_group(r.pgid, rustix::process::Signal::KILL);
                 if !child::wait_group_gone(r.pgid, grace.max(Duration::from_secs(1))).await {
-                    tracing::warn!(pgid = r.pgid, "processes of the command's group survive SIGKILL (uninterruptible sleep?)");
+                    // They may still finish a write (uninterruptible sleep): never hand the
+                    // lease over early. Without a release the others wait out the lease, by
+                    // which time the step-down's margin has passed as well.
+                    // Nor may a new term start a second child beside them: stop contending.
+                    // Ending the election task (not cancelling it) skips the release.
+                    tracing::error!(pgid = r.pgid, "processes of the command's group survive SIGKILL (uninterruptible sleep?); not releasing the lease (it expires instead) and exiting");
+                    elector_task.abort();
+                    cancel.cancel();
+                    shutting_down = true;
+                    exit_code = 1;
+                    r.watchdog.finish().await;
+                    continue;
                 }
                 r.watchdog.finish().await;
                 let code = match &status {

@@ -524,3 +524,108 @@ fn a_kubeconfig_that_exists_but_cannot_be_used_is_an_error_not_a_fallback() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("no current-context"), "{err}");
 }
+
+/// The default `--file` lives in a directory that may be private to the user or the service
+/// (`$XDG_RUNTIME_DIR`; the temporary directory under systemd's `PrivateTmp=` or in a
+/// container), where two services with one `--name` would hold two different locks: `run` and
+/// `status` say which file they chose and why, once; with `--file` they say nothing.
+#[test]
+fn without_file_the_default_path_and_why_it_may_be_private_are_logged_once() {
+    let xdg = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "default-file-warning";
+    let stderr = |args: &[&str], xdg_dir: Option<&Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("LEASEHOLD_LOG", "info")
+            .env("TMPDIR", tmp.path());
+        match xdg_dir {
+            Some(d) => cmd.env("XDG_RUNTIME_DIR", d),
+            None => cmd.env_remove("XDG_RUNTIME_DIR"),
+        };
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        err
+    };
+    let warnings = |err: &str, path: &Path| {
+        err.lines()
+            .filter(|l| l.contains("WARN") && l.contains(&*path.to_string_lossy()))
+            .count()
+    };
+
+    let run = ["run", "--backend", "file", "--name", name, "--", "true"];
+    let err = stderr(&run, Some(xdg.path()));
+    let path = xdg.path().join(format!("leasehold-{name}.json"));
+    assert_eq!(warnings(&err, &path), 1, "{err}");
+    assert!(
+        err.contains("XDG_RUNTIME_DIR") && err.contains("pass --file"),
+        "{err}"
+    );
+
+    let status = ["status", "--backend", "file", "--name", name];
+    let err = stderr(&status, None);
+    let path = tmp.path().join(format!("leasehold-{name}.json"));
+    assert_eq!(warnings(&err, &path), 1, "{err}");
+    assert!(
+        err.contains("TMPDIR") && err.contains("pass --file"),
+        "{err}"
+    );
+
+    let explicit = xdg.path().join("shared.json");
+    for args in [&run[..5], &status[..]] {
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(["--file", explicit.to_str().unwrap()]);
+        if args[0] == "run" {
+            args.extend(["--", "true"]);
+        }
+        let err = stderr(&args, Some(xdg.path()));
+        assert!(
+            !err.contains("WARN") && !err.contains(&format!("leasehold-{name}.json")),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// A `--file` that is a symbolic link (here dangling, to a file in another directory) is
+/// followed: the record and its lock file are the target's, the link stays a link, and nothing
+/// is left beside it; a loop of links is a usage error naming the path.
+#[test]
+fn a_symlinked_file_is_followed_and_a_loop_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink("real/lock.json", &link).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--backend", "file", "--name", "t", "--file"])
+        .arg(&link)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(record(&dir.path().join("real")).is_some(), "{err}");
+    assert!(dir.path().join("real/lock.json.lock").exists());
+    assert!(!dir.path().join("link.json.lock").exists());
+
+    let a = dir.path().join("a.json");
+    std::os::unix::fs::symlink("b.json", &a).unwrap();
+    std::os::unix::fs::symlink("a.json", dir.path().join("b.json")).unwrap();
+    let out = Command::new(BIN)
+        .args(["status", "--backend", "file", "--name", "t", "--file"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains(&format!("--file {}: ", a.display())) && err.contains("symbolic links"),
+        "{err}"
+    );
+}

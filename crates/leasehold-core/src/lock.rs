@@ -30,11 +30,41 @@ impl fmt::Display for Version {
 
 /// A record together with the version it was read at.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Versioned {
     /// The leader record.
     pub record: LeaderRecord,
     /// The version of the object that holds it.
     pub version: Version,
+    /// What else a standby compares, beside [`record`](Self::record), to tell whether the
+    /// holder renewed: `None` for a backend whose record is the stored record itself.
+    ///
+    /// A backend whose record is a summary of several stored records (the two sides of a
+    /// `MultiLock`) sets it to something that changes whenever any of them changes, as
+    /// client-go compares the raw bytes of both records. Without it a renewal that touches one
+    /// side only, or that the summary hides, would look like no change at all, and a standby
+    /// would take over while the holder still renews.
+    pub change_key: Option<Arc<str>>,
+}
+
+// === impl Versioned ===
+
+impl Versioned {
+    /// A record read at `version`, with no [`change_key`](Self::change_key).
+    pub fn new(record: LeaderRecord, version: Version) -> Self {
+        Self {
+            record,
+            version,
+            change_key: None,
+        }
+    }
+
+    /// Sets the [`change_key`](Self::change_key).
+    #[must_use]
+    pub fn with_change_key(mut self, key: impl Into<Arc<str>>) -> Self {
+        self.change_key = Some(key.into());
+        self
+    }
 }
 
 /// Why a backend operation failed, and whether trying again can help.
@@ -84,6 +114,20 @@ pub enum LockError {
         #[source]
         source: RecordError,
     },
+    /// The write may have been applied in whole or in part: a backend that writes more than
+    /// one object (a `MultiLock`) wrote the first and was refused the second. Retryable after a
+    /// fresh read; unlike [`Conflict`](Self::Conflict) it does not say that nothing landed, so
+    /// the caller must still recognise the written record as its own.
+    #[error("{op} `{object}`: partly applied")]
+    Ambiguous {
+        /// The operation.
+        op: &'static str,
+        /// The lock object's description.
+        object: String,
+        /// What landed and what did not.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Any other failure (bad configuration of the backend, an unexpected answer).
     #[error("{op} `{object}`: {message}")]
     Other {
@@ -104,7 +148,8 @@ pub enum LockError {
 pub enum ErrorKind {
     /// [`LockError::Conflict`].
     Conflict,
-    /// The request did not complete before its deadline: it may or may not have been applied.
+    /// The request did not complete before its deadline, or completed in part
+    /// ([`LockError::Ambiguous`]): it may or may not have been applied.
     Timeout,
     /// Any other failure; the machine retries after the retry period.
     Failed,
@@ -115,13 +160,17 @@ pub enum ErrorKind {
 impl LockError {
     /// Whether trying again (after a fresh read) can succeed without anyone changing anything.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Conflict { .. } | Self::Unavailable { .. })
+        matches!(
+            self,
+            Self::Conflict { .. } | Self::Unavailable { .. } | Self::Ambiguous { .. }
+        )
     }
 
     /// The kind the state machine reacts to.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Conflict { .. } => ErrorKind::Conflict,
+            Self::Ambiguous { .. } => ErrorKind::Timeout,
             _ => ErrorKind::Failed,
         }
     }

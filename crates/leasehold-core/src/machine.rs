@@ -27,7 +27,7 @@ use crate::{
     record::{FencingToken, LeaderRecord},
 };
 use jiff::Timestamp;
-use std::{collections::VecDeque, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 /// Monotonic time since an arbitrary origin, on the driver's clock.
 pub type Tick = Duration;
@@ -178,6 +178,8 @@ pub struct Status {
 struct Seen {
     record: Option<LeaderRecord>,
     version: Option<Version>,
+    /// [`Versioned::change_key`]: compared with the record to tell a renewal.
+    key: Option<Arc<str>>,
     /// The object exists at `version` but its record cannot be decoded (`record` is `None`).
     unreadable: bool,
     /// When this record was first observed, unchanged since.
@@ -199,6 +201,10 @@ struct Term {
     routine_until: Option<Tick>,
     /// The early try of [`leader_retry_at`] has been made since the last successful renewal.
     early_try_made: bool,
+    /// The send time and record of the first write of the latest run of this term's writes that
+    /// landed or may have landed (a timeout, a 5xx) and that read alike at whole seconds. See
+    /// [`Machine::credit`].
+    landed: Option<(Tick, LeaderRecord)>,
 }
 
 #[derive(Debug)]
@@ -258,6 +264,14 @@ pub struct Machine {
     /// When the lock disappeared while held: the holder's lease still runs, measured from the
     /// observation of the deletion, before the lock may be re-created.
     deleted_lease: Option<Duration>,
+    /// The lease duration of the last readable record that named a holder: a record that
+    /// turns unreadable is replaced only after the longer of it and this candidate's own, since
+    /// its holder may still be renewing with its own, longer, lease.
+    last_holder_lease: Option<Duration>,
+    /// The version an acquisition was refused at with a conflict. Reading the same version
+    /// back means the backend contradicts itself (a `MultiLock` with one side unreadable, say):
+    /// the next try waits a retry period instead of looping at round-trip rate.
+    conflicted_at: Option<Version>,
     /// Expiry from the record's `renewTime` instead of from observation (seed 004's
     /// `UseObservedTime = false`). Off by default: it trusts the holder's clock.
     record_time_expiry: bool,
@@ -298,6 +312,8 @@ impl Machine {
             rng: seed | 1,
             max_transitions: None,
             deleted_lease: None,
+            last_holder_lease: None,
+            conflicted_at: None,
             record_time_expiry: false,
             last_clock: (Duration::ZERO, Timestamp::UNIX_EPOCH),
         })
@@ -477,7 +493,7 @@ impl Machine {
                         Some(read_at.min(self.expires_at(r, seen.since)))
                     }
                     None if seen.unreadable => {
-                        Some(read_at.min(seen.since + self.timing.lease_duration))
+                        Some(read_at.min(seen.since + self.unreadable_wait()))
                     }
                     _ => Some(read_at),
                 }
@@ -602,15 +618,7 @@ impl Machine {
     /// Whether `r` is one of this candidate's recent writes. Times are compared at whole
     /// seconds: backends store them at microseconds (Lease, file) or seconds (annotations).
     fn is_own(&self, r: &LeaderRecord) -> bool {
-        let secs = |t: &Option<Timestamp>| t.map(|t| t.as_second());
-        // Numbers first: they tell the remembered writes apart, the holder mostly does not.
-        self.own_writes.iter().any(|w| {
-            secs(&w.renew_time) == secs(&r.renew_time)
-                && w.leader_transitions == r.leader_transitions
-                && w.lease_duration_seconds == r.lease_duration_seconds
-                && secs(&w.acquire_time) == secs(&r.acquire_time)
-                && w.holder_identity == r.holder_identity
-        })
+        self.own_writes.iter().any(|w| alike_at_seconds(w, r))
     }
 
     /// Whether `r` is this candidate's latest write.
@@ -638,9 +646,9 @@ impl Machine {
     }
 
     fn set_seen(&mut self, v: Option<Versioned>, now: Tick, out: &mut Vec<Action>) {
-        let (record, version) = match v {
-            Some(v) => (Some(v.record), Some(v.version)),
-            None => (None, None),
+        let (record, version, key) = match v {
+            Some(v) => (Some(v.record), Some(v.version), v.change_key),
+            None => (None, None, None),
         };
         if let Some(r) = &record {
             // A record under our name that we did not write, and that differs from the one seen
@@ -663,6 +671,9 @@ impl Machine {
                     .map_or(r.leader_transitions, |m| m.max(r.leader_transitions)),
             );
             self.deleted_lease = None;
+            if !r.is_released() {
+                self.last_holder_lease = Some(r.lease_duration());
+            }
         } else if let Some(Some(prev)) = self.seen.as_ref().map(|s| s.record.as_ref()) {
             // Deleted while held: whoever held it may still be acting until its lease runs out
             // (by our observation), so the deletion is treated like an unchanged record.
@@ -670,13 +681,15 @@ impl Machine {
                 self.deleted_lease = Some(prev.lease_duration());
             }
         }
+        // Any change counts, of the record or of what else the backend says it summarises.
         let since = match &self.seen {
-            Some(s) if s.record == record && !s.unreadable => s.since,
+            Some(s) if s.record == record && s.key == key && !s.unreadable => s.since,
             _ => now,
         };
         self.seen = Some(Seen {
             record,
             version,
+            key,
             unreadable: false,
             since,
         });
@@ -777,6 +790,7 @@ impl Machine {
         self.seen = Some(Seen {
             record: None,
             version: Some(version),
+            key: None,
             unreadable: true,
             since,
         });
@@ -830,6 +844,9 @@ impl Machine {
                 }
                 // Read again and decide again.
                 self.stale = true;
+                if matches!(op, Inflight::Acquire { .. }) {
+                    self.conflicted_at = self.seen.as_ref().and_then(|s| s.version.clone());
+                }
                 match &mut self.state {
                     State::Leading(term) => {
                         term.renew_at = now;
@@ -840,20 +857,33 @@ impl Machine {
                 }
                 return;
             }
-            Err(_) => return self.on_error(now),
+            Err(_) => {
+                // It may have landed: observers may have seen it.
+                if let (Inflight::Renew { sent_at, record }, State::Leading(term)) =
+                    (&op, &mut self.state)
+                {
+                    Self::credit(&self.timing, term, *sent_at, record);
+                }
+                return self.on_error(now);
+            }
         };
         self.stale = false;
+        self.conflicted_at = None;
         match op {
             Inflight::Read => {}
             Inflight::Release { record } => {
-                self.set_seen(Some(Versioned { record, version }), now, out);
+                self.set_seen(Some(Versioned::new(record, version)), now, out);
                 self.finish(out);
             }
             Inflight::Renew { sent_at, record } => {
-                self.set_seen(Some(Versioned { record, version }), now, out);
-                let (next, until) = self.routine_renewal(now, sent_at);
+                let credited = match &mut self.state {
+                    State::Leading(term) => Self::credit(&self.timing, term, sent_at, &record),
+                    _ => sent_at,
+                };
+                self.set_seen(Some(Versioned::new(record, version)), now, out);
+                let (next, until) = self.routine_renewal(now, credited);
                 if let State::Leading(term) = &mut self.state {
-                    term.last_ok_sent = term.last_ok_sent.max(sent_at);
+                    term.last_ok_sent = term.last_ok_sent.max(credited);
                     term.renew_at = next;
                     term.routine_until = Some(until);
                     term.early_try_made = false;
@@ -869,9 +899,10 @@ impl Machine {
                     renew_at,
                     routine_until: Some(until),
                     early_try_made: false,
+                    landed: Some((sent_at, record.clone())),
                 };
                 self.retry_at = None;
-                self.set_seen(Some(Versioned { record, version }), now, out);
+                self.set_seen(Some(Versioned::new(record, version)), now, out);
                 if self.cancelling {
                     // Acquired, but shutdown was requested meanwhile: never start; release.
                     self.begin_release(term, now, out);
@@ -1058,11 +1089,18 @@ impl Machine {
                 // from it, and so does a takeover of a lock that was deleted and re-created with
                 // a smaller count (by a client-go candidate, say) since. The record's own count
                 // is never above it: every record seen raised it.
-                let after_max = self.max_transitions.map_or(Some(0), |m| m.checked_add(1));
+                // Never below 0: a record written with a negative count (annotations and files
+                // accept one) would otherwise give several terms token 0 in a row.
+                let after_max = self
+                    .max_transitions
+                    .map_or(Some(0), |m| m.max(-1).checked_add(1));
                 let read_due = now >= self.last_heard + self.timing.lease_duration;
                 if let (true, Some(version)) = (seen.unreadable, seen.version.clone()) {
                     let unchanged_for = now.saturating_sub(seen.since);
-                    if unchanged_for >= self.timing.lease_duration {
+                    if unchanged_for >= self.unreadable_wait() {
+                        if self.backing_off(Some(&version), now) {
+                            return;
+                        }
                         if after_max.is_some() {
                             out.push(Action::ReplaceUnreadable {
                                 version: version.clone(),
@@ -1087,6 +1125,9 @@ impl Machine {
                         let expired = now >= self.expires_at(r, seen.since);
                         if r.is_released() || own || expired {
                             let version = version.clone();
+                            if self.backing_off(Some(&version), now) {
+                                return;
+                            }
                             self.acquire(after_max, Some(version), now, deadline, wall, out);
                         } else if read_due {
                             self.inflight = Some(Inflight::Read);
@@ -1096,6 +1137,50 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// How long a record that cannot be read must stay unchanged before it is replaced: the
+    /// longer of this candidate's lease and the last readable holder's, whose holder may still
+    /// be renewing (and reading its own record back fine, if only this candidate's decoding
+    /// fails) with its own lease.
+    fn unreadable_wait(&self) -> Duration {
+        self.timing
+            .lease_duration
+            .max(self.last_holder_lease.unwrap_or_default())
+    }
+
+    /// Whether an acquisition at `version` must wait: the last one at this very version was
+    /// refused with a conflict, so the backend contradicts itself and trying again at once
+    /// would loop at round-trip rate. Waits a retry period, then tries once more.
+    fn backing_off(&mut self, version: Option<&Version>, now: Tick) -> bool {
+        if version.is_none() || self.conflicted_at.as_ref() != version {
+            return false;
+        }
+        self.conflicted_at = None;
+        self.retry_at = Some(now + self.jittered(self.timing.retry_period));
+        true
+    }
+
+    /// Notes that this term's write of `record`, sent at `sent_at`, landed or may have landed,
+    /// and returns the send time the leader's step-down may count from.
+    ///
+    /// Observers that see times at whole seconds cannot tell two writes in the same second
+    /// apart: for them the later one is no renewal, and their wait runs from when they saw the
+    /// first. After an ambiguous failure (a timeout, or a 5xx answered after the write was
+    /// applied) the retry can land within the same second. When the margin
+    /// (`lease_duration - renew_deadline`) is under a second, that difference matters, so the
+    /// leader then counts from the first write of such a run. With a second of margin or more
+    /// it cannot: such observers are never more than a second behind.
+    fn credit(timing: &Timing, term: &mut Term, sent_at: Tick, record: &LeaderRecord) -> Tick {
+        let margin = timing.lease_duration.saturating_sub(timing.renew_deadline);
+        let first = match &term.landed {
+            Some((at, r)) if margin < Duration::from_secs(1) && alike_at_seconds(r, record) => {
+                (*at).min(sent_at)
+            }
+            _ => sent_at,
+        };
+        term.landed = Some((first, record.clone()));
+        first
     }
 
     /// Sends an acquisition writing `transitions` (the new term's token): an update at
@@ -1135,6 +1220,18 @@ impl Machine {
             None => Action::Create { record, deadline },
         });
     }
+}
+
+/// Whether two records read alike to an observer that sees times at whole seconds (client-go,
+/// and every candidate on an annotation lock, which stores whole seconds).
+fn alike_at_seconds(a: &LeaderRecord, b: &LeaderRecord) -> bool {
+    let secs = |t: &Option<Timestamp>| t.map(|t| t.as_second());
+    // Numbers first: they tell the remembered writes apart, the holder mostly does not.
+    secs(&a.renew_time) == secs(&b.renew_time)
+        && a.leader_transitions == b.leader_transitions
+        && a.lease_duration_seconds == b.lease_duration_seconds
+        && secs(&a.acquire_time) == secs(&b.acquire_time)
+        && a.holder_identity == b.holder_identity
 }
 
 /// When a leader tries again after a failed renewal (or read) at `now`, stepping down at
@@ -1208,10 +1305,7 @@ mod tests {
         }
     }
     fn seen(record: LeaderRecord, v: &str) -> Option<Versioned> {
-        Some(Versioned {
-            record,
-            version: ver(v),
-        })
+        Some(Versioned::new(record, ver(v)))
     }
     /// A fresh machine that reads `record` (version "1") at t=0; returns it and its actions.
     fn observing(record: LeaderRecord) -> (Machine, Vec<Action>) {
@@ -2232,5 +2326,259 @@ mod tests {
             wall(),
         );
         assert_eq!(m.deadline(), Some(10 * S));
+    }
+
+    /// What an annotation lock stores, and what client-go compares: whole seconds.
+    fn at_seconds(mut r: LeaderRecord) -> LeaderRecord {
+        let cut = |t: Option<Timestamp>| t.and_then(|t| Timestamp::from_second(t.as_second()).ok());
+        r.renew_time = cut(r.renew_time);
+        r.acquire_time = cut(r.acquire_time);
+        r
+    }
+
+    fn the_write(a: &[Action]) -> LeaderRecord {
+        a.iter()
+            .find_map(|a| match a {
+                Action::Update { record, .. } | Action::Create { record, .. } => {
+                    Some(record.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no write in {a:?}"))
+    }
+
+    #[test]
+    fn a_retry_landing_in_the_same_second_as_a_write_that_may_have_landed_fools_no_observer() {
+        // Valid timing with under a second of margin: 3 s / 2.5 s / 0.5 s.
+        let timing = Timing {
+            lease_duration: 3 * S,
+            renew_deadline: ms(2500),
+            retry_period: ms(500),
+            release_on_cancel: true,
+        };
+        assert_eq!(timing.validate(), Ok(()));
+        // Tick t is wall time wall0 + t; wall seconds begin 200 ms after each whole tick second.
+        let wall0: Timestamp = "2030-01-01T00:00:00.8Z".parse().unwrap();
+        let at = |t: Duration| wall0.checked_add(t).unwrap();
+        let mut l = Machine::new("l", timing.clone(), 7).unwrap();
+        let mut o = Machine::new("o", timing, 9).unwrap();
+        // `l` creates the lock at 0 and leads; `o` reads it at once.
+        l.handle(Event::Start, Duration::ZERO, at(Duration::ZERO));
+        let w0 = the_write(&l.handle(
+            Event::ReadDone(Ok(None)),
+            Duration::ZERO,
+            at(Duration::ZERO),
+        ));
+        l.handle(
+            Event::WriteDone(Ok(ver("1"))),
+            Duration::ZERO,
+            at(Duration::ZERO),
+        );
+        assert!(l.is_leader());
+        o.handle(Event::Start, Duration::ZERO, at(Duration::ZERO));
+        o.handle(
+            Event::ReadDone(Ok(seen(at_seconds(w0), "1"))),
+            Duration::ZERO,
+            at(Duration::ZERO),
+        );
+
+        // The routine renewal lands, and `o` sees it, but `l` is answered with a 500.
+        let t1 = l.deadline().unwrap();
+        let w1 = the_write(&l.handle(Event::Timer, t1, at(t1)));
+        o.handle(
+            Event::Watched(seen(at_seconds(w1.clone()), "2")),
+            t1,
+            at(t1),
+        );
+        let failed = t1 + ms(50);
+        l.handle(Event::WriteDone(Err(ErrorKind::Failed)), failed, at(failed));
+        // `l` reads again and renews at once; this one is answered.
+        let t2 = l.deadline().unwrap();
+        let a = l.handle(Event::Timer, t2, at(t2));
+        assert!(matches!(a.as_slice(), [Action::Read { .. }]), "{a:?}");
+        let w2 = the_write(&l.handle(
+            Event::ReadDone(Ok(seen(at_seconds(w1.clone()), "2"))),
+            t2,
+            at(t2),
+        ));
+        l.handle(Event::WriteDone(Ok(ver("3"))), t2, at(t2));
+        o.handle(
+            Event::Watched(seen(at_seconds(w2.clone()), "3")),
+            t2,
+            at(t2),
+        );
+        assert_eq!(
+            at(t1).as_second(),
+            at(t2).as_second(),
+            "both renewals landed within one wall-clock second"
+        );
+        assert_ne!(w1, w2);
+        assert_eq!(
+            at_seconds(w1),
+            at_seconds(w2),
+            "so `o` cannot tell them apart"
+        );
+        assert!(
+            t2 - t1 > ms(500),
+            "more apart than the margin: {:?}",
+            t2 - t1
+        );
+
+        // Then `l` is cut off. It steps down a renew deadline after the send it counts from;
+        // `o` takes over a lease after it first saw the record it still sees.
+        let step_down = l.leading_until().unwrap();
+        let takeover = o.deadline().unwrap();
+        println!(
+            "renewals at {t1:?} and {t2:?}: leader steps down at {step_down:?}, observer takes over at {takeover:?}"
+        );
+        assert!(
+            step_down < takeover,
+            "the leader would still lead when a whole-second observer takes over: step-down {step_down:?}, takeover {takeover:?}"
+        );
+        assert_eq!(
+            step_down,
+            t1 + ms(2500),
+            "counted from the first of the two"
+        );
+        let a = o.handle(Event::Timer, takeover, at(takeover));
+        assert!(
+            a.iter().any(|a| matches!(a, Action::Update { .. })),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn with_a_second_of_margin_a_renewal_counts_from_its_own_send() {
+        // client-go's defaults: whole-second observers are at most a second behind, and the
+        // margin is 5 s; crediting the earlier write would only shorten the term.
+        let mut m = leader();
+        let t1 = m.deadline().unwrap();
+        let w1 = the_write(&m.handle(Event::Timer, t1, wall()));
+        m.handle(
+            Event::WriteDone(Err(ErrorKind::Timeout)),
+            t1 + ms(10),
+            wall(),
+        );
+        let t2 = m.deadline().unwrap();
+        m.handle(Event::Timer, t2, wall());
+        m.handle(Event::ReadDone(Ok(seen(w1, "2"))), t2, wall());
+        m.handle(Event::WriteDone(Ok(ver("3"))), t2, wall());
+        assert_eq!(m.leading_until(), Some(t2 + 10 * S));
+    }
+
+    #[test]
+    fn an_unreadable_record_waits_for_the_longer_of_the_two_leases() {
+        // The holder runs with 60 s leases; this candidate with 15 s.
+        let mut long = other("x", 3, 0);
+        long.lease_duration_seconds = 60;
+        let (mut m, _) = observing(long);
+        let a = m.handle(unreadable("2", false), S, wall());
+        assert!(
+            a.iter().all(|a| !matches!(a, Action::Update { .. })),
+            "{a:?}"
+        );
+        // Past this candidate's own lease, the object still unchanged: no replacement yet.
+        let mut t = S;
+        let mut replaced_at = None;
+        while t <= 70 * S {
+            let a = m.handle(Event::Timer, t, wall());
+            if a.iter().any(|a| matches!(a, Action::Read { .. })) {
+                m.handle(unreadable("2", true), t, wall());
+            }
+            if a.iter()
+                .any(|a| matches!(a, Action::ReplaceUnreadable { .. }))
+            {
+                replaced_at = Some(t);
+                break;
+            }
+            t += S;
+        }
+        println!(
+            "unreadable since 1 s (holder's lease 60 s, own 15 s): replaced at {replaced_at:?}"
+        );
+        assert_eq!(replaced_at, Some(61 * S));
+    }
+
+    #[test]
+    fn tokens_strictly_increase_from_a_negative_count() {
+        // A hand-edited annotation with a negative count; three takeovers in a row, each by a
+        // candidate that saw only the record before it.
+        let mut record = other("x", -5, 0);
+        let mut tokens = Vec::new();
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            let mut m = Machine::new(*id, timing(), i as u64).unwrap();
+            m.handle(Event::Start, Duration::ZERO, wall());
+            m.handle(
+                Event::ReadDone(Ok(seen(record.clone(), "1"))),
+                Duration::ZERO,
+                wall(),
+            );
+            let a = m.handle(Event::Timer, 15 * S, wall());
+            record = the_write(&a);
+            let a = m.handle(Event::WriteDone(Ok(ver("2"))), 15 * S, wall());
+            let token = a.iter().find_map(|a| match a {
+                Action::StartedLeading { token } => Some(*token),
+                _ => None,
+            });
+            tokens.push((record.leader_transitions, token));
+            record.holder_identity = (*id).into();
+        }
+        println!("leaderTransitions -5, then (written, token): {tokens:?}");
+        assert_eq!(
+            tokens,
+            vec![
+                (0, Some(FencingToken(0))),
+                (1, Some(FencingToken(1))),
+                (2, Some(FencingToken(2)))
+            ]
+        );
+    }
+
+    #[test]
+    fn an_acquisition_refused_at_a_version_read_back_again_waits_a_retry_period() {
+        // A backend that contradicts itself: every read shows version 3 unreadable, every
+        // update at 3 is a conflict (a `MultiLock` with a corrupt side did this).
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(unreadable("3", true), Duration::ZERO, wall());
+        let mut t = 15 * S;
+        let mut writes = 0;
+        let mut a = m.handle(Event::Timer, t, wall());
+        while t < 25 * S {
+            if a.iter().any(|a| matches!(a, Action::Update { .. })) {
+                writes += 1;
+                t += ms(2);
+                a = m.handle(Event::WriteDone(Err(ErrorKind::Conflict)), t, wall());
+            } else if a.iter().any(|a| matches!(a, Action::Read { .. })) {
+                t += ms(2);
+                a = m.handle(unreadable("3", true), t, wall());
+            } else {
+                t = m.deadline().unwrap().max(t);
+                a = m.handle(Event::Timer, t, wall());
+            }
+        }
+        println!("writes in 10 s against a self-contradicting backend: {writes}");
+        // One per retry period (2 s, jittered), not one per round trip.
+        assert!((3..=6).contains(&writes), "{writes} writes in 10 s");
+    }
+
+    #[test]
+    fn a_change_of_what_the_backend_summarises_restarts_the_wait() {
+        let r = other("x", 2, 0);
+        let (mut m, _) = observing(r.clone());
+        let keyed = |k: &str, v: &str| Some(Versioned::new(r.clone(), ver(v)).with_change_key(k));
+        m.handle(Event::Watched(keyed("a", "2")), 5 * S, wall());
+        m.handle(Event::Watched(keyed("b", "3")), 10 * S, wall());
+        assert_eq!(
+            m.deadline(),
+            Some(25 * S),
+            "the same record, another key: a renewal"
+        );
+        m.handle(Event::Watched(keyed("b", "4")), 20 * S, wall());
+        assert_eq!(
+            m.deadline(),
+            Some(25 * S),
+            "the same record and key: no renewal"
+        );
     }
 }

@@ -142,15 +142,17 @@ fn ev() -> impl Strategy<Value = Ev> {
 }
 
 fn versioned(r: Option<(String, i32, i32, u8)>) -> Option<Versioned> {
-    r.map(|(holder, transitions, secs, v)| Versioned {
-        record: LeaderRecord {
-            holder_identity: holder,
-            lease_duration_seconds: secs,
-            acquire_time: None,
-            renew_time: jiff::Timestamp::from_second(i64::from(v)).ok(),
-            leader_transitions: transitions,
-        },
-        version: Version::new(v.to_string()),
+    r.map(|(holder, transitions, secs, v)| {
+        Versioned::new(
+            LeaderRecord {
+                holder_identity: holder,
+                lease_duration_seconds: secs,
+                acquire_time: None,
+                renew_time: jiff::Timestamp::from_second(i64::from(v)).ok(),
+                leader_transitions: transitions,
+            },
+            Version::new(v.to_string()),
+        )
     })
 }
 

@@ -203,6 +203,14 @@ fn signal(pid: i32, sig: Signal) {
 }
 
 /// `pid` and all its descendants (from /proc).
+/// The watchdog process of the sidecar `pid`: its child running `leasehold __watchdog`.
+fn watchdog_of(pid: i32) -> Option<i32> {
+    tree(pid).into_iter().skip(1).find(|p| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| c.windows(10).any(|w| w == b"__watchdog"))
+    })
+}
+
 fn tree(pid: i32) -> Vec<i32> {
     let mut parent: HashMap<i32, i32> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
@@ -449,6 +457,7 @@ async fn one_run(
         "SIGTERM leader",
         "freeze leader tree",
         "freeze elector only",
+        "freeze watchdog only",
         "restart kube-apiserver",
         "restart etcd",
         "proxy: stall leader",
@@ -461,6 +470,7 @@ async fn one_run(
         "SIGTERM leader",
         "freeze leader tree",
         "freeze elector only",
+        "freeze watchdog only",
     ];
     let kinds: &[&str] = if server.is_some() {
         &kinds_kube
@@ -478,7 +488,7 @@ async fn one_run(
             sleep(Duration::from_millis(500)).await;
             continue;
         };
-        if kind == "freeze elector only" && !procs[idx].cli {
+        if matches!(kind, "freeze elector only" | "freeze watchdog only") && !procs[idx].cli {
             continue;
         }
         let start = origin.elapsed();
@@ -517,6 +527,23 @@ async fn one_run(
                 for p in &pids {
                     signal(*p, Signal::CONT);
                 }
+            }
+            "freeze watchdog only" => {
+                // The sidecar finds its watchdog unresponsive at the next renewal, stops the
+                // child, releases and exits 1; the candidate is then started again.
+                let Some(wd) = procs[idx].pid().and_then(watchdog_of) else {
+                    continue;
+                };
+                signal(wd, Signal::STOP);
+                if let Some(c) = procs[idx].child.as_mut() {
+                    let deadline = Instant::now() + LEASE + Duration::from_secs(2);
+                    while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                        sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                signal(wd, Signal::KILL);
+                signal(wd, Signal::CONT);
+                procs[idx].respawn();
             }
             "restart kube-apiserver" => {
                 if let Some(s) = server.as_mut() {

@@ -14,8 +14,11 @@ use tokio::sync::watch;
 #[derive(Default)]
 struct State {
     current: Option<Versioned>,
+    /// The stored record cannot be decoded (set by [`MemLock::put_corrupt`]) at this version.
+    corrupt: Option<Version>,
     next_version: u64,
     hang: bool,
+    delay: std::time::Duration,
     fail_next: u32,
     requests: Vec<(&'static str, tokio::time::Instant)>,
 }
@@ -49,6 +52,11 @@ impl MemLock {
         self.state.lock().expect("poisoned").hang = hang;
     }
 
+    /// Every request from now on takes `delay` (on tokio's clock) before it is carried out.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.state.lock().expect("poisoned").delay = delay;
+    }
+
     /// The next `n` requests fail with `Unavailable`.
     pub fn fail_next(&self, n: u32) {
         self.state.lock().expect("poisoned").fail_next = n;
@@ -70,18 +78,44 @@ impl MemLock {
         let mut st = self.state.lock().expect("poisoned");
         st.next_version += 1;
         let v = Version::new(st.next_version.to_string());
-        st.current = Some(Versioned {
-            record,
-            version: v.clone(),
-        });
+        st.current = Some(Versioned::new(record, v.clone()));
+        st.corrupt = None;
         self.tx.send_replace(st.current.clone());
         v
     }
 
+    /// Replaces the stored record with one that cannot be decoded, as a hand edit might: reads
+    /// fail with [`LockError::Corrupt`] naming the new version until the next write, and
+    /// updates at that version succeed (as on a Kubernetes object with a broken annotation).
+    pub fn put_corrupt(&self) -> Version {
+        let mut st = self.state.lock().expect("poisoned");
+        st.next_version += 1;
+        let v = Version::new(st.next_version.to_string());
+        st.corrupt = Some(v.clone());
+        st.current = None;
+        v
+    }
+
+    fn corrupt(&self) -> Option<LockError> {
+        let v = self.state.lock().expect("poisoned").corrupt.clone()?;
+        Some(LockError::Corrupt {
+            object: "mem".into(),
+            version: Some(v),
+            source: leasehold_core::RecordError::NotAnObject,
+        })
+    }
+
     async fn enter(&self, op: &'static str) -> Result<(), LockError> {
-        let hang = {
+        let delay = {
             let mut st = self.state.lock().expect("poisoned");
             st.requests.push((op, tokio::time::Instant::now()));
+            st.delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let hang = {
+            let mut st = self.state.lock().expect("poisoned");
             if st.fail_next > 0 {
                 st.fail_next -= 1;
                 return Err(LockError::Unavailable {
@@ -107,6 +141,9 @@ impl LockBackend for MemLock {
     fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
         Box::pin(async move {
             self.enter("get").await?;
+            if let Some(e) = self.corrupt() {
+                return Err(e);
+            }
             Ok(self.current())
         })
     }
@@ -115,7 +152,7 @@ impl LockBackend for MemLock {
         let record = record.clone();
         Box::pin(async move {
             self.enter("create").await?;
-            if self.current().is_some() {
+            if self.current().is_some() || self.corrupt().is_some() {
                 return Err(LockError::Conflict {
                     op: "create",
                     object: "mem".into(),
@@ -134,8 +171,12 @@ impl LockBackend for MemLock {
         let version = version.clone();
         Box::pin(async move {
             self.enter("update").await?;
-            match self.current() {
-                Some(cur) if cur.version == version => Ok(self.put(record)),
+            let at = self
+                .current()
+                .map(|c| c.version)
+                .or_else(|| self.state.lock().expect("poisoned").corrupt.clone());
+            match at {
+                Some(at) if at == version => Ok(self.put(record)),
                 _ => Err(LockError::Conflict {
                     op: "update",
                     object: "mem".into(),

@@ -37,7 +37,25 @@ pub struct Leadership {
     token: CancellationToken,
     fencing_token: FencingToken,
     identity: Arc<str>,
-    valid_until: watch::Receiver<Instant>,
+    valid_until: watch::Receiver<Deadline>,
+}
+
+/// When a term ends unless a renewal succeeds first, on two clocks.
+///
+/// [`at`](Self::at) is on tokio's clock (`CLOCK_MONOTONIC`), which stops while the host is
+/// suspended; other hosts' clocks do not, so a leader that sleeps through a suspend wakes up
+/// past its real deadline. [`boottime`](Self::boottime) is the same moment on Linux's
+/// `CLOCK_BOOTTIME`, which keeps counting through a suspend and is shared by every process: a
+/// separate process (the CLI's watchdog) holds the term to it. It is the boot-clock reading
+/// taken when the counted renewal was *sent*, plus the renew deadline, so neither a suspend nor
+/// a stall between the send and the answer can stretch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Deadline {
+    /// On tokio's clock.
+    pub at: Instant,
+    /// On `CLOCK_BOOTTIME`, since boot; `None` where the platform has no such clock.
+    pub boottime: Option<Duration>,
 }
 
 // === impl Leadership ===
@@ -76,11 +94,16 @@ impl Leadership {
     /// Work that must not outlive the term (a child process, a fenced write in flight) can use it
     /// as a hard deadline that holds even if the election task is stalled.
     pub fn valid_until(&self) -> Instant {
+        self.valid_until.borrow().at
+    }
+
+    /// The term's deadline on both clocks (see [`Deadline`]).
+    pub fn deadline(&self) -> Deadline {
         *self.valid_until.borrow()
     }
 
-    /// A receiver of [`valid_until`](Self::valid_until) as it moves.
-    pub fn subscribe_valid_until(&self) -> watch::Receiver<Instant> {
+    /// A receiver of the term's [`Deadline`] as it moves.
+    pub fn subscribe_deadline(&self) -> watch::Receiver<Deadline> {
         self.valid_until.clone()
     }
 }
@@ -155,6 +178,7 @@ pub struct Elector<B> {
     clock_offset: jiff::SignedDuration,
     metrics: Arc<Metrics>,
     enabled: bool,
+    boot_clock: fn() -> Option<Duration>,
 }
 
 /// A request in flight: the event it ends with, and the error message if it failed.
@@ -183,6 +207,7 @@ impl<B: LockBackend> Elector<B> {
             clock_offset: jiff::SignedDuration::ZERO,
             metrics: Arc::default(),
             enabled: true,
+            boot_clock: boottime,
         })
     }
 
@@ -249,6 +274,16 @@ impl<B: LockBackend> Elector<B> {
         self
     }
 
+    /// Replaces the `CLOCK_BOOTTIME` reader behind [`Deadline::boottime`]. Only for tests, to
+    /// show that a host suspend between a renewal's send and its answer cannot stretch the
+    /// deadline.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_boot_clock(mut self, clock: fn() -> Option<Duration>) -> Self {
+        self.boot_clock = clock;
+        self
+    }
+
     /// A view of the status, usable while [`run`](Self::run) runs.
     pub fn handle(&self) -> ElectorHandle {
         ElectorHandle {
@@ -283,7 +318,11 @@ impl<B: LockBackend> Elector<B> {
         // A guard, not a bare token: if this future is dropped mid-term (a `select!` that
         // finished elsewhere, a panic in a callback), renewals stop, so the term must end too.
         let mut leadership: Option<tokio_util::sync::DropGuard> = None;
-        let mut valid_until: Option<watch::Sender<Instant>> = None;
+        let mut valid_until: Option<watch::Sender<Deadline>> = None;
+        // The boot-clock time of each recent write's send, by the machine's tick: the term's
+        // boot-clock deadline counts from the send the machine counts from.
+        let mut sends: std::collections::VecDeque<(Duration, Option<Duration>)> =
+            std::collections::VecDeque::with_capacity(SENDS_KEPT);
         let mut cancel_sent = false;
         let mut last_error: Option<String> = None;
         // The failure last warned about, and whether a write failed: a read that succeeds says
@@ -303,6 +342,7 @@ impl<B: LockBackend> Elector<B> {
         loop {
             if let Some(ev) = event.take() {
                 let now = Instant::now();
+                let boot_now = (self.boot_clock)();
                 let wall = Timestamp::now()
                     .checked_add(self.clock_offset)
                     .unwrap_or_else(|_| Timestamp::now());
@@ -315,6 +355,15 @@ impl<B: LockBackend> Elector<B> {
                     }
                 }
                 let actions = self.machine.handle(ev, now - origin, wall);
+                if actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Update { .. } | Action::Create { .. }))
+                {
+                    if sends.len() == SENDS_KEPT {
+                        sends.pop_front();
+                    }
+                    sends.push_back((now - origin, boot_now));
+                }
                 let mut finished = false;
                 for action in actions {
                     match action {
@@ -393,8 +442,9 @@ impl<B: LockBackend> Elector<B> {
                             self.record_event(LockEventKind::BecameLeader, token);
                             let t = cancel.child_token();
                             leadership = Some(t.clone().drop_guard());
-                            let until = origin + self.machine.leading_until().unwrap_or_default();
-                            let (until_tx, until_rx) = watch::channel(until);
+                            let until = self.machine.leading_until().unwrap_or_default();
+                            let (until_tx, until_rx) =
+                                watch::channel(self.deadline(origin, until, &sends));
                             valid_until = Some(until_tx);
                             if let Some(f) = &mut self.on_started {
                                 f(Leadership {
@@ -460,9 +510,11 @@ impl<B: LockBackend> Elector<B> {
                 }
                 if let (Some(tx), Some(until)) = (&valid_until, self.machine.leading_until()) {
                     tx.send_if_modified(|v| {
-                        let changed = *v != origin + until;
-                        *v = origin + until;
-                        changed
+                        if v.at == origin + until {
+                            return false;
+                        }
+                        *v = self.deadline(origin, until, &sends);
+                        true
                     });
                 }
                 let lease = self.machine.timing().lease_duration;
@@ -598,6 +650,28 @@ impl<B: LockBackend> Elector<B> {
 }
 
 impl<B: LockBackend> Elector<B> {
+    /// The term's [`Deadline`] for the machine's `leading_until` tick `until`: on the boot
+    /// clock, the boot-clock reading at the send it counts from, plus the renew deadline.
+    fn deadline(
+        &self,
+        origin: Instant,
+        until: Duration,
+        sends: &std::collections::VecDeque<(Duration, Option<Duration>)>,
+    ) -> Deadline {
+        let renew = self.machine.timing().renew_deadline;
+        let sent = until.saturating_sub(renew);
+        let boottime = sends
+            .iter()
+            .rev()
+            .find(|(tick, _)| *tick == sent)
+            .and_then(|(_, boot)| *boot)
+            .map(|boot| boot + renew);
+        Deadline {
+            at: origin + until,
+            boottime,
+        }
+    }
+
     /// Records an Event about this candidate on the lock, in the background: best effort, never
     /// in the way of the election.
     fn record_event(&self, kind: LockEventKind, token: FencingToken) {
@@ -626,8 +700,11 @@ impl<B: LockBackend> Elector<B> {
         tracing::info!(identity = %self.identity, "leader election is disabled: leading at once without a lock");
         let token = FencingToken(0);
         let t = cancel.child_token();
-        let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
-        let (_until_tx, until_rx) = watch::channel(far);
+        let far = Duration::from_secs(100 * 365 * 86_400);
+        let (_until_tx, until_rx) = watch::channel(Deadline {
+            at: Instant::now() + far,
+            boottime: (self.boot_clock)().map(|b| b + far),
+        });
         self.tx.send_replace(Status {
             role: Role::Leader,
             leader: self.identity.to_string(),
@@ -710,6 +787,28 @@ fn write_event<E>(
                 Some(timed_out(op)),
             )
         }
+    }
+}
+
+/// How many recent sends the driver remembers the boot-clock time of: the machine may count a
+/// term from an earlier send than the latest (a run of writes alike at whole seconds), never
+/// from one this far back.
+const SENDS_KEPT: usize = 8;
+
+/// Now on `CLOCK_BOOTTIME` (Linux): like `CLOCK_MONOTONIC`, but it keeps counting while the
+/// host is suspended.
+fn boottime() -> Option<Duration> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        Some(Duration::new(
+            u64::try_from(t.tv_sec).ok()?,
+            u32::try_from(t.tv_nsec).ok()?,
+        ))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        None
     }
 }
 

@@ -50,7 +50,7 @@ mod options;
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 
-pub use elector::{Elector, ElectorHandle, Error, Leadership, Result, display_chain};
+pub use elector::{Deadline, Elector, ElectorHandle, Error, Leadership, Result, display_chain};
 pub use leasehold_core::{
     ConfigError, FencingToken, LeaderRecord, LockBackend, LockError, LockEvent, LockEventKind,
     Role, Status, StepDown, Timing, Version, Versioned, record,

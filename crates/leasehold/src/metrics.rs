@@ -64,6 +64,8 @@ impl Metrics {
             LockError::Forbidden { .. } => 3,
             LockError::Corrupt { .. } => 4,
             LockError::Other { .. } => 5,
+            // Its outcome is unknown, as a timed-out request's is.
+            LockError::Ambiguous { .. } => 1,
         };
         self.errors[kind].fetch_add(1, Relaxed);
     }

@@ -298,3 +298,70 @@ async fn dropping_the_run_future_mid_term_ends_the_term() {
         "only the term's token, not the caller's"
     );
 }
+
+/// The term's deadline on the boot clock counts from the renewal's send. A fake boot clock
+/// (tokio's paused clock plus a "suspended" offset) jumps 30 s while a renewal is in flight,
+/// as a host suspend would; converting the monotonic deadline to the boot clock when the
+/// answer arrives (as the CLI did) would have moved the deadline 30 s later.
+#[tokio::test(start_paused = true)]
+async fn the_boot_clock_deadline_counts_from_the_send_not_the_answer() {
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    };
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    static SUSPENDED: AtomicU64 = AtomicU64::new(0);
+    fn boot() -> Option<Duration> {
+        let base = *BASE.get().unwrap();
+        Some(
+            Duration::from_secs(1000)
+                + base.elapsed()
+                + Duration::from_secs(SUSPENDED.load(Ordering::SeqCst)),
+        )
+    }
+    BASE.set(Instant::now()).unwrap();
+    let lock = MemLock::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let elector = Elector::new(lock.clone(), "me", Timing::default())
+        .unwrap()
+        .with_boot_clock(boot)
+        .on_started_leading(move |l| {
+            let _ = tx.send(l);
+        });
+    let task = tokio::spawn(elector.run(cancel.clone()));
+    let leadership = rx.recv().await.unwrap();
+    let first = leadership.deadline();
+    assert_eq!(
+        first.boottime.unwrap(),
+        Duration::from_secs(1010),
+        "acquired at boot time 1000 s, renew deadline 10 s"
+    );
+    // The routine renewal takes 2 s to answer; the host is suspended for 30 s meanwhile.
+    lock.set_delay(Duration::from_secs(2));
+    let mut until = leadership.subscribe_deadline();
+    let sent = loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if let Some((_, at)) = lock.requests().into_iter().find(|r| r.0 == "update") {
+            break at;
+        }
+    };
+    let sent_by = Duration::from_secs(1000) + (sent - *BASE.get().unwrap());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    SUSPENDED.store(30, Ordering::SeqCst);
+    until.changed().await.unwrap();
+    let renewed = *until.borrow();
+    let answered = boot().unwrap();
+    let converted = answered + renewed.at.saturating_duration_since(Instant::now());
+    println!(
+        "renewal sent by boot time {sent_by:?}, answered at {answered:?}: boot-clock deadline {:?} (converted after the answer: {converted:?})",
+        renewed.boottime.unwrap()
+    );
+    assert!(
+        renewed.boottime.unwrap() <= sent_by + Duration::from_secs(10),
+        "the deadline counts from the send"
+    );
+    assert!(converted >= renewed.boottime.unwrap() + Duration::from_secs(30));
+    cancel.cancel();
+    task.await.unwrap();
+}

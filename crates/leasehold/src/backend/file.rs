@@ -265,10 +265,7 @@ struct Stored {
 
 impl Stored {
     fn versioned(self) -> Versioned {
-        Versioned {
-            record: self.record,
-            version: Version::new(self.generation.to_string()),
-        }
+        Versioned::new(self.record, Version::new(self.generation.to_string()))
     }
 }
 

@@ -19,11 +19,22 @@ pub use crate::backend::UNKNOWN_LEADER;
 ///
 /// Semantics, as client-go's, with compare-and-swap on both objects:
 /// - **read**: both records. If they name different holders, the holder reads as
-///   [`UNKNOWN_LEADER`] and the record carries the later renew time and the larger transitions
-///   of the two, so a renewal on *either* side counts as a change and restarts the wait.
+///   [`UNKNOWN_LEADER`]; the record carries the later times and the larger transitions of the
+///   two. Whatever the summary, the pair's [`Versioned::change_key`] holds both records as
+///   stored, so a change on *either* side counts as a renewal and restarts a standby's wait,
+///   as client-go compares the raw bytes of both (a renewal of one side only, or one whose
+///   time is below the other side's, would otherwise go unseen).
 /// - **write**: the primary first, then the secondary (created if absent), each at the version
-///   read. A conflict on either is a conflict: the candidate reads again and does not lead.
+///   read. A conflict on the primary is a conflict: the candidate reads again and does not
+///   lead. A conflict on the secondary after the primary was written is
+///   [`LockError::Ambiguous`]: half the pair is this candidate's, so it must still know the
+///   record as its own when it reads it back.
 /// - **watch**: both; any change on either leads to a fresh read of both.
+/// - **unreadable side**: the pair reads as the readable side, at the pair's version, with the
+///   unreadable side's version in the change key, so it is replaced (both sides written) only
+///   after the pair stayed unchanged for the readable holder's lease, and the next token
+///   follows the readable side's. With no side readable, the pair is [`LockError::Corrupt`] at
+///   the pair's version.
 #[derive(Clone)]
 pub struct MultiLock<P, S> {
     primary: P,
@@ -59,22 +70,63 @@ fn split(v: &Version) -> Option<(Version, Option<Version>)> {
     Some((Version::new(p), (!s.is_empty()).then(|| Version::new(s))))
 }
 
-/// The record a reader acts on, given both sides.
-fn combine(p: LeaderRecord, s: Option<&LeaderRecord>) -> LeaderRecord {
-    match s {
+/// The record a reader acts on, given both sides, and the pair's change key.
+fn combine(p: LeaderRecord, s: Option<&LeaderRecord>) -> (LeaderRecord, String) {
+    let mut key = String::from_utf8(p.to_json(true)).unwrap_or_default();
+    key.push('\n');
+    if let Some(s) = s {
+        key.push_str(&String::from_utf8(s.to_json(true)).unwrap_or_default());
+    }
+    let record = match s {
         None => p,
-        Some(s) if s.holder_identity == p.holder_identity => LeaderRecord {
-            leader_transitions: p.leader_transitions.max(s.leader_transitions),
-            ..p
-        },
+        Some(s) if *s == p => p,
         Some(s) => LeaderRecord {
-            holder_identity: UNKNOWN_LEADER.to_owned(),
+            // Two holders: nobody known leads. One holder with two different records: someone
+            // else wrote one side under that identity; the summary is then no write of its own
+            // that a candidate could mistake for one it made.
+            holder_identity: if s.holder_identity == p.holder_identity {
+                p.holder_identity
+            } else {
+                UNKNOWN_LEADER.to_owned()
+            },
             lease_duration_seconds: p.lease_duration_seconds.max(s.lease_duration_seconds),
             acquire_time: p.acquire_time.max(s.acquire_time),
             renew_time: p.renew_time.max(s.renew_time),
             leader_transitions: p.leader_transitions.max(s.leader_transitions),
         },
+    };
+    (record, key)
+}
+
+/// The version of a side whose record cannot be decoded, if that is what `e` says.
+fn corrupt_at(e: &LockError) -> Option<&Version> {
+    match e {
+        LockError::Corrupt {
+            version: Some(v), ..
+        } => Some(v),
+        _ => None,
     }
+}
+
+/// The pair when one side cannot be decoded and the other can: the readable side's record
+/// (its holder, lease and transitions, so tokens continue from it), at the pair's version, so
+/// that a takeover writes both sides. The key names the unreadable side's version: any change
+/// there restarts a standby's wait too, so the unreadable side is replaced only after the pair
+/// stayed unchanged for the readable holder's lease.
+fn one_side_readable(
+    readable: Versioned,
+    unreadable: &Version,
+    primary_readable: bool,
+) -> Versioned {
+    let mut key = String::from_utf8(readable.record.to_json(true)).unwrap_or_default();
+    key.push_str("\nunreadable at ");
+    key.push_str(&unreadable.0);
+    let version = if primary_readable {
+        join(&readable.version, Some(unreadable))
+    } else {
+        join(unreadable, Some(&readable.version))
+    };
+    Versioned::new(readable.record, version).with_change_key(key)
 }
 
 impl<P: LockBackend + Clone, S: LockBackend + Clone> LockBackend for MultiLock<P, S> {
@@ -89,16 +141,52 @@ impl<P: LockBackend + Clone, S: LockBackend + Clone> LockBackend for MultiLock<P
     fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
         Box::pin(async move {
             let (p, s) = tokio::join!(self.primary.get(), self.secondary.get());
-            let Some(p) = p? else {
+            let p = match (p, s) {
+                (Ok(Some(p)), Ok(s)) => (p, s),
                 // The primary is gone: the secondary alone says nothing to older candidates,
                 // so the pair reads as absent and is re-created together.
-                return Ok(None);
+                (Ok(None), _) => return Ok(None),
+                (Ok(Some(p)), Err(e)) => {
+                    let Some(at) = corrupt_at(&e) else {
+                        return Err(e);
+                    };
+                    tracing::warn!(lock = %self.describe(), error = %crate::display_chain(&e), "one side of the pair cannot be read; the pair reads as the other side");
+                    return Ok(Some(one_side_readable(p, at, true)));
+                }
+                (Err(e), s) => {
+                    let Some(at) = corrupt_at(&e).cloned() else {
+                        return Err(e);
+                    };
+                    return match s {
+                        Ok(Some(s)) => {
+                            tracing::warn!(lock = %self.describe(), error = %crate::display_chain(&e), "one side of the pair cannot be read; the pair reads as the other side");
+                            Ok(Some(one_side_readable(s, &at, false)))
+                        }
+                        // Nothing readable: the pair is unreadable, at a version that writes
+                        // (or creates) both sides when it is replaced.
+                        s => {
+                            let other = match &s {
+                                Ok(_) => None,
+                                Err(e) => corrupt_at(e),
+                            };
+                            let LockError::Corrupt { object, source, .. } = e else {
+                                unreachable!("corrupt_at matched")
+                            };
+                            Err(LockError::Corrupt {
+                                object,
+                                version: Some(join(&at, other)),
+                                source,
+                            })
+                        }
+                    };
+                }
             };
-            let s = s?;
-            Ok(Some(Versioned {
-                version: join(&p.version, s.as_ref().map(|s| &s.version)),
-                record: combine(p.record, s.as_ref().map(|s| &s.record)),
-            }))
+            let (p, s) = p;
+            let (record, key) = combine(p.record, s.as_ref().map(|s| &s.record));
+            Ok(Some(
+                Versioned::new(record, join(&p.version, s.as_ref().map(|s| &s.version)))
+                    .with_change_key(key),
+            ))
         })
     }
 
@@ -133,10 +221,25 @@ impl<P: LockBackend + Clone, S: LockBackend + Clone> LockBackend for MultiLock<P
             };
             let p = self.primary.update(&record, &pv).await?;
             let s = match sv {
-                Some(sv) => self.secondary.update(&record, &sv).await?,
-                None => self.secondary.create(&record).await?,
+                Some(sv) => self.secondary.update(&record, &sv).await,
+                None => self.secondary.create(&record).await,
             };
-            Ok(join(&p, Some(&s)))
+            match s {
+                Ok(s) => Ok(join(&p, Some(&s))),
+                // The primary holds this record now: whoever reads the pair back must not take
+                // it for someone else's.
+                Err(e @ LockError::Conflict { .. }) => Err(LockError::Ambiguous {
+                    op: "update",
+                    object: self.describe(),
+                    source: format!(
+                        "{} was written, but {} changed since it was read ({e})",
+                        self.primary.describe(),
+                        self.secondary.describe()
+                    )
+                    .into(),
+                }),
+                Err(e) => Err(e),
+            }
         })
     }
 
@@ -222,16 +325,30 @@ mod tests {
 
     #[test]
     fn different_holders_read_as_unknown_and_either_renewal_is_a_change() {
-        let a = combine(rec("old", 100, 3), Some(&rec("new", 200, 5)));
+        let (a, ka) = combine(rec("old", 100, 3), Some(&rec("new", 200, 5)));
         assert_eq!(a.holder_identity, UNKNOWN_LEADER);
         assert_eq!(a.leader_transitions, 5);
-        let b = combine(rec("old", 100, 3), Some(&rec("new", 202, 5)));
+        let (b, kb) = combine(rec("old", 100, 3), Some(&rec("new", 202, 5)));
         assert_ne!(
             a, b,
             "a renewal of the secondary alone changes what readers see"
         );
-        let same = combine(rec("x", 100, 3), Some(&rec("x", 100, 4)));
+        assert_ne!(ka, kb);
+        let (same, _) = combine(rec("x", 100, 3), Some(&rec("x", 100, 4)));
         assert_eq!(same.holder_identity, "x");
         assert_eq!(same.leader_transitions, 4);
+    }
+
+    #[test]
+    fn a_change_hidden_by_the_summary_still_changes_the_key() {
+        // The primary's stale renewal is later than the secondary's fresh ones (a clock ahead):
+        // the summary keeps the later time, so it does not move; the key does.
+        let (a, ka) = combine(rec("x", 500, 3), Some(&rec("y", 100, 3)));
+        let (b, kb) = combine(rec("x", 500, 3), Some(&rec("y", 101, 3)));
+        assert_eq!(a, b, "the summary hides the renewal");
+        assert_ne!(ka, kb, "the key does not");
+        // One holder on both sides, an identical pair: the record as written.
+        let (c, _) = combine(rec("x", 100, 3), Some(&rec("x", 100, 3)));
+        assert_eq!(c, rec("x", 100, 3));
     }
 }

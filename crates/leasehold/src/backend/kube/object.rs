@@ -223,7 +223,7 @@ impl<C: Codec> ObjectLock<C> {
     fn decode(&self, obj: &C::Object) -> Result<Versioned, LockError> {
         let version = Version::new(C::version(obj).to_owned());
         match C::record(obj) {
-            Ok(record) => Ok(Versioned { record, version }),
+            Ok(record) => Ok(Versioned::new(record, version)),
             Err(source) => Err(LockError::Corrupt {
                 object: self.describe(),
                 version: Some(version),
