@@ -455,8 +455,9 @@ async fn server_floor(server: &KubeServer, name: &str) -> ServerFloor {
     use futures_util::StreamExt as _;
     use leasehold::{LeaderRecord, backend::kube::LeaseLock};
     let kc = server.kubeconfig("admin");
+    // The path the shipped sidecar takes.
     let connect = || async {
-        leasehold::backend::kube::client(Some(&kc))
+        leasehold::backend::kube::client_with_http2(Some(&kc))
             .await
             .expect("client")
     };

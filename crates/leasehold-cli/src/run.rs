@@ -196,7 +196,7 @@ pub async fn with_backend<R>(
         }
         Backend::Kube => {
             use leasehold::backend::kube;
-            let client = kube::client(lock.kubeconfig.as_deref())
+            let client = kube::client_with_http2(lock.kubeconfig.as_deref())
                 .await
                 .map_err(|e| match e {
                     kube::ClientError::Kubeconfig { .. } => Error::Kubeconfig {

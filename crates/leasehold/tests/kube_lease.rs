@@ -394,14 +394,16 @@ async fn an_update_keeps_every_other_field_of_the_lease() {
     assert_eq!(spec.preferred_holder.as_deref(), Some("someone"));
 }
 
-/// The lock's reads, writes and watches take leasehold's own HTTP/2 connection (the real API
-/// server offers HTTP/2), so every test in this file runs through it; a watch sees a write made
-/// on the same connection.
+/// With the opt-in `http2-direct` feature and its constructor, the lock's reads, writes and
+/// watches take leasehold's own HTTP/2 connection (the real API server offers HTTP/2); a watch
+/// sees a write made on the same connection. The other tests in this file use the default
+/// path: everything through a `kube::Client`.
+#[cfg(feature = "http2-direct")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_requests_take_the_own_http2_path() {
     use futures_util::StreamExt as _;
     let server = harness::shared().await;
-    let client = leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
+    let client = leasehold::backend::kube::client_with_http2(Some(&server.kubeconfig("admin")))
         .await
         .unwrap();
     assert!(client.is_direct());
@@ -431,4 +433,97 @@ async fn lock_requests_take_the_own_http2_path() {
         Err(LockError::Conflict { .. })
     ));
     assert!(client.is_direct(), "the API server refused HTTP/2");
+}
+
+/// A lock built from the application's own `kube::Client` sends every request through it: a
+/// tower layer added to that client (as an operator adds tracing, metrics or auth) sees each of
+/// the lock's reads, writes and watches. Counted on both sides, on the real API server: the
+/// requests the elector made of the lock, and the requests the client's layer saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_from_the_applications_kube_client_sends_every_request_through_it() {
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    let server = harness::shared().await;
+    let config = leasehold::backend::kube::config(Some(&server.kubeconfig("admin")))
+        .await
+        .unwrap();
+    let client = kube::client::ClientBuilder::try_from(config)
+        .unwrap()
+        .with_layer(&tower::util::MapRequestLayer::new(|r| {
+            SEEN.fetch_add(1, Ordering::SeqCst);
+            r
+        }))
+        .build();
+    let api: leasehold::backend::kube::ApiClient = client.into();
+    assert!(!api.is_direct());
+
+    #[derive(Clone)]
+    struct Counted(LeaseLock, Arc<AtomicUsize>);
+    impl LockBackend for Counted {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.get()
+        }
+        fn create(&self, r: &LeaderRecord) -> BoxFuture<'_, Result<Version, LockError>> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.create(r)
+        }
+        fn update(
+            &self,
+            r: &LeaderRecord,
+            v: &Version,
+        ) -> BoxFuture<'_, Result<Version, LockError>> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.update(r, v)
+        }
+        fn watch(&self, v: Option<&Version>) -> WatchStream {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.watch(v)
+        }
+    }
+    let name = unique("through-kube");
+    let made = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (t1, t2) = (tx.clone(), tx);
+    let mut electors = Vec::new();
+    for id in ["a", "b"] {
+        let lock = Counted(LeaseLock::new(api.clone(), "default", &name), made.clone());
+        let cancel = CancellationToken::new();
+        let (t1, t2) = (t1.clone(), t2.clone());
+        let who = id.to_owned();
+        let elector = Elector::new(lock, id, fast())
+            .unwrap()
+            .on_started_leading(move |l| {
+                let _ = t1.send(Ev::Started(
+                    who.clone(),
+                    l.fencing_token().0,
+                    Instant::now(),
+                ));
+            })
+            .on_stopped_leading(move || {
+                let _ = t2.send(Ev::Stopped);
+            });
+        electors.push((cancel.clone(), tokio::spawn(elector.run(cancel))));
+    }
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap();
+    assert!(matches!(first, Some(Ev::Started(..))), "{first:?}");
+    // A few renewals, then a graceful handover.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    electors[0].0.cancel();
+    electors[1].0.cancel();
+    for (_, task) in electors {
+        task.await.unwrap();
+    }
+    let (made, seen) = (made.load(Ordering::SeqCst), SEEN.load(Ordering::SeqCst));
+    println!("lock requests made: {made}; requests the application's client saw: {seen}");
+    assert!(made >= 4, "{made}");
+    // An update whose cached object is stale reads it first: more requests, never fewer.
+    assert!(
+        seen >= made,
+        "a lock request bypassed the application's client"
+    );
 }

@@ -81,7 +81,8 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let client = match leasehold::backend::kube::client(kubeconfig.as_deref()).await {
+        let client = match leasehold::backend::kube::client_with_http2(kubeconfig.as_deref()).await
+        {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("lh-candidate: {}", leasehold::display_chain(&e));

@@ -1,22 +1,40 @@
 //! Kubernetes backends (feature `kube`): the `coordination.k8s.io/v1` Lease lock, the legacy
 //! ConfigMap/Endpoints annotation locks, the [`MultiLock`] that migrates between them, and the
 //! client configuration rules every Kubernetes lock shares.
+//!
+//! # Your client, your choices
+//! A lock made from your `kube::Client` sends every request through it: its authentication,
+//! proxy, TLS settings, timeouts and tower layers. leasehold picks no Kubernetes API version
+//! (k8s-openapi feature), no TLS stack and no crypto provider; your application does, as for
+//! kube itself:
+//!
+//! ```toml
+//! [dependencies]
+//! leasehold = "0.1"
+//! kube = { version = "5", features = ["runtime", "rustls-tls"] }   # or openssl-tls, aws-lc-rs, ...
+//! k8s-openapi = { version = "0.29", features = ["latest"] }       # or the version you target
+//! ```
+//!
+//! [`client`] builds a `kube::Client` the way kubectl finds its configuration, for programs
+//! that have none of their own. The opt-in feature `http2-direct` adds leasehold's own HTTP/2
+//! connection for the locks' requests ([`client_with_http2`]), which the `leasehold` CLI uses.
 
 mod annotation;
+#[cfg(feature = "http2-direct")]
 mod http2;
 mod kubeconfig;
 mod lease;
 mod multi;
 mod object;
+#[cfg(feature = "http2-direct")]
 mod tcp;
+#[cfg(feature = "http2-direct")]
 mod wire;
-mod yaml;
 
 pub use annotation::{AnnotationLock, LEADER_ANNOTATION};
 pub use kubeconfig::{KubeconfigError, read_from as read_kubeconfig};
 pub use lease::{LeaseLock, lease_spec_to_record, record_to_lease_spec};
 pub use multi::{MultiLock, UNKNOWN_LEADER};
-pub use yaml::YamlError;
 
 use leasehold_core::{
     LeaderRecord, LockBackend, LockError, LockEvent, Version, Versioned,
@@ -193,25 +211,30 @@ pub enum ClientError {
 
 /// The client the Kubernetes locks send their requests with.
 ///
-/// Built by [`client`] or [`client_from_config`], it sends a lock's reads, writes and watches
-/// over leasehold's own HTTP/2 connection to the API server (`http2`, which says why: at
-/// thousands of elections per process the request path is most of the cost of leading), and
-/// everything else (Events, Pod labels) through the [`kube::Client`] it also holds. Made from a
-/// [`kube::Client`] (`From`), as an operator that already has one does, every request goes
-/// through that client.
+/// Made from a [`kube::Client`] (`From`, or [`client`]), as an operator that already has one
+/// does, every request goes through that client.
 ///
-/// The two paths share the configuration (TLS, client certificates, tokens, exec plugins,
-/// impersonation); with a server that does not agree to HTTP/2, a plain-`http` cluster URL or a
-/// proxy, everything goes through kube's client.
+/// Built by [`client_with_http2`] (feature `http2-direct`, opt-in), it sends a lock's reads,
+/// writes and watches over leasehold's own HTTP/2 connection to the API server (at thousands of
+/// elections per process the request path is most of the cost of leading; docs/design.md has
+/// the figures), and everything else (Events, Pod labels) through the [`kube::Client`] it also
+/// holds. The two paths share the configuration (TLS, client certificates, tokens,
+/// impersonation); with a server that does not agree to HTTP/2, a plain-`http` cluster URL, a
+/// proxy or an exec credential plugin, everything goes through kube's client.
 #[derive(Clone)]
 pub struct ApiClient {
     kube: kube::Client,
+    #[cfg(feature = "http2-direct")]
     direct: Option<http2::Http2>,
 }
 
 impl From<kube::Client> for ApiClient {
     fn from(kube: kube::Client) -> Self {
-        Self { kube, direct: None }
+        Self {
+            kube,
+            #[cfg(feature = "http2-direct")]
+            direct: None,
+        }
     }
 }
 
@@ -230,11 +253,27 @@ impl ApiClient {
     }
 
     /// Whether lock requests take leasehold's own HTTP/2 path (false when made from a
-    /// [`kube::Client`], or once the server has refused HTTP/2).
+    /// [`kube::Client`], without the `http2-direct` feature, or once the server has refused
+    /// HTTP/2).
     pub fn is_direct(&self) -> bool {
-        self.direct.as_ref().is_some_and(http2::Http2::usable)
+        #[cfg(feature = "http2-direct")]
+        {
+            self.direct.as_ref().is_some_and(http2::Http2::usable)
+        }
+        #[cfg(not(feature = "http2-direct"))]
+        {
+            false
+        }
     }
 
+    /// Whether this client was built with leasehold's own HTTP/2 path: its Lease locks then
+    /// also use leasehold's own Lease codec.
+    #[cfg(feature = "http2-direct")]
+    pub(crate) fn has_direct_path(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    #[cfg(feature = "http2-direct")]
     fn direct(&self) -> Option<&http2::Http2> {
         self.direct.as_ref().filter(|d| d.usable())
     }
@@ -244,6 +283,7 @@ impl ApiClient {
         &self,
         req: http::Request<Vec<u8>>,
     ) -> Result<T, kube::Error> {
+        #[cfg(feature = "http2-direct")]
         let req = match self.direct() {
             None => req,
             Some(d) => match d.request(req).await {
@@ -264,6 +304,7 @@ impl ApiClient {
         kube::Error,
     > {
         use futures_util::StreamExt as _;
+        #[cfg(feature = "http2-direct")]
         let req = match self.direct() {
             None => req,
             Some(d) => match d.events::<T>(req).await {
@@ -276,20 +317,37 @@ impl ApiClient {
     }
 }
 
-/// Builds a client: `kubeconfig` if given, else the files in `KUBECONFIG` (merged, the first
-/// to set a value wins; missing ones skipped, as kubectl does), else `~/.kube/config`, else the
-/// in-cluster service account.
-///
-/// Kubeconfig files are read by leasehold's own YAML reader (`yaml`, which says why), strictly:
-/// anchors, tags and duplicate keys are errors that name the line. kube-rs's
-/// `KUBE_RS_DEBUG_*` overrides apply when no file is named, as with `kube::Config::infer`.
-///
-/// kube's own retry layer is turned off: it retries 429/5xx with backoffs that could outlast a
-/// renew deadline. The elector retries itself, under a deadline per request.
+/// Builds a client as kubectl finds its configuration: `kubeconfig` if given, else the files
+/// in `KUBECONFIG` (merged, the first to set a value wins; missing ones skipped), else
+/// `~/.kube/config`, else the in-cluster service account. Then [`client_from_config`].
 ///
 /// # Errors
 /// A [`ClientError`] naming what could not be read.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<ApiClient, ClientError> {
+    client_from_config(config(kubeconfig).await?)
+}
+
+/// Like [`client`], with leasehold's own HTTP/2 path for the locks' requests (see
+/// [`ApiClient`]).
+///
+/// # Errors
+/// A [`ClientError`] naming what could not be read.
+#[cfg(feature = "http2-direct")]
+pub async fn client_with_http2(kubeconfig: Option<&Path>) -> Result<ApiClient, ClientError> {
+    client_from_config_with_http2(config(kubeconfig).await?)
+}
+
+/// The client configuration [`client`] uses: `kubeconfig` if given, else the files in
+/// `KUBECONFIG`, else `~/.kube/config`, else the in-cluster service account. Kubeconfig files
+/// are read with kube-rs's reader ([`read_kubeconfig`]), so everything kubectl accepts
+/// (anchors, aliases, merge keys, `proxy-url`, `tls-server-name`, exec plugins) is taken as
+/// kube-rs takes it. kube-rs's `KUBE_RS_DEBUG_*` overrides apply when no file is named, as
+/// with `kube::Config::infer`. A kubeconfig that exists but cannot be used is an error, never
+/// a fallback to the Pod's service account.
+///
+/// # Errors
+/// A [`ClientError`] naming what could not be read.
+pub async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientError> {
     let options = kube::config::KubeConfigOptions::default();
     let config = match kubeconfig {
         Some(path) => {
@@ -331,7 +389,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<ApiClient, ClientError>
             config
         }
     };
-    client_from_config(config)
+    Ok(config)
 }
 
 /// A kubeconfig without a current context names no server: say so, rather than kube-rs's
@@ -349,57 +407,37 @@ fn list(paths: &[PathBuf]) -> String {
     names.join(", ")
 }
 
-/// Builds a client from a [`kube::Config`] the way leasehold needs it: the locks' requests on
-/// leasehold's own HTTP/2 connection (see [`ApiClient`]), and a [`kube::Client`] for the rest,
-/// built as follows.
-///
-/// - **HTTP/1.1 only.** The lock's watch and writes share leasehold's own HTTP/2 connection,
-///   which the watch keeps warm, so a standby's takeover write goes out on a live connection.
-///   What is left for this client (Events, Pod labels, and everything when the server refuses
-///   HTTP/2) gains nothing from HTTP/2, and a second HTTP/2 client would add about 140 KB to
-///   the sidecar, which is resident memory (docs/benchmarks.md).
-/// - **No idle expiry** of pooled connections: a write after a quiet spell reuses one when it
-///   can.
-/// - **No retry layer**: kube's retries 429/5xx with backoffs that could outlast a renew
-///   deadline; the elector retries itself, under a deadline per request.
-///
-/// Authentication, the base URI and impersonation headers come from the config as in kube's
-/// own builder.
+/// Builds a client from a [`kube::Config`] with kube's own builder (its TLS stack, proxy
+/// support and `tls-server-name` handling are what the application enabled on kube), with one
+/// change: kube's retry layer is off. It retries 429/5xx with backoffs that could outlast a
+/// renew deadline; the elector retries itself, under a deadline per request.
 ///
 /// # Errors
-/// [`ClientError::Build`] when the TLS or auth configuration is unusable.
-pub fn client_from_config(config: kube::Config) -> Result<ApiClient, ClientError> {
-    use kube::client::ConfigExt as _;
-    use std::time::Duration;
-    use tower::ServiceBuilder;
+/// [`ClientError::Build`] when the TLS, proxy or auth configuration is unusable (for example
+/// an `https` cluster with no TLS feature enabled on kube).
+pub fn client_from_config(mut config: kube::Config) -> Result<ApiClient, ClientError> {
+    config.default_retry = false;
+    Ok(kube::Client::try_from(config)
+        .map_err(ClientError::Build)?
+        .into())
+}
 
-    let direct = http2::Http2::new(&config).map_err(ClientError::Build)?;
-
-    let tls = config.rustls_client_config().map_err(ClientError::Build)?;
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(config.connect_timeout.or(Some(Duration::from_secs(10))));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    let hyper = hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .pool_idle_timeout(None)
-        .build(https);
-    let service = ServiceBuilder::new()
-        .layer(config.base_uri_layer())
-        .option_layer(config.auth_layer().map_err(ClientError::Build)?)
-        .layer(config.extra_headers_layer().map_err(ClientError::Build)?)
-        .map_err(tower::BoxError::from)
-        .service(hyper);
-    Ok(ApiClient {
-        kube: kube::Client::new(service, config.default_namespace),
-        direct,
-    })
+/// Like [`client_from_config`], with leasehold's own HTTP/2 path for the locks' requests (see
+/// [`ApiClient`]). Not with an exec credential plugin: the two paths would each run it, and a
+/// plugin must run once per refresh.
+///
+/// # Errors
+/// [`ClientError::Build`] when the TLS, proxy or auth configuration is unusable.
+#[cfg(feature = "http2-direct")]
+pub fn client_from_config_with_http2(config: kube::Config) -> Result<ApiClient, ClientError> {
+    let direct = if config.auth_info.exec.is_some() {
+        None
+    } else {
+        http2::Http2::new(&config).map_err(ClientError::Build)?
+    };
+    let mut client = client_from_config(config)?;
+    client.direct = direct;
+    Ok(client)
 }
 
 /// The namespace a lock lives in when none is given: the Pod's own (from the service-account

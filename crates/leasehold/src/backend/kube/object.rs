@@ -2,7 +2,9 @@
 //! compare-and-swap on `resourceVersion`, a watch on its name, and Events about it. Where the
 //! record lives in the object (a Lease's `spec`, an annotation) is the [`Kind`]'s business.
 
-use super::{ApiClient, annotation, map_error, wire};
+#[cfg(feature = "http2-direct")]
+use super::wire;
+use super::{ApiClient, annotation, map_error};
 use futures_util::{StreamExt as _, stream};
 use k8s_openapi::api::{
     coordination::v1::Lease,
@@ -85,10 +87,89 @@ pub(crate) trait Codec: Send + Sync + 'static {
     fn update_body(obj: Self::Object, record: &LeaderRecord) -> Result<Vec<u8>, serde_json::Error>;
 }
 
-/// Leases, through the flat codec of [`wire`].
+/// Leases, through serde: the object as JSON (`DynamicObject`), the record in its `spec` read
+/// and written through k8s-openapi's `LeaseSpec`. An update changes the five record fields and
+/// keeps every other field of the object (`spec.strategy`, `spec.preferredHolder`, fields
+/// newer than this code, labels, annotations).
 pub(crate) struct LeaseCodec;
 
+/// The five `spec` fields that hold the record.
+const LEASE_RECORD_FIELDS: [&str; 5] = [
+    "holderIdentity",
+    "leaseDurationSeconds",
+    "acquireTime",
+    "renewTime",
+    "leaseTransitions",
+];
+
 impl Codec for LeaseCodec {
+    type Object = DynamicObject;
+    fn version(obj: &Self::Object) -> &str {
+        obj.metadata.resource_version.as_deref().unwrap_or_default()
+    }
+    fn uid(obj: &Self::Object) -> Option<String> {
+        obj.metadata.uid.clone()
+    }
+    fn record(obj: &Self::Object) -> Result<LeaderRecord, RecordError> {
+        let spec = match obj.data.get("spec") {
+            None | Some(serde_json::Value::Null) => Default::default(),
+            Some(spec) => serde_json::from_value::<k8s_openapi::api::coordination::v1::LeaseSpec>(
+                spec.clone(),
+            )
+            .map_err(|e| RecordError::Field {
+                field: "spec",
+                reason: e.to_string(),
+            })?,
+        };
+        Ok(super::lease_spec_to_record(&spec))
+    }
+    fn trim(obj: &mut Self::Object) {
+        obj.metadata.managed_fields = None;
+    }
+    fn create_body(
+        _kind: Kind,
+        namespace: &str,
+        name: &str,
+        record: &LeaderRecord,
+    ) -> Result<Vec<u8>, serde_json::Error> {
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                ..Default::default()
+            },
+            spec: Some(super::record_to_lease_spec(record)),
+        };
+        serde_json::to_vec(&lease)
+    }
+    fn update_body(
+        mut obj: Self::Object,
+        record: &LeaderRecord,
+    ) -> Result<Vec<u8>, serde_json::Error> {
+        let fields = serde_json::to_value(super::record_to_lease_spec(record))?;
+        let spec = obj
+            .data
+            .as_object_mut()
+            .map(|data| data.entry("spec").or_insert_with(|| serde_json::json!({})));
+        if let (Some(serde_json::Value::Object(spec)), serde_json::Value::Object(fields)) =
+            (spec, fields)
+        {
+            for key in LEASE_RECORD_FIELDS {
+                spec.remove(key);
+            }
+            spec.extend(fields);
+        }
+        serde_json::to_vec(&obj)
+    }
+}
+
+/// Leases, through the flat codec of [`wire`] (feature `http2-direct`: what a renewal costs
+/// at thousands of elections per process; docs/design.md).
+#[cfg(feature = "http2-direct")]
+pub(crate) struct WireLeaseCodec;
+
+#[cfg(feature = "http2-direct")]
+impl Codec for WireLeaseCodec {
     type Object = wire::LeaseObject;
     fn version(obj: &Self::Object) -> &str {
         &obj.version
