@@ -453,11 +453,11 @@ impl std::fmt::Display for ServerFloor {
 /// connections), as two candidates would have.
 async fn server_floor(server: &KubeServer, name: &str) -> ServerFloor {
     use futures_util::StreamExt as _;
-    use leasehold::{LeaderRecord, backend::kube::LeaseLock};
+    use leasehold::{LeaderRecord, backend::kubernetes::LeaseLock};
     let kc = server.kubeconfig("admin");
     // The path the shipped sidecar takes.
     let connect = || async {
-        leasehold::backend::kube::client_with_http2(Some(&kc))
+        leasehold::backend::kubernetes::client_with_http2(Some(&kc))
             .await
             .expect("client")
     };

@@ -31,7 +31,7 @@ pub struct LockArgs {
     /// `--kubeconfig`.
     pub kubeconfig: Option<PathBuf>,
     /// `--lock-type` (kube backend).
-    pub lock_type: leasehold::backend::kube::LockType,
+    pub lock_type: leasehold::backend::kubernetes::LockType,
 }
 
 /// When `/readyz` reports ready.
@@ -373,7 +373,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--file" => file = Some(PathBuf::from(value)),
             "--lock-type" => {
                 lock_type = Some(value.parse().map_err(
-                    |e: leasehold::backend::kube::UnknownLockType| {
+                    |e: leasehold::backend::kubernetes::UnknownLockType| {
                         usage(format!("--lock-type: {e}"))
                     },
                 )?);
@@ -668,7 +668,7 @@ mod tests {
         assert!(r.sidecar.no_events);
         assert_eq!(
             r.lock.lock_type,
-            leasehold::backend::kube::LockType::ConfigMapsLeases
+            leasehold::backend::kubernetes::LockType::ConfigMapsLeases
         );
         let e = |s: &str| p(s).unwrap_err().0;
         assert!(

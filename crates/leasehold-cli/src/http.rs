@@ -1,20 +1,26 @@
-//! The sidecar's HTTP endpoints (seed 003's status server, client-go's healthz adaptor):
-//! `GET /` (JSON status), `/healthz`, `/readyz`, `/metrics`.
+//! The sidecar's HTTP endpoints (the classic `election` sidecar's status server, client-go's
+//! healthz adaptor): `GET /` (JSON status), `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Hand-written HTTP/1.1 with `Connection: close`: four GET routes answered from memory do not
-//! need a server framework, and the binary stays small.
+//! Served by hyper's HTTP/1.1 server, one request per connection, within [`Limits`]: a bounded
+//! number of connections, each with a deadline for its request head and for the whole
+//! exchange. The sidecar shares one thread with the election, and every connection holds a
+//! file descriptor the lock's own requests may need, so idle, slowly written or stuck clients
+//! must neither pile up nor keep a new probe waiting.
 
 use crate::args::ReadyWhen;
-use leasehold::{ElectorHandle, Leadership, Role};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, header, server::conn::http1};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use leasehold::{ElectorHandle, Leadership, Role, metrics};
 use std::{
-    sync::{Arc, Mutex},
+    collections::VecDeque,
+    convert::Infallible,
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-    time::Instant,
-};
+use tokio::{net::TcpListener, time::Instant};
+use tokio_util::sync::CancellationToken;
 
 /// What the endpoints answer from.
 #[derive(Clone)]
@@ -60,7 +66,7 @@ impl State {
         let leading = self.is_leader();
         let record = status.record.as_ref();
         let body = serde_json::json!({
-            // seed 003 / the classic `election` sidecar: `name` is the leader's identity.
+            // As the classic `election` sidecar: `name` is the leader's identity.
             "name": status.leader,
             "leader": status.leader,
             "is_leader": leading,
@@ -113,11 +119,10 @@ impl State {
 
     fn metrics(&self) -> String {
         let mut out = String::new();
-        let mut status = self.handle.status();
-        if !self.is_leader() && status.role == Role::Leader {
-            status.role = Role::Standby;
-        }
-        self.handle.metrics().encode(&self.name, &status, &mut out);
+        let status = self.handle.status();
+        let election = metrics::Election::new(&self.name, self.handle.metrics(), &status)
+            .leading(self.is_leader());
+        metrics::encode(&[election], &mut out);
         out
     }
 
@@ -144,53 +149,286 @@ impl State {
             _ => (404, TEXT, "not found\n".into()),
         }
     }
+
+    /// Answers `req`.
+    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let (code, ctype, body) = self.route(req.method().as_str(), req.uri().path());
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() =
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(ctype),
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        resp
+    }
 }
 
-/// Serves `state` on `listener` until the task is dropped.
+/// How the server bounds its clients. A probe or a scrape is one small request answered from
+/// memory in microseconds, so real clients never come near these; they only decide how long
+/// an idle, slow or stuck connection may hold a slot and a file descriptor.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections held at once. A new connection at the limit closes the oldest one rather
+    /// than wait for a slot: the newcomer is most likely a probe that must be answered now,
+    /// and the oldest has had the longest to send its request (a real one takes microseconds).
+    /// So however many connections a client opens and leaves idle, a new one is answered at
+    /// once, and the sidecar's file descriptors stay bounded.
+    pub connections: usize,
+    /// Time from accepting a connection to having its request line and headers; not extended
+    /// by bytes that trickle in.
+    pub head: Duration,
+    /// Time for the whole exchange, from accepting the connection to writing the response.
+    pub exchange: Duration,
+}
+
+// === impl Limits ===
+
+impl Limits {
+    /// Far above the handful of probes and scrapers that query a sidecar, and a small part of
+    /// the 1,024 open files most services may hold.
+    pub const DEFAULT_CONNECTIONS: usize = 128;
+    /// Twice the kubelet's default probe timeout (1 s).
+    pub const DEFAULT_HEAD: Duration = Duration::from_secs(2);
+    /// Room for a scraper that reads slowly, still well under the kubelet's probe period.
+    pub const DEFAULT_EXCHANGE: Duration = Duration::from_secs(5);
+}
+
+impl Default for Limits {
+    /// [`DEFAULT_CONNECTIONS`](Self::DEFAULT_CONNECTIONS),
+    /// [`DEFAULT_HEAD`](Self::DEFAULT_HEAD), [`DEFAULT_EXCHANGE`](Self::DEFAULT_EXCHANGE).
+    fn default() -> Self {
+        Self {
+            connections: Self::DEFAULT_CONNECTIONS,
+            head: Self::DEFAULT_HEAD,
+            exchange: Self::DEFAULT_EXCHANGE,
+        }
+    }
+}
+
+/// The connections being served, oldest first, each with the token that closes it.
+#[derive(Default)]
+struct Open {
+    next: u64,
+    conns: VecDeque<(u64, CancellationToken)>,
+}
+
+/// A connection's place in [`Open`], given up when its task ends however it ends.
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    id: u64,
+}
+
+// === impl Slot ===
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        // Ids increase, so the queue is sorted by id.
+        if let Ok(i) = open.conns.binary_search_by_key(&self.id, |(id, _)| *id) {
+            open.conns.remove(i);
+        }
+    }
+}
+
+/// Serves `state` on `listener` within [`Limits::default`] until the task is dropped.
 pub async fn serve(listener: TcpListener, state: State) {
+    serve_with(listener, state, Limits::default()).await;
+}
+
+/// Serves `state` on `listener` within `limits` until the task is dropped.
+pub async fn serve_with(listener: TcpListener, state: State, limits: Limits) {
+    let state = Arc::new(state);
+    let open = Arc::new(Mutex::new(Open::default()));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.head)
+        .keep_alive(false)
+        // The smallest hyper allows: a request head here is a line and a few headers.
+        .max_buf_size(8192);
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors or memory: wait for some to be freed.
+                tracing::debug!(error = %e, "cannot accept an HTTP connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
-        let state = state.clone();
-        tokio::spawn(async move {
-            // A request line and headers fit in 8 KiB; a slow or silent client gets 5 s.
-            let mut buf = vec![0u8; 8192];
-            let mut len = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                loop {
-                    let n = conn.read(&mut buf[len..]).await?;
-                    len += n;
-                    if n == 0 || buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || len == buf.len()
-                    {
-                        return Ok::<_, std::io::Error>(());
-                    }
-                }
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (code, ctype, body) = state.route(method, path);
-            let reason = match code {
-                200 => "OK",
-                404 => "Not Found",
-                405 => "Method Not Allowed",
-                _ => "Service Unavailable",
+        let token = CancellationToken::new();
+        let (id, evicted) = {
+            let mut open = open.lock().unwrap_or_else(PoisonError::into_inner);
+            let evicted = if open.conns.len() >= limits.connections.max(1) {
+                open.conns.pop_front()
+            } else {
+                None
             };
-            let mut resp = format!(
-                "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            if method != "HEAD" {
-                resp.push_str(&body);
+            let id = open.next;
+            open.next += 1;
+            open.conns.push_back((id, token.clone()));
+            (id, evicted)
+        };
+        if let Some((_, oldest)) = evicted {
+            oldest.cancel();
+        }
+        let slot = Slot {
+            open: Arc::clone(&open),
+            id,
+        };
+        let state = Arc::clone(&state);
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            hyper::service::service_fn(move |req| {
+                let resp = state.respond(&req);
+                async move { Ok::<_, Infallible>(resp) }
+            }),
+        );
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                biased;
+                () = token.cancelled() => {}
+                _ = tokio::time::timeout(limits.exchange, conn) => {}
             }
-            let _ = conn.write_all(resp.as_bytes()).await;
-            let _ = conn.shutdown().await;
         });
+        // Let the new connection (and any closed one) run before the next accept: on this
+        // one thread, a burst of accepts must not close a connection before it was read.
+        tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leasehold::{Elector, Timing, backend::file::FileLock};
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+        time::timeout,
+    };
+
+    fn state() -> State {
+        let lock = FileLock::new("/nonexistent/never-opened.json");
+        let elector = Elector::new(lock, "a", Timing::default()).unwrap();
+        State {
+            handle: elector.handle(),
+            term: Arc::default(),
+            elector_dead: Arc::default(),
+            name: "t".into(),
+            namespace: String::new(),
+            identity: "a".into(),
+            ready_when: ReadyWhen::Observed,
+            healthz_grace: Duration::from_secs(1),
+        }
+    }
+
+    /// `GET /healthz` as a new client: the response, or why there was none within 1 s.
+    async fn healthz(addr: std::net::SocketAddr) -> Result<String, String> {
+        timeout(Duration::from_secs(1), async {
+            let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(resp)
+        })
+        .await
+        .map_err(|_| "no answer within 1 s".to_owned())?
+    }
+
+    /// Reads until the server closes the connection: how long that took.
+    async fn closed_after(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 1024];
+        timeout(limit, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return t0.elapsed(),
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_a_new_client_closes_the_oldest_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            connections: 2,
+            head: Duration::from_secs(30),
+            exchange: Duration::from_secs(30),
+        };
+        let server = tokio::spawn(serve_with(listener, state(), limits));
+        let mut oldest = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let resp = healthz(addr).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+        assert!(resp.ends_with("\r\n\r\nok\n"), "{resp}");
+        assert!(
+            closed_after(&mut oldest, Duration::from_secs(1))
+                .await
+                .is_some(),
+            "the oldest idle connection made room"
+        );
+        // An answered client leaves at once; with a new idle one the set is full again, and
+        // the next newcomer closes the next oldest.
+        let _third = TcpStream::connect(addr).await.unwrap();
+        assert!(healthz(addr).await.unwrap().starts_with("HTTP/1.1 200"));
+        assert!(
+            closed_after(&mut second, Duration::from_secs(1))
+                .await
+                .is_some()
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_request_head_that_trickles_in_is_cut_off_at_its_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            connections: 16,
+            head: Duration::from_millis(300),
+            exchange: Duration::from_secs(30),
+        };
+        let server = tokio::spawn(serve_with(listener, state(), limits));
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        let trickle = async {
+            // A header byte every 50 ms: never idle, never done.
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if slow.write_all(b"X-Slow: a\r\n").await.is_err() {
+                    return;
+                }
+            }
+        };
+        let t0 = Instant::now();
+        let _ = timeout(Duration::from_secs(2), trickle).await;
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "the server closed the connection after {took:?}"
+        );
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let took = closed_after(&mut idle, Duration::from_secs(2)).await;
+        assert!(
+            took.is_some_and(|t| t < Duration::from_secs(1)),
+            "an idle connection closed after {took:?}"
+        );
+        server.abort();
     }
 }

@@ -35,11 +35,11 @@ pub enum Error {
         from: &'static str,
         /// What is wrong with it.
         #[source]
-        source: leasehold::backend::kube::ClientError,
+        source: leasehold::backend::kubernetes::ClientError,
     },
     /// No Kubernetes client could be configured (exit 1).
     #[error("cannot configure a Kubernetes client")]
-    Client(#[source] leasehold::backend::kube::ClientError),
+    Client(#[source] leasehold::backend::kubernetes::ClientError),
     /// The command after `--` cannot be run (exit 127 or 126, as shells do); found before
     /// contending, so a typo never takes the lease.
     #[error("cannot run `{command}`: {problem}")]
@@ -195,11 +195,11 @@ pub async fn with_backend<R>(
             f(Box::new(backend), None).await
         }
         Backend::Kube => {
-            use leasehold::backend::kube;
-            let client = kube::client_with_http2(lock.kubeconfig.as_deref())
+            use leasehold::backend::kubernetes as k8s;
+            let client = k8s::client_with_http2(lock.kubeconfig.as_deref())
                 .await
                 .map_err(|e| match e {
-                    kube::ClientError::Kubeconfig { .. } => Error::Kubeconfig {
+                    k8s::ClientError::Kubeconfig { .. } => Error::Kubeconfig {
                         from: if lock.kubeconfig.is_some() {
                             "--kubeconfig"
                         } else {
@@ -212,8 +212,8 @@ pub async fn with_backend<R>(
             let ns = lock
                 .namespace
                 .clone()
-                .unwrap_or_else(kube::default_namespace);
-            let backend = kube::KubeLock::new(client.clone(), lock.lock_type, &ns, &lock.name)
+                .unwrap_or_else(k8s::default_namespace);
+            let backend = k8s::KubeLock::new(client.clone(), lock.lock_type, &ns, &lock.name)
                 .with_events(events);
             f(Box::new(backend), Some((client.into(), ns))).await
         }
@@ -301,7 +301,7 @@ impl Labeler {
             loop {
                 let value = *want_rx.borrow_and_update();
                 if *applied_tx.borrow() != Some(value) {
-                    match leasehold::backend::kube::set_pod_label(
+                    match leasehold::backend::kubernetes::set_pod_label(
                         &client, &namespace, &pod, &key, value,
                     )
                     .await

@@ -249,7 +249,8 @@ async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
             // `update`: the Lease exists (released), so acquiring it needs `update`.
             // `watch`: another holder has it for 30 s, so this candidate stands by, which is
             // when it watches (a leader holds no watch).
-            let admin_lock = leasehold::backend::kube::LeaseLock::new(admin.clone(), &ns, &name);
+            let admin_lock =
+                leasehold::backend::kubernetes::LeaseLock::new(admin.clone(), &ns, &name);
             use leasehold::LockBackend as _;
             let now = jiff::Timestamp::now();
             let record = if verb == "watch" {

@@ -128,10 +128,10 @@ async fn electors(args: &[String]) -> i32 {
             }
             _ => {
                 let kc = PathBuf::from(flag(args, "--kubeconfig").expect("--kubeconfig"));
-                let client = leasehold::backend::kube::client(Some(&kc))
+                let client = leasehold::backend::kubernetes::client(Some(&kc))
                     .await
                     .expect("client");
-                let lock = leasehold::backend::kube::LeaseLock::new(client, "default", NAME);
+                let lock = leasehold::backend::kubernetes::LeaseLock::new(client, "default", NAME);
                 tokio::spawn(
                     Elector::new(lock, id, timing())
                         .expect("elector")
@@ -419,7 +419,7 @@ async fn one_run(
 
     let admin = match &server {
         Some(s) => Some(
-            leasehold::backend::kube::client(Some(&s.kubeconfig("admin")))
+            leasehold::backend::kubernetes::client(Some(&s.kubeconfig("admin")))
                 .await
                 .expect("admin client")
                 .kube()

@@ -37,6 +37,10 @@ struct State {
     /// Watches get a 410 Gone event right away while set.
     watch_gone: bool,
     requests: BTreeMap<String, u64>,
+    /// One Pod's labels, for the role label's PATCH requests.
+    pod_labels: Option<serde_json::Map<String, Value>>,
+    /// The `Content-Type` of each Pod PATCH, in order.
+    pod_patches: Vec<String>,
 }
 
 /// The fake server; dropping it stops it.
@@ -133,6 +137,21 @@ impl FakeApi {
         self.state.lock().expect("poisoned").watch_gone = on;
     }
 
+    /// Creates the Pod the role label is set on, with these labels.
+    pub fn put_pod(&self, labels: serde_json::Map<String, Value>) {
+        self.state.lock().expect("poisoned").pod_labels = Some(labels);
+    }
+
+    /// The Pod's labels now.
+    pub fn pod_labels(&self) -> Option<serde_json::Map<String, Value>> {
+        self.state.lock().expect("poisoned").pod_labels.clone()
+    }
+
+    /// The `Content-Type` of every Pod PATCH received, in order.
+    pub fn pod_patches(&self) -> Vec<String> {
+        self.state.lock().expect("poisoned").pod_patches.clone()
+    }
+
     /// Requests received, by `METHOD kind` (`GET get`, `GET watch`, `PUT`, `POST`).
     pub fn requests(&self) -> BTreeMap<String, u64> {
         self.state.lock().expect("poisoned").requests.clone()
@@ -211,6 +230,12 @@ async fn handle(
         None => {}
     }
     let path = req.uri().path().to_owned();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let body = req
         .into_body()
         .collect()
@@ -218,6 +243,9 @@ async fn handle(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+    if path.contains("/pods/") {
+        return patch_pod(&st, &method, &content_type, &body);
+    }
     if watch {
         let gone = st.lock().expect("poisoned").watch_gone;
         let rx = tx.subscribe();
@@ -307,4 +335,62 @@ async fn handle(
         }
         _ => status(405, "MethodNotAllowed"),
     }
+}
+
+/// A Pod PATCH, as the API server applies the three patch types to `metadata.labels`.
+fn patch_pod(
+    st: &Mutex<State>,
+    method: &Method,
+    content_type: &str,
+    body: &[u8],
+) -> Response<Body> {
+    let mut s = st.lock().expect("poisoned");
+    s.pod_patches.push(content_type.to_owned());
+    if *method != Method::PATCH {
+        return status(405, "MethodNotAllowed");
+    }
+    let Some(labels) = s.pod_labels.as_mut() else {
+        return status(404, "NotFound");
+    };
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "BadRequest");
+    };
+    match content_type {
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            if let Some(set) = patch["metadata"]["labels"].as_object() {
+                for (k, v) in set {
+                    if v.is_null() {
+                        labels.remove(k);
+                    } else {
+                        labels.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        "application/json-patch+json" => {
+            for op in patch.as_array().into_iter().flatten() {
+                let path = op["path"].as_str().unwrap_or_default();
+                if op["op"] != "add" {
+                    return status(422, "Invalid");
+                }
+                if path == "/metadata/labels" {
+                    // Replaces the whole map, as RFC 6902 `add` does for an existing member.
+                    *labels = op["value"].as_object().cloned().unwrap_or_default();
+                } else if let Some(key) = path.strip_prefix("/metadata/labels/") {
+                    let key = key.replace("~1", "/").replace("~0", "~");
+                    labels.insert(key, op["value"].clone());
+                } else {
+                    return status(422, "Invalid");
+                }
+            }
+        }
+        _ => return status(415, "UnsupportedMediaType"),
+    }
+    let body =
+        json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "pod", "labels": labels}});
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .expect("response")
 }

@@ -72,8 +72,13 @@ impl Leadership {
     }
 
     /// A token cancelled when the term ends (step-down, loss, or shutdown).
+    ///
+    /// Each call returns a new child of the term's own token, so it is yours to cancel: doing
+    /// so stops the work you tied to it, not the term. The elector keeps leading, and
+    /// [`lost`](Self::lost) and [`is_lost`](Self::is_lost) keep telling the truth about the
+    /// term. To give up leadership, cancel the token passed to [`Elector::run`].
     pub fn token(&self) -> CancellationToken {
-        self.token.clone()
+        self.token.child_token()
     }
 
     /// Completes when the term ends.
@@ -119,15 +124,24 @@ type NewLeaderFn = Box<dyn FnMut(&str) + Send>;
 pub struct ElectorHandle {
     rx: watch::Receiver<Status>,
     metrics: Arc<Metrics>,
+    /// The current term's deadline on tokio's clock; `None` while not leading.
+    term_until: watch::Receiver<Option<Instant>>,
 }
 
 // === impl ElectorHandle ===
 
 impl ElectorHandle {
-    /// Whether this candidate leads right now.
+    /// Whether this candidate leads right now: the status says so *and* the term's deadline
+    /// ([`Leadership::valid_until`]) has not passed. The deadline holds even when the election
+    /// task is stalled and has not published its step-down, so a stale status cannot make
+    /// this answer "leader" after others may have taken over.
     #[doc(alias = "IsLeader")]
     pub fn is_leader(&self) -> bool {
         self.rx.borrow().role == Role::Leader
+            && self
+                .term_until
+                .borrow()
+                .is_some_and(|until| Instant::now() < until)
     }
 
     /// The current holder as last observed; empty before the first observation and while the
@@ -179,6 +193,8 @@ pub struct Elector<B> {
     metrics: Arc<Metrics>,
     enabled: bool,
     boot_clock: fn() -> Option<Duration>,
+    /// The current term's deadline, shared with handles for [`ElectorHandle::is_leader`].
+    term_until: watch::Sender<Option<Instant>>,
 }
 
 /// A request in flight: the event it ends with, and the error message if it failed.
@@ -208,6 +224,7 @@ impl<B: LockBackend> Elector<B> {
             metrics: Arc::default(),
             enabled: true,
             boot_clock: boottime,
+            term_until: watch::channel(None).0,
         })
     }
 
@@ -289,6 +306,7 @@ impl<B: LockBackend> Elector<B> {
         ElectorHandle {
             rx: self.tx.subscribe(),
             metrics: Arc::clone(&self.metrics),
+            term_until: self.term_until.subscribe(),
         }
     }
 
@@ -443,8 +461,9 @@ impl<B: LockBackend> Elector<B> {
                             let t = cancel.child_token();
                             leadership = Some(t.clone().drop_guard());
                             let until = self.machine.leading_until().unwrap_or_default();
-                            let (until_tx, until_rx) =
-                                watch::channel(self.deadline(origin, until, &sends));
+                            let deadline = self.deadline(origin, until, &sends);
+                            self.term_until.send_replace(Some(deadline.at));
+                            let (until_tx, until_rx) = watch::channel(deadline);
                             valid_until = Some(until_tx);
                             if let Some(f) = &mut self.on_started {
                                 f(Leadership {
@@ -459,6 +478,7 @@ impl<B: LockBackend> Elector<B> {
                             // Dropping the guard cancels the token.
                             drop(leadership.take());
                             valid_until = None;
+                            self.term_until.send_replace(None);
                             self.record_event(LockEventKind::StoppedLeading, token);
                             match &reason {
                                 StepDown::Cancelled => {
@@ -509,13 +529,16 @@ impl<B: LockBackend> Elector<B> {
                     }
                 }
                 if let (Some(tx), Some(until)) = (&valid_until, self.machine.leading_until()) {
-                    tx.send_if_modified(|v| {
+                    let moved = tx.send_if_modified(|v| {
                         if v.at == origin + until {
                             return false;
                         }
                         *v = self.deadline(origin, until, &sends);
                         true
                     });
+                    if moved {
+                        self.term_until.send_replace(Some(origin + until));
+                    }
                 }
                 let lease = self.machine.timing().lease_duration;
                 duplicate = duplicate.take().filter(|(_, at)| at.elapsed() < lease * 2);
@@ -705,6 +728,7 @@ impl<B: LockBackend> Elector<B> {
             at: Instant::now() + far,
             boottime: (self.boot_clock)().map(|b| b + far),
         });
+        self.term_until.send_replace(Some(until_rx.borrow().at));
         self.tx.send_replace(Status {
             role: Role::Leader,
             leader: self.identity.to_string(),
@@ -726,6 +750,7 @@ impl<B: LockBackend> Elector<B> {
         }
         cancel.cancelled().await;
         t.cancel();
+        self.term_until.send_replace(None);
         if let Some(f) = &mut self.on_stopped {
             f();
         }

@@ -35,7 +35,8 @@
 //! cancel.cancel(); // steps down and releases
 //! # Ok(()) }
 //! ```
-//! For Kubernetes, build a [`backend::kube::LeaseLock`] from [`backend::kube::client`].
+//! For Kubernetes (feature `kube`, on by default), build a `backend::kubernetes::LeaseLock` from
+//! your own `kube::Client`: every request goes through it.
 
 pub mod backend;
 mod elector;

@@ -1,6 +1,8 @@
 //! A blocking-style lock on a Lease: seed 004's `LeaseLocker`.
 
-use crate::{Elector, ElectorHandle, Leadership, LockBackend, Timing, backend::kube::LeaseLock};
+use crate::{
+    Elector, ElectorHandle, Leadership, LockBackend, Timing, backend::kubernetes::LeaseLock,
+};
 use leasehold_core::LeaderRecord;
 use std::{sync::Mutex, time::Duration};
 use tokio::{task::JoinHandle, time::Instant};
@@ -73,7 +75,7 @@ impl LeaseLocker {
     /// time, unlock retries every 2 s.
     #[doc(alias = "NewLeaseLocker")]
     pub fn new(
-        client: impl Into<crate::backend::kube::ApiClient>,
+        client: impl Into<crate::backend::kubernetes::ApiClient>,
         namespace: &str,
         name: &str,
         owner: impl Into<String>,

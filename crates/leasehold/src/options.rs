@@ -4,7 +4,7 @@
 
 use crate::{
     Elector, Leadership, Timing,
-    backend::kube::{KubeLock, LockType, default_namespace},
+    backend::kubernetes::{KubeLock, LockType, default_namespace},
 };
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -200,7 +200,7 @@ impl Options {
     #[doc(alias = "NewLeaderElectionConfig")]
     pub fn build(
         self,
-        client: impl Into<crate::backend::kube::ApiClient>,
+        client: impl Into<crate::backend::kubernetes::ApiClient>,
     ) -> Result<Elector<KubeLock>, OptionsError> {
         if !is_dns_subdomain(&self.name) {
             return Err(OptionsError::Name(self.name));
@@ -231,7 +231,7 @@ impl Options {
 /// client-go's `RunOrDie`, which panic instead).
 #[doc(alias = "RunOrDie")]
 pub async fn run_or_die(
-    client: impl Into<crate::backend::kube::ApiClient>,
+    client: impl Into<crate::backend::kubernetes::ApiClient>,
     options: Options,
     cancel: CancellationToken,
 ) {

@@ -365,3 +365,83 @@ async fn the_boot_clock_deadline_counts_from_the_send_not_the_answer() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+/// The token a `Leadership` hands out is the caller's to cancel: cancelling it to stop the
+/// caller's own work must not end the elector's term behind its back (the elector would go on
+/// renewing a term that nobody acts on, and report it as lost to everyone else holding it).
+#[tokio::test(start_paused = true)]
+async fn cancelling_the_token_handed_out_stops_only_the_caller_s_work() {
+    let lock = MemLock::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let elector = Elector::new(lock.clone(), "me", Timing::default())
+        .unwrap()
+        .on_started_leading(move |l| {
+            let _ = tx.send(l);
+        });
+    let handle = elector.handle();
+    let task = tokio::spawn(elector.run(cancel.clone()));
+    let leadership = rx.recv().await.unwrap();
+    let mine = leadership.token();
+    mine.cancel();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(mine.is_cancelled());
+    assert!(handle.is_leader(), "the elector still leads");
+    assert!(
+        !leadership.is_lost(),
+        "the term is not lost because a caller cancelled its own token"
+    );
+    assert!(
+        tokio::time::timeout(Duration::ZERO, leadership.lost())
+            .await
+            .is_err(),
+        "lost() has not completed"
+    );
+    assert!(!leadership.token().is_cancelled(), "a new token is live");
+    assert!(rx.try_recv().is_err(), "the same term throughout");
+    // The term's end still reaches every token handed out.
+    let theirs = leadership.token();
+    cancel.cancel();
+    task.await.unwrap();
+    assert!(leadership.is_lost() && theirs.is_cancelled());
+}
+
+/// `ElectorHandle::is_leader` holds the term to its deadline: an election task that is
+/// stalled (never polled again, as on a blocked runtime thread) publishes no step-down, yet
+/// the handle stops saying "leader" once the term's deadline has passed.
+#[tokio::test(start_paused = true)]
+async fn is_leader_is_false_past_the_term_s_deadline_while_the_election_task_is_stalled() {
+    let lock = MemLock::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let elector = Elector::new(lock.clone(), "me", Timing::default())
+        .unwrap()
+        .on_started_leading(move |l| {
+            let _ = tx.send(l);
+        });
+    let handle = elector.handle();
+    let run = elector.run(cancel.clone());
+    let mut run = std::pin::pin!(run);
+    let leadership = tokio::select! {
+        () = &mut run => panic!("run returned without a cancel"),
+        l = rx.recv() => l.unwrap(),
+    };
+    // From here on `run` is not polled: the election task is stalled.
+    let until = leadership.valid_until();
+    assert!(handle.is_leader());
+    tokio::time::sleep_until(until - Duration::from_millis(1)).await;
+    assert!(handle.is_leader(), "leading until the deadline");
+    tokio::time::sleep_until(until).await;
+    assert_eq!(
+        handle.status().role,
+        leasehold::Role::Leader,
+        "the stalled task published no step-down"
+    );
+    assert!(
+        !handle.is_leader(),
+        "is_leader() past the term's deadline ({:?} after it)",
+        Instant::now() - until
+    );
+    drop(leadership);
+    cancel.cancel();
+}

@@ -3,7 +3,7 @@
 //! storms, 410 on watch, 429 with Retry-After, 500, non-JSON bodies, hung requests. The elector
 //! stays alive, reports the error, and its safety rule holds.
 
-use leasehold::{Elector, Timing, backend::kube::LeaseLock};
+use leasehold::{Elector, Timing, backend::kubernetes::LeaseLock};
 use leasehold_testing::fake_api::{FakeApi, Fault};
 use std::time::Duration;
 use tokio::{sync::mpsc, time::Instant};
@@ -32,7 +32,7 @@ struct Cand {
 }
 
 fn candidate(fake: &FakeApi, id: &str) -> Cand {
-    let client = leasehold::backend::kube::client_from_config(fake.config()).unwrap();
+    let client = leasehold::backend::kubernetes::client_from_config(fake.config()).unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let t2 = tx.clone();
     let cancel = CancellationToken::new();
@@ -182,4 +182,45 @@ async fn a_404_right_after_a_create_never_makes_a_second_leader() {
     a.cancel.cancel();
     a.task.await.unwrap();
     b.task.await.unwrap();
+}
+
+/// The Pod's role label is set without touching the Pod's other labels, even when the API server
+/// answers the first try with a 500: the old fallback then replaced the whole label map
+/// (`add /metadata/labels`), and a Pod that loses `app=...` is orphaned by its ReplicaSet,
+/// which starts another.
+#[tokio::test]
+async fn a_failed_label_patch_never_drops_the_pods_other_labels() {
+    use leasehold::backend::kubernetes::set_pod_label;
+    let fake = FakeApi::start().await;
+    let mut labels = serde_json::Map::new();
+    labels.insert("app".into(), "web".into());
+    labels.insert("pod-template-hash".into(), "5d8f".into());
+    fake.put_pod(labels);
+    let client = kube::Client::try_from(fake.config()).unwrap();
+    fake.inject(Fault::Status(500), 1);
+    let first = set_pod_label(&client, "default", "pod", "k8s-elector/status", "leader").await;
+    let after_first = fake.pod_labels().unwrap();
+    println!(
+        "after a 500: {first:?}, labels {after_first:?}, patches {:?}",
+        fake.pod_patches()
+    );
+    assert_eq!(
+        after_first.get("app").and_then(|v| v.as_str()),
+        Some("web"),
+        "other labels survive"
+    );
+    // The caller retries (the CLI's labeller does, every second).
+    set_pod_label(&client, "default", "pod", "k8s-elector/status", "leader")
+        .await
+        .unwrap();
+    let labels = fake.pod_labels().unwrap();
+    assert_eq!(labels.get("app").and_then(|v| v.as_str()), Some("web"));
+    assert_eq!(
+        labels.get("pod-template-hash").and_then(|v| v.as_str()),
+        Some("5d8f")
+    );
+    assert_eq!(
+        labels.get("k8s-elector/status").and_then(|v| v.as_str()),
+        Some("leader")
+    );
 }

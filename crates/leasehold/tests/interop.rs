@@ -2,7 +2,7 @@
 //! from the `k8s.io/client-go` module, as shipped: lease 60 s, renew 15 s, retry 5 s) and a
 //! leasehold elector with the same durations on one Lease.
 
-use leasehold::{Elector, LockBackend, Timing, backend::kube::LeaseLock};
+use leasehold::{Elector, LockBackend, Timing, backend::kubernetes::LeaseLock};
 use leasehold_testing::harness::{self, Proc, unique};
 use std::{path::Path, time::Duration};
 use tokio::{sync::mpsc, time::Instant};
@@ -83,7 +83,7 @@ async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
     let (t1, t2, t3) = (tx.clone(), tx.clone(), tx);
     let cancel = CancellationToken::new();
     let lock = LeaseLock::new(
-        leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
+        leasehold::backend::kubernetes::client(Some(&server.kubeconfig("admin")))
             .await
             .unwrap(),
         "default",
@@ -146,7 +146,7 @@ async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
         "leasehold must not wait for a poll or the 60 s lease"
     );
     let rec = LeaseLock::new(
-        leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
+        leasehold::backend::kubernetes::client(Some(&server.kubeconfig("admin")))
             .await
             .unwrap(),
         "default",
@@ -205,7 +205,7 @@ async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
         "client-go took {took:?}: the release was not honoured"
     );
     let rec = LeaseLock::new(
-        leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
+        leasehold::backend::kubernetes::client(Some(&server.kubeconfig("admin")))
             .await
             .unwrap(),
         "default",

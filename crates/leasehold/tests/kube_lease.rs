@@ -3,7 +3,7 @@
 
 use leasehold::{
     Elector, LeaderRecord, LockBackend, LockError, Timing, Version, Versioned,
-    backend::kube::LeaseLock,
+    backend::kubernetes::LeaseLock,
 };
 use leasehold_core::lock::{BoxFuture, WatchStream};
 use leasehold_testing::harness::{self, unique};
@@ -30,7 +30,7 @@ fn fast() -> Timing {
 async fn lock(user: &str, name: &str) -> LeaseLock {
     let server = harness::shared().await;
     LeaseLock::new(
-        leasehold::backend::kube::client(Some(&server.kubeconfig(user)))
+        leasehold::backend::kubernetes::client(Some(&server.kubeconfig(user)))
             .await
             .unwrap(),
         "default",
@@ -130,7 +130,7 @@ fn stats(name: &str, mut v: Vec<Duration>) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance() {
     let client =
-        leasehold::backend::kube::client(Some(&harness::shared().await.kubeconfig("admin")))
+        leasehold::backend::kubernetes::client(Some(&harness::shared().await.kubeconfig("admin")))
             .await
             .unwrap();
     leasehold_testing::conformance::run_all(|name| {
@@ -361,7 +361,7 @@ async fn an_update_keeps_every_other_field_of_the_lease() {
     use k8s_openapi::api::coordination::v1::Lease;
     let name = unique("keep");
     let client =
-        leasehold::backend::kube::client(Some(&harness::shared().await.kubeconfig("admin")))
+        leasehold::backend::kubernetes::client(Some(&harness::shared().await.kubeconfig("admin")))
             .await
             .unwrap();
     let api: kube::Api<Lease> = kube::Api::namespaced(client.kube().clone(), "default");
@@ -394,18 +394,19 @@ async fn an_update_keeps_every_other_field_of_the_lease() {
     assert_eq!(spec.preferred_holder.as_deref(), Some("someone"));
 }
 
-/// With the opt-in `http2-direct` feature and its constructor, the lock's reads, writes and
+/// With the opt-in `lean-client` feature and its constructor, the lock's reads, writes and
 /// watches take leasehold's own HTTP/2 connection (the real API server offers HTTP/2); a watch
 /// sees a write made on the same connection. The other tests in this file use the default
 /// path: everything through a `kube::Client`.
-#[cfg(feature = "http2-direct")]
+#[cfg(feature = "lean-client")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_requests_take_the_own_http2_path() {
     use futures_util::StreamExt as _;
     let server = harness::shared().await;
-    let client = leasehold::backend::kube::client_with_http2(Some(&server.kubeconfig("admin")))
-        .await
-        .unwrap();
+    let client =
+        leasehold::backend::kubernetes::client_with_http2(Some(&server.kubeconfig("admin")))
+            .await
+            .unwrap();
     assert!(client.is_direct());
     let lock = LeaseLock::new(client.clone(), "default", &unique("direct"));
     assert!(lock.get().await.unwrap().is_none());
@@ -443,7 +444,7 @@ async fn lock_requests_take_the_own_http2_path() {
 async fn a_lock_from_the_applications_kube_client_sends_every_request_through_it() {
     static SEEN: AtomicUsize = AtomicUsize::new(0);
     let server = harness::shared().await;
-    let config = leasehold::backend::kube::config(Some(&server.kubeconfig("admin")))
+    let config = leasehold::backend::kubernetes::config(Some(&server.kubeconfig("admin")))
         .await
         .unwrap();
     let client = kube::client::ClientBuilder::try_from(config)
@@ -453,7 +454,7 @@ async fn a_lock_from_the_applications_kube_client_sends_every_request_through_it
             r
         }))
         .build();
-    let api: leasehold::backend::kube::ApiClient = client.into();
+    let api: leasehold::backend::kubernetes::ApiClient = client.into();
     assert!(!api.is_direct());
 
     #[derive(Clone)]

@@ -5,7 +5,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use leasehold::{
     Elector, LockBackend, LockError, Timing,
-    backend::kube::{AnnotationLock, KubeLock, LEADER_ANNOTATION, LeaseLock, LockType, MultiLock},
+    backend::kubernetes::{
+        AnnotationLock, KubeLock, LEADER_ANNOTATION, LeaseLock, LockType, MultiLock,
+    },
 };
 use leasehold_testing::harness::{self, unique};
 use std::{
@@ -24,8 +26,8 @@ fn fast() -> Timing {
     }
 }
 
-async fn client() -> leasehold::backend::kube::ApiClient {
-    leasehold::backend::kube::client(Some(&harness::shared().await.kubeconfig("admin")))
+async fn client() -> leasehold::backend::kubernetes::ApiClient {
+    leasehold::backend::kubernetes::client(Some(&harness::shared().await.kubeconfig("admin")))
         .await
         .unwrap()
 }
@@ -411,7 +413,7 @@ async fn a_pair_without_its_primary_never_overwrites_a_live_lease() {
     let seen = multi.get().await.unwrap().unwrap().record;
     assert_eq!(
         seen.holder_identity,
-        leasehold::backend::kube::UNKNOWN_LEADER
+        leasehold::backend::kubernetes::UNKNOWN_LEADER
     );
     assert_eq!(seen.leader_transitions, 12);
 }

@@ -2,7 +2,7 @@
 //! within the renew deadline, before its lease could expire for anyone else, and lead again
 //! once the server is back. Runs its own kube-apiserver, since it stops it.
 
-use leasehold::{Elector, Timing, backend::kube::LeaseLock};
+use leasehold::{Elector, Timing, backend::kubernetes::LeaseLock};
 use leasehold_testing::harness::{KubeServer, unique};
 use std::time::Duration;
 use tokio::{sync::mpsc, time::Instant};
@@ -34,7 +34,7 @@ async fn the_leader_steps_down_within_the_renew_deadline_when_the_api_server_han
     let t2 = tx.clone();
     let cancel = CancellationToken::new();
     let lock = LeaseLock::new(
-        leasehold::backend::kube::client(Some(&server.kubeconfig("admin")))
+        leasehold::backend::kubernetes::client(Some(&server.kubeconfig("admin")))
             .await
             .unwrap(),
         "default",

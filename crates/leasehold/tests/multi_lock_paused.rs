@@ -2,7 +2,7 @@
 //! a renewal or misreport a half-written pair: both sides in memory, the elector on tokio's
 //! paused clock (one test in real time, where the old code spun without yielding).
 
-use leasehold::{Elector, LeaderRecord, Timing, backend::kube::MultiLock};
+use leasehold::{Elector, LeaderRecord, Timing, backend::kubernetes::MultiLock};
 use leasehold_testing::mem::MemLock;
 use std::time::Duration;
 use tokio::sync::mpsc;

@@ -5,7 +5,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ObjectMeta, PostParams};
 use leasehold::{
     CheckError, LeaderRecord, LeaseLocker, LockerError, Options, OptionsError, Timing,
-    backend::kube::{lease_spec_to_record, record_to_lease_spec},
+    backend::kubernetes::{lease_spec_to_record, record_to_lease_spec},
 };
 use leasehold_testing::harness::{self, unique};
 use std::time::Duration;
@@ -21,17 +21,17 @@ fn fast() -> Timing {
     }
 }
 
-async fn client() -> leasehold::backend::kube::ApiClient {
-    leasehold::backend::kube::client(Some(&harness::shared().await.kubeconfig("admin")))
+async fn client() -> leasehold::backend::kubernetes::ApiClient {
+    leasehold::backend::kubernetes::client(Some(&harness::shared().await.kubeconfig("admin")))
         .await
         .unwrap()
 }
 
 /// A client for an address where nothing listens.
-fn unreachable_client() -> leasehold::backend::kube::ApiClient {
+fn unreachable_client() -> leasehold::backend::kubernetes::ApiClient {
     let port = harness::free_port();
     let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
-    leasehold::backend::kube::client_from_config(config).unwrap()
+    leasehold::backend::kubernetes::client_from_config(config).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

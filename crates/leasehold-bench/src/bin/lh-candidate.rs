@@ -4,7 +4,7 @@
 //! `lh-candidate --kubeconfig PATH --namespace NS --name NAME --id ID --lease-duration-ms N
 //! --renew-deadline-ms N --retry-period-ms N [--count M]`
 
-use leasehold::{Elector, Timing, backend::kube::LeaseLock};
+use leasehold::{Elector, Timing, backend::kubernetes::LeaseLock};
 use std::{io::Write as _, path::PathBuf, time::Duration};
 use tokio_util::sync::CancellationToken;
 
@@ -81,14 +81,14 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let client = match leasehold::backend::kube::client_with_http2(kubeconfig.as_deref()).await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("lh-candidate: {}", leasehold::display_chain(&e));
-                return std::process::ExitCode::from(2);
-            }
-        };
+        let client =
+            match leasehold::backend::kubernetes::client_with_http2(kubeconfig.as_deref()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("lh-candidate: {}", leasehold::display_chain(&e));
+                    return std::process::ExitCode::from(2);
+                }
+            };
         let cancel = CancellationToken::new();
         let mut tasks = Vec::with_capacity(count);
         for i in 0..count {

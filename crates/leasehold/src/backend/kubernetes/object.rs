@@ -2,7 +2,7 @@
 //! compare-and-swap on `resourceVersion`, a watch on its name, and Events about it. Where the
 //! record lives in the object (a Lease's `spec`, an annotation) is the [`Kind`]'s business.
 
-#[cfg(feature = "http2-direct")]
+#[cfg(feature = "lean-client")]
 use super::wire;
 use super::{ApiClient, annotation, map_error};
 use futures_util::{StreamExt as _, stream};
@@ -90,10 +90,20 @@ pub(crate) trait Codec: Send + Sync + 'static {
 /// Leases, through serde: the object as JSON (`DynamicObject`), the record in its `spec` read
 /// and written through k8s-openapi's `LeaseSpec`. An update changes the five record fields and
 /// keeps every other field of the object (`spec.strategy`, `spec.preferredHolder`, fields
-/// newer than this code, labels, annotations).
+/// newer than this code, labels, annotations). With the opt-in feature `lean-client`, Leases
+/// use [`WireLeaseCodec`] instead.
+#[cfg(not(feature = "lean-client"))]
 pub(crate) struct LeaseCodec;
 
+/// The Lease codec in use: leasehold's own with the opt-in feature `lean-client`.
+#[cfg(feature = "lean-client")]
+pub(crate) type LeaseCodec = WireLeaseCodec;
+
+#[cfg(not(feature = "lean-client"))]
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+
 /// The five `spec` fields that hold the record.
+#[cfg(not(feature = "lean-client"))]
 const LEASE_RECORD_FIELDS: [&str; 5] = [
     "holderIdentity",
     "leaseDurationSeconds",
@@ -102,6 +112,7 @@ const LEASE_RECORD_FIELDS: [&str; 5] = [
     "leaseTransitions",
 ];
 
+#[cfg(not(feature = "lean-client"))]
 impl Codec for LeaseCodec {
     type Object = DynamicObject;
     fn version(obj: &Self::Object) -> &str {
@@ -113,12 +124,11 @@ impl Codec for LeaseCodec {
     fn record(obj: &Self::Object) -> Result<LeaderRecord, RecordError> {
         let spec = match obj.data.get("spec") {
             None | Some(serde_json::Value::Null) => Default::default(),
-            Some(spec) => serde_json::from_value::<k8s_openapi::api::coordination::v1::LeaseSpec>(
-                spec.clone(),
-            )
-            .map_err(|e| RecordError::Field {
-                field: "spec",
-                reason: e.to_string(),
+            Some(spec) => serde_json::from_value::<LeaseSpec>(spec.clone()).map_err(|e| {
+                RecordError::Field {
+                    field: "spec",
+                    reason: e.to_string(),
+                }
             })?,
         };
         Ok(super::lease_spec_to_record(&spec))
@@ -163,12 +173,12 @@ impl Codec for LeaseCodec {
     }
 }
 
-/// Leases, through the flat codec of [`wire`] (feature `http2-direct`: what a renewal costs
+/// Leases, through the flat codec of [`wire`] (feature `lean-client`: what a renewal costs
 /// at thousands of elections per process; docs/design.md).
-#[cfg(feature = "http2-direct")]
+#[cfg(feature = "lean-client")]
 pub(crate) struct WireLeaseCodec;
 
-#[cfg(feature = "http2-direct")]
+#[cfg(feature = "lean-client")]
 impl Codec for WireLeaseCodec {
     type Object = wire::LeaseObject;
     fn version(obj: &Self::Object) -> &str {

@@ -1,6 +1,6 @@
 //! The `coordination.k8s.io/v1` Lease lock, client-go's default (`resourcelock.LeaseLock`).
 
-use super::object::{Kind, LeaseCodec, ObjectLock};
+use super::object::{Kind, LeaseCodec, ObjectLock, delegate_lock_backend};
 use k8s_openapi::api::coordination::v1::LeaseSpec;
 use leasehold_core::LeaderRecord;
 
@@ -15,115 +15,33 @@ use leasehold_core::LeaderRecord;
 /// Needs `get`, `create`, `update` and `watch` on `leases.coordination.k8s.io` (and `create` on
 /// `events` with [`with_events`](Self::with_events)).
 #[derive(Clone)]
-pub struct LeaseLock(Codecs);
+pub struct LeaseLock(ObjectLock<LeaseCodec>);
 
-/// The Lease read and written through serde (every client), or through leasehold's own codec
-/// (a client with leasehold's own HTTP/2 path, feature `http2-direct`).
-#[derive(Clone)]
-enum Codecs {
-    Serde(ObjectLock<LeaseCodec>),
-    #[cfg(feature = "http2-direct")]
-    Wire(ObjectLock<super::object::WireLeaseCodec>),
-}
-
-/// Calls `$method` on whichever codec's lock this is.
-macro_rules! each {
-    ($self:expr, $lock:ident => $body:expr) => {
-        match $self {
-            Codecs::Serde($lock) => $body,
-            #[cfg(feature = "http2-direct")]
-            Codecs::Wire($lock) => $body,
-        }
-    };
-}
-
-impl leasehold_core::LockBackend for LeaseLock {
-    fn describe(&self) -> String {
-        each!(&self.0, l => l.describe())
-    }
-    fn get(
-        &self,
-    ) -> leasehold_core::lock::BoxFuture<
-        '_,
-        Result<Option<leasehold_core::Versioned>, leasehold_core::LockError>,
-    > {
-        each!(&self.0, l => l.get())
-    }
-    fn create(
-        &self,
-        record: &LeaderRecord,
-    ) -> leasehold_core::lock::BoxFuture<
-        '_,
-        Result<leasehold_core::Version, leasehold_core::LockError>,
-    > {
-        each!(&self.0, l => l.create(record))
-    }
-    fn update(
-        &self,
-        record: &LeaderRecord,
-        version: &leasehold_core::Version,
-    ) -> leasehold_core::lock::BoxFuture<
-        '_,
-        Result<leasehold_core::Version, leasehold_core::LockError>,
-    > {
-        each!(&self.0, l => l.update(record, version))
-    }
-    fn watch(
-        &self,
-        version: Option<&leasehold_core::Version>,
-    ) -> leasehold_core::lock::WatchStream {
-        each!(&self.0, l => l.watch(version))
-    }
-    fn record_event(
-        &self,
-        event: &leasehold_core::LockEvent,
-    ) -> leasehold_core::lock::BoxFuture<'_, Result<(), leasehold_core::LockError>> {
-        each!(&self.0, l => l.record_event(event))
-    }
-}
+delegate_lock_backend!(LeaseLock);
 
 // === impl LeaseLock ===
 
 impl LeaseLock {
     /// A lock on the Lease `namespace/name`.
     pub fn new(client: impl Into<super::ApiClient>, namespace: &str, name: &str) -> Self {
-        let client = client.into();
-        #[cfg(feature = "http2-direct")]
-        if client.has_direct_path() {
-            return Self(Codecs::Wire(ObjectLock::new(
-                client,
-                Kind::Lease,
-                namespace,
-                name,
-            )));
-        }
-        Self(Codecs::Serde(ObjectLock::new(
-            client,
-            Kind::Lease,
-            namespace,
-            name,
-        )))
+        Self(ObjectLock::new(client.into(), Kind::Lease, namespace, name))
     }
 
     /// Records an Event on the Lease at every acquisition and loss (client-go's
     /// `ResourceLockConfig.EventRecorder`). Best effort: a failure is logged, never fatal.
     #[must_use]
     pub fn with_events(self, on: bool) -> Self {
-        Self(match self.0 {
-            Codecs::Serde(l) => Codecs::Serde(l.with_events(on)),
-            #[cfg(feature = "http2-direct")]
-            Codecs::Wire(l) => Codecs::Wire(l.with_events(on)),
-        })
+        Self(self.0.with_events(on))
     }
 
     /// The Lease's name.
     pub fn name(&self) -> &str {
-        each!(&self.0, l => l.name())
+        self.0.name()
     }
 
     /// The Lease's namespace.
     pub fn namespace(&self) -> &str {
-        each!(&self.0, l => l.namespace())
+        self.0.namespace()
     }
 }
 

@@ -16,25 +16,29 @@
 //! ```
 //!
 //! [`client`] builds a `kube::Client` the way kubectl finds its configuration, for programs
-//! that have none of their own. The opt-in feature `http2-direct` adds leasehold's own HTTP/2
+//! that have none of their own. The opt-in feature `lean-client` adds leasehold's own HTTP/2
 //! connection for the locks' requests ([`client_with_http2`]), which the `leasehold` CLI uses.
 
 mod annotation;
-#[cfg(feature = "http2-direct")]
+#[cfg(feature = "lean-client")]
 mod http2;
 mod kubeconfig;
 mod lease;
 mod multi;
 mod object;
-#[cfg(feature = "http2-direct")]
+#[cfg(feature = "lean-client")]
 mod tcp;
-#[cfg(feature = "http2-direct")]
+#[cfg(feature = "lean-client")]
 mod wire;
+#[cfg(feature = "lean-client")]
+mod yaml;
 
 pub use annotation::{AnnotationLock, LEADER_ANNOTATION};
 pub use kubeconfig::{KubeconfigError, read_from as read_kubeconfig};
 pub use lease::{LeaseLock, lease_spec_to_record, record_to_lease_spec};
 pub use multi::{MultiLock, UNKNOWN_LEADER};
+#[cfg(feature = "lean-client")]
+pub use yaml::YamlError;
 
 use leasehold_core::{
     LeaderRecord, LockBackend, LockError, LockEvent, Version, Versioned,
@@ -207,6 +211,9 @@ pub enum ClientError {
     /// The client could not be built from the configuration.
     #[error("cannot build a Kubernetes client")]
     Build(#[source] kube::Error),
+    /// The kubeconfig's `proxy-url` cannot be used by this client (the message says why).
+    #[error("{0}")]
+    Proxy(String),
 }
 
 /// The client the Kubernetes locks send their requests with.
@@ -214,7 +221,7 @@ pub enum ClientError {
 /// Made from a [`kube::Client`] (`From`, or [`client`]), as an operator that already has one
 /// does, every request goes through that client.
 ///
-/// Built by [`client_with_http2`] (feature `http2-direct`, opt-in), it sends a lock's reads,
+/// Built by [`client_with_http2`] (feature `lean-client`, opt-in), it sends a lock's reads,
 /// writes and watches over leasehold's own HTTP/2 connection to the API server (at thousands of
 /// elections per process the request path is most of the cost of leading; docs/design.md has
 /// the figures), and everything else (Events, Pod labels) through the [`kube::Client`] it also
@@ -224,7 +231,7 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct ApiClient {
     kube: kube::Client,
-    #[cfg(feature = "http2-direct")]
+    #[cfg(feature = "lean-client")]
     direct: Option<http2::Http2>,
 }
 
@@ -232,7 +239,7 @@ impl From<kube::Client> for ApiClient {
     fn from(kube: kube::Client) -> Self {
         Self {
             kube,
-            #[cfg(feature = "http2-direct")]
+            #[cfg(feature = "lean-client")]
             direct: None,
         }
     }
@@ -253,27 +260,20 @@ impl ApiClient {
     }
 
     /// Whether lock requests take leasehold's own HTTP/2 path (false when made from a
-    /// [`kube::Client`], without the `http2-direct` feature, or once the server has refused
+    /// [`kube::Client`], without the `lean-client` feature, or once the server has refused
     /// HTTP/2).
     pub fn is_direct(&self) -> bool {
-        #[cfg(feature = "http2-direct")]
+        #[cfg(feature = "lean-client")]
         {
             self.direct.as_ref().is_some_and(http2::Http2::usable)
         }
-        #[cfg(not(feature = "http2-direct"))]
+        #[cfg(not(feature = "lean-client"))]
         {
             false
         }
     }
 
-    /// Whether this client was built with leasehold's own HTTP/2 path: its Lease locks then
-    /// also use leasehold's own Lease codec.
-    #[cfg(feature = "http2-direct")]
-    pub(crate) fn has_direct_path(&self) -> bool {
-        self.direct.is_some()
-    }
-
-    #[cfg(feature = "http2-direct")]
+    #[cfg(feature = "lean-client")]
     fn direct(&self) -> Option<&http2::Http2> {
         self.direct.as_ref().filter(|d| d.usable())
     }
@@ -283,7 +283,7 @@ impl ApiClient {
         &self,
         req: http::Request<Vec<u8>>,
     ) -> Result<T, kube::Error> {
-        #[cfg(feature = "http2-direct")]
+        #[cfg(feature = "lean-client")]
         let req = match self.direct() {
             None => req,
             Some(d) => match d.request(req).await {
@@ -304,7 +304,7 @@ impl ApiClient {
         kube::Error,
     > {
         use futures_util::StreamExt as _;
-        #[cfg(feature = "http2-direct")]
+        #[cfg(feature = "lean-client")]
         let req = match self.direct() {
             None => req,
             Some(d) => match d.events::<T>(req).await {
@@ -332,7 +332,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<ApiClient, ClientError>
 ///
 /// # Errors
 /// A [`ClientError`] naming what could not be read.
-#[cfg(feature = "http2-direct")]
+#[cfg(feature = "lean-client")]
 pub async fn client_with_http2(kubeconfig: Option<&Path>) -> Result<ApiClient, ClientError> {
     client_from_config_with_http2(config(kubeconfig).await?)
 }
@@ -426,18 +426,79 @@ pub fn client_from_config(mut config: kube::Config) -> Result<ApiClient, ClientE
 /// [`ApiClient`]). Not with an exec credential plugin: the two paths would each run it, and a
 /// plugin must run once per refresh.
 ///
+/// The [`kube::Client`] beside it, for Events, Pod labels and whatever the HTTP/2 path cannot
+/// carry, is a lean one of its own: HTTP/1.1 only (a second HTTP/2 client would add about
+/// 140 KB to the sidecar's binary, which is resident memory: docs/design.md), no idle expiry of
+/// pooled connections, no retry layer; the cluster's `tls-server-name` and an `http://`
+/// `proxy-url` (HTTP CONNECT) apply as in kube's own builder.
+///
 /// # Errors
-/// [`ClientError::Build`] when the TLS, proxy or auth configuration is unusable.
-#[cfg(feature = "http2-direct")]
+/// [`ClientError::Build`] when the TLS or auth configuration is unusable;
+/// [`ClientError::Proxy`] for a `proxy-url` this client cannot use.
+#[cfg(feature = "lean-client")]
 pub fn client_from_config_with_http2(config: kube::Config) -> Result<ApiClient, ClientError> {
     let direct = if config.auth_info.exec.is_some() {
         None
     } else {
         http2::Http2::new(&config).map_err(ClientError::Build)?
     };
-    let mut client = client_from_config(config)?;
-    client.direct = direct;
-    Ok(client)
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(
+        config
+            .connect_timeout
+            .or(Some(std::time::Duration::from_secs(10))),
+    );
+    let kube = match config.proxy_url.clone() {
+        None => lean_kube_client(config, http)?,
+        Some(proxy)
+            if proxy.scheme_str() == Some("http")
+                && proxy.authority().is_some_and(|a| !a.as_str().contains('@')) =>
+        {
+            let tunnel = hyper_util::client::legacy::connect::proxy::Tunnel::new(proxy, http);
+            lean_kube_client(config, tunnel)?
+        }
+        Some(proxy) => {
+            return Err(ClientError::Proxy(format!(
+                "proxy-url `{proxy}`: only `http://host:port` (HTTP CONNECT, no credentials) is supported by the sidecar's client"
+            )));
+        }
+    };
+    Ok(ApiClient { kube, direct })
+}
+
+#[cfg(feature = "lean-client")]
+fn lean_kube_client<H>(config: kube::Config, connector: H) -> Result<kube::Client, ClientError>
+where
+    H: tower::Service<http::Uri> + Clone + Send + Sync + 'static,
+    H::Response: hyper_util::client::legacy::connect::Connection
+        + hyper::rt::Read
+        + hyper::rt::Write
+        + Send
+        + Unpin
+        + 'static,
+    H::Future: Send + 'static,
+    H::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use kube::client::ConfigExt as _;
+    use tower::ServiceBuilder;
+    // HTTP/1.1 only, and the cluster's `tls-server-name` as the TLS name.
+    let https = config
+        .rustls_https_connector_with_connector(connector)
+        .map_err(ClientError::Build)?;
+    let hyper = hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(None)
+        .build(https);
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().map_err(ClientError::Build)?)
+        .layer(config.extra_headers_layer().map_err(ClientError::Build)?)
+        .map_err(tower::BoxError::from)
+        .service(hyper);
+    Ok(kube::Client::new(service, config.default_namespace))
 }
 
 /// The namespace a lock lives in when none is given: the Pod's own (from the service-account
@@ -515,9 +576,15 @@ pub(crate) fn map_error(
     }
 }
 
-/// Sets the label `key` of the Pod `namespace/pod` to `value` with a JSON patch, as seed 003's
-/// sidecar labels its Pod `k8s-elector/status: leader|standby`. A Service that selects on the
-/// label then routes to the leader alone.
+/// Sets the label `key` of the Pod `namespace/pod` to `value`, as seed 003's sidecar labels
+/// its Pod `k8s-elector/status: leader|standby`. A Service that selects on the label then
+/// routes to the leader alone.
+///
+/// One JSON merge patch (`{"metadata":{"labels":{key: value}}}`): it adds or replaces that one
+/// label, creates the map if the Pod has none, and can never drop another label, whatever
+/// fails. (A JSON patch `add /metadata/labels` would replace the whole map: a Pod that loses
+/// `app=...` is orphaned by its ReplicaSet, which starts another.) A failure is returned for the
+/// caller to retry.
 ///
 /// Needs `patch` on `pods` (`get` is not needed).
 ///
@@ -531,35 +598,15 @@ pub async fn set_pod_label(
     value: &str,
 ) -> Result<(), LockError> {
     let object = format!("pod {namespace}/{pod}");
-    // JSON pointer escaping (RFC 6901): `~` → `~0`, `/` → `~1`.
-    let path = format!(
-        "/metadata/labels/{}",
-        key.replace('~', "~0").replace('/', "~1")
-    );
-    let one = serde_json::json!([{ "op": "add", "path": path, "value": value }]);
-    match json_patch(client, namespace, pod, &one).await {
-        // No `metadata.labels` map yet: add the whole map.
-        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 500 => {
-            let all = serde_json::json!([
-                { "op": "add", "path": "/metadata/labels", "value": { key: value } }
-            ]);
-            json_patch(client, namespace, pod, &all)
-                .await
-                .map_err(|e| map_error(e, "patch", "patch", "pods", object))
-        }
-        r => r.map_err(|e| map_error(e, "patch", "patch", "pods", object)),
-    }
-}
-
-async fn json_patch(
-    client: &kube::Client,
-    namespace: &str,
-    pod: &str,
-    patch: &serde_json::Value,
-) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({ "metadata": { "labels": { key: value } } });
     let req = http::Request::patch(format!("/api/v1/namespaces/{namespace}/pods/{pod}"))
-        .header(http::header::CONTENT_TYPE, "application/json-patch+json")
-        .body(serde_json::to_vec(patch).unwrap_or_default())
-        .map_err(kube::Error::HttpError)?;
-    client.request_text(req).await.map(|_| ())
+        .header(http::header::CONTENT_TYPE, "application/merge-patch+json")
+        .body(serde_json::to_vec(&patch).unwrap_or_default())
+        .map_err(kube::Error::HttpError)
+        .map_err(|e| map_error(e, "patch", "patch", "pods", object.clone()))?;
+    client
+        .request_text(req)
+        .await
+        .map(|_| ())
+        .map_err(|e| map_error(e, "patch", "patch", "pods", object))
 }
