@@ -34,7 +34,27 @@ pub async fn wait_group_gone(pgid: u32, limit: Duration) -> bool {
 /// Whether every process left in group `pgid` has exited and only waits to be reaped. An
 /// orphaned grandchild is reparented to PID 1, which may reap late or never (a minimal init,
 /// or leasehold itself as a container's PID 1): a zombie acts on nothing, so it does not count.
+/// A process shows as a zombie once its main thread has exited, while another thread may still
+/// be finishing a write in uninterruptible sleep: every thread must have exited.
 fn only_zombies_in(pgid: u32) -> bool {
+    let exited = |stat: &str| {
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        matches!(state, Some("Z" | "X"))
+    };
+    let all_threads_exited = |pid: &str| {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            // Gone meanwhile.
+            return true;
+        };
+        tasks
+            .flatten()
+            .all(|t| std::fs::read_to_string(t.path().join("stat")).map_or(true, |s| exited(&s)))
+    };
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return false;
     };
@@ -55,7 +75,7 @@ fn only_zombies_in(pgid: u32) -> bool {
         else {
             continue;
         };
-        if group == pgid.to_string() && !matches!(state, "Z" | "X") {
+        if group == pgid.to_string() && (!matches!(state, "Z" | "X") || !all_threads_exited(pid)) {
             return false;
         }
     }
@@ -163,8 +183,9 @@ pub struct Watchdog {
     process: Child,
     stdin: Option<ChildStdin>,
     last: Option<Deadline>,
-    /// When the last extension was written.
-    written_at: Option<Instant>,
+    /// When the oldest extension still unread by the watchdog was written: set by a write that
+    /// found the pipe empty, kept while lines wait in it.
+    unread_since: Option<Instant>,
 }
 
 /// How long an extension may sit unread in the watchdog's pipe before the watchdog counts as
@@ -207,7 +228,7 @@ impl Watchdog {
             process,
             stdin,
             last: None,
-            written_at: None,
+            unread_since: None,
         };
         w.extend(until).await?;
         Ok(w)
@@ -231,12 +252,17 @@ impl Watchdog {
             .stdin
             .as_mut()
             .ok_or_else(|| io::Error::other("watchdog closed"))?;
-        if let Some(at) = self.written_at
+        // Bytes still in the pipe: the watchdog has not read them. Counted from the write that
+        // found the pipe empty, so renewals closer together than the limit cannot hide it.
+        let unread = rustix::io::ioctl_fionread(&*stdin).map_or(0, |n| n);
+        if unread == 0 {
+            self.unread_since = None;
+        }
+        if let Some(at) = self.unread_since
             && at.elapsed() >= UNRESPONSIVE_AFTER
-            && rustix::io::ioctl_fionread(&*stdin).is_ok_and(|unread| unread > 0)
         {
             return Err(io::Error::other(format!(
-                "the watchdog has not read its last deadline for {:?}: it is stopped or stuck",
+                "the watchdog has not read a deadline written {:?} ago: it is stopped or stuck",
                 at.elapsed()
             )));
         }
@@ -264,7 +290,7 @@ impl Watchdog {
                 ));
             }
         }
-        self.written_at = Some(Instant::now());
+        self.unread_since.get_or_insert_with(Instant::now);
         Ok(())
     }
 
@@ -292,5 +318,45 @@ impl Watchdog {
     /// Whether the watchdog has already killed the group at its deadline.
     pub fn fired(&mut self) -> bool {
         matches!(self.process.try_wait(), Ok(Some(s)) if s.code() == Some(crate::watchdog::DEADLINE_EXIT))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process whose main thread has exited shows as a zombie while another thread still
+    /// runs (it could be finishing a write in uninterruptible sleep): the group is not gone.
+    #[test]
+    fn a_zombie_main_thread_with_a_live_thread_is_not_gone() {
+        use std::os::unix::process::CommandExt as _;
+        let mut p = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import ctypes, threading, time\n\
+                 threading.Thread(target=time.sleep, args=(3,)).start()\n\
+                 ctypes.CDLL(None).pthread_exit(None)\n",
+            ])
+            .process_group(0)
+            .spawn()
+            .expect("python3");
+        let pgid = p.id();
+        let stat = || std::fs::read_to_string(format!("/proc/{pgid}/stat")).unwrap_or_default();
+        let zombie = |s: &str| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !zombie(&stat()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(zombie(&stat()), "the main thread did not exit: {}", stat());
+        let gone = only_zombies_in(pgid);
+        let _ = p.kill();
+        let _ = p.wait();
+        assert!(!gone, "a live thread of a zombie process counted as gone");
     }
 }

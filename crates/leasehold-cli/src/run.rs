@@ -480,7 +480,14 @@ async fn run_on(
                     let mut child = child;
                     kill_group(pgid, rustix::process::Signal::KILL);
                     let _ = child.wait().await;
-                    child::wait_group_gone(pgid, grace).await;
+                    if !child::wait_group_gone(pgid, grace.max(Duration::from_secs(1))).await {
+                        // As below: survivors may still act, so no release; the lease expires.
+                        tracing::error!(
+                            pgid,
+                            "processes of the command's group survive SIGKILL; not releasing the lease"
+                        );
+                        elector_task.abort();
+                    }
                     cancel.cancel();
                     let _ = (&mut elector_task).await;
                     return Err(Error::Watchdog(e));

@@ -64,6 +64,11 @@ fn watchdog_of(parent: u32) -> Option<i32> {
 
 /// `leasehold run` on the file backend, 2 s / 1 s / 200 ms: it renews every 500 ms.
 fn leasehold(dir: &Path) -> Child {
+    leasehold_with(dir, ["2s", "1s", "200ms"])
+}
+
+/// `leasehold run` on the file backend with this lease, renew deadline and retry period.
+fn leasehold_with(dir: &Path, [lease, renew, retry]: [&str; 3]) -> Child {
     Command::new(BIN)
         .args([
             "run",
@@ -78,11 +83,11 @@ fn leasehold(dir: &Path) -> Child {
         .arg(dir.join("lock.json"))
         .args([
             "--lease-duration",
-            "2s",
+            lease,
             "--renew-deadline",
-            "1s",
+            renew,
             "--retry-period",
-            "200ms",
+            retry,
         ])
         .args(["--", "sh", "-c", CHILD])
         .env("DIR", dir)
@@ -102,7 +107,10 @@ fn holder(dir: &Path) -> String {
 
 /// Starts leasehold with its child, and freezes the watchdog alone.
 fn with_frozen_watchdog(dir: &Path) -> (Child, i32, i32) {
-    let p = leasehold(dir);
+    frozen_watchdog_of(dir, leasehold(dir))
+}
+
+fn frozen_watchdog_of(dir: &Path, p: Child) -> (Child, i32, i32) {
     assert!(
         wait_for(Duration::from_secs(10), || dir.join("pid").exists()),
         "no child"
@@ -231,4 +239,34 @@ fn the_watchdog_keeps_the_deadline_on_the_boot_clock() {
         "the watchdog waited on another clock"
     );
     assert_eq!(code, Some(3), "exit 3: it killed the group at its deadline");
+}
+
+/// Renewals closer together than the unresponsiveness limit (2 s / 800 ms / 300 ms renews
+/// every 0.40 to 0.48 s): the unread deadline is counted from the first one left unread, so a
+/// frozen watchdog is still found out.
+#[test]
+fn a_frozen_watchdog_is_found_out_with_renewals_under_half_a_second_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut p, child, watchdog) =
+        frozen_watchdog_of(d, leasehold_with(d, ["2s", "800ms", "300ms"]));
+    let frozen = Instant::now();
+    let exited = wait_for(Duration::from_secs(5), || p.try_wait().unwrap().is_some());
+    let took = frozen.elapsed();
+    let child_dead = is_dead(child);
+    send(watchdog, rustix::process::Signal::KILL);
+    send(watchdog, rustix::process::Signal::CONT);
+    if !exited {
+        send(p.id() as i32, rustix::process::Signal::KILL);
+        send(child, rustix::process::Signal::KILL);
+    }
+    println!(
+        "watchdog frozen, renewals every 0.4 s: leasehold exited {exited} after {took:?}, child dead {child_dead}"
+    );
+    assert!(
+        exited,
+        "leasehold still running 5 s after its watchdog froze"
+    );
+    assert!(child_dead);
+    assert_eq!(p.wait().unwrap().code(), Some(1));
 }

@@ -148,9 +148,11 @@ pub enum LockError {
 pub enum ErrorKind {
     /// [`LockError::Conflict`].
     Conflict,
-    /// The request did not complete before its deadline, or completed in part
-    /// ([`LockError::Ambiguous`]): it may or may not have been applied.
+    /// The request did not complete before its deadline: it may or may not have been applied.
     Timeout,
+    /// Part of the write landed and part was refused as a conflict ([`LockError::Ambiguous`]):
+    /// the machine keeps the write as its own, and reads again at once.
+    Partial,
     /// Any other failure; the machine retries after the retry period.
     Failed,
 }
@@ -170,7 +172,7 @@ impl LockError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Conflict { .. } => ErrorKind::Conflict,
-            Self::Ambiguous { .. } => ErrorKind::Timeout,
+            Self::Ambiguous { .. } => ErrorKind::Partial,
             _ => ErrorKind::Failed,
         }
     }

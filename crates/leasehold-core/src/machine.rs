@@ -857,14 +857,28 @@ impl Machine {
                 }
                 return;
             }
-            Err(_) => {
+            Err(kind) => {
                 // It may have landed: observers may have seen it.
                 if let (Inflight::Renew { sent_at, record }, State::Leading(term)) =
                     (&op, &mut self.state)
                 {
                     Self::credit(&self.timing, term, *sent_at, record);
                 }
-                return self.on_error(now);
+                if kind != ErrorKind::Partial {
+                    return self.on_error(now);
+                }
+                // Part of it was refused as a conflict: someone else wrote. Read again and
+                // decide again at once, as after a conflict, but keep the write as our own.
+                self.stale = true;
+                match &mut self.state {
+                    State::Leading(term) => {
+                        term.renew_at = now;
+                        term.routine_until = None;
+                    }
+                    State::Releasing { retry_at, .. } => *retry_at = now,
+                    _ => {}
+                }
+                return;
             }
         };
         self.stale = false;
@@ -1089,11 +1103,12 @@ impl Machine {
                 // from it, and so does a takeover of a lock that was deleted and re-created with
                 // a smaller count (by a client-go candidate, say) since. The record's own count
                 // is never above it: every record seen raised it.
-                // Never below 0: a record written with a negative count (annotations and files
-                // accept one) would otherwise give several terms token 0 in a row.
+                // After a negative count (annotations and files accept one), 1: every negative
+                // count reads as token 0, which an earlier term may have had (one written by an
+                // older leasehold, say), and counting up from it would repeat it.
                 let after_max = self
                     .max_transitions
-                    .map_or(Some(0), |m| m.max(-1).checked_add(1));
+                    .map_or(Some(0), |m| m.max(0).checked_add(1));
                 let read_due = now >= self.last_heard + self.timing.lease_duration;
                 if let (true, Some(version)) = (seen.unreadable, seen.version.clone()) {
                     let unchanged_for = now.saturating_sub(seen.since);
@@ -2527,9 +2542,9 @@ mod tests {
         assert_eq!(
             tokens,
             vec![
-                (0, Some(FencingToken(0))),
                 (1, Some(FencingToken(1))),
-                (2, Some(FencingToken(2)))
+                (2, Some(FencingToken(2))),
+                (3, Some(FencingToken(3)))
             ]
         );
     }
@@ -2580,5 +2595,26 @@ mod tests {
             Some(25 * S),
             "the same record and key: no renewal"
         );
+    }
+
+    #[test]
+    fn a_partly_applied_renewal_reads_again_at_once_and_stays_our_own() {
+        // A migration pair: the primary took the renewal, the secondary answered 409.
+        let mut m = leader();
+        let t1 = m.deadline().unwrap();
+        let w1 = the_write(&m.handle(Event::Timer, t1, wall()));
+        let a = m.handle(
+            Event::WriteDone(Err(ErrorKind::Partial)),
+            t1 + ms(5),
+            wall(),
+        );
+        assert!(
+            matches!(a.as_slice(), [Action::Read { .. }]),
+            "read again at once, as after a conflict: {a:?}"
+        );
+        // Reading our own record back is no duplicate identity: we renew on it.
+        let a = m.handle(Event::ReadDone(Ok(seen(w1, "2"))), t1 + ms(6), wall());
+        assert!(matches!(a.as_slice(), [Action::Update { .. }]), "{a:?}");
+        assert!(m.is_leader());
     }
 }

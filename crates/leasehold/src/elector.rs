@@ -377,6 +377,13 @@ impl<B: LockBackend> Elector<B> {
                     .iter()
                     .any(|a| matches!(a, Action::Update { .. } | Action::Create { .. }))
                 {
+                    // Sends before the one the term counts from are never looked up again.
+                    if let Some(until) = self.machine.leading_until() {
+                        let counted = until.saturating_sub(self.machine.timing().renew_deadline);
+                        while sends.front().is_some_and(|(tick, _)| *tick < counted) {
+                            sends.pop_front();
+                        }
+                    }
                     if sends.len() == SENDS_KEPT {
                         sends.pop_front();
                     }
@@ -683,9 +690,9 @@ impl<B: LockBackend> Elector<B> {
     ) -> Deadline {
         let renew = self.machine.timing().renew_deadline;
         let sent = until.saturating_sub(renew);
+        // The earliest at that tick: on a coarse clock two sends can share one.
         let boottime = sends
             .iter()
-            .rev()
             .find(|(tick, _)| *tick == sent)
             .and_then(|(_, boot)| *boot)
             .map(|boot| boot + renew);
@@ -815,10 +822,10 @@ fn write_event<E>(
     }
 }
 
-/// How many recent sends the driver remembers the boot-clock time of: the machine may count a
-/// term from an earlier send than the latest (a run of writes alike at whole seconds), never
-/// from one this far back.
-const SENDS_KEPT: usize = 8;
+/// How many sends the driver remembers the boot-clock time of, from the one the term counts from
+/// on (the machine may count from an earlier send than the latest: a run of writes alike at
+/// whole seconds). Sends before that one are dropped first; this only bounds the memory.
+const SENDS_KEPT: usize = 64;
 
 /// Now on `CLOCK_BOOTTIME` (Linux): like `CLOCK_MONOTONIC`, but it keeps counting while the
 /// host is suspended.

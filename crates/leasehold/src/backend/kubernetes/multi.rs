@@ -164,6 +164,9 @@ impl<P: LockBackend + Clone, S: LockBackend + Clone> LockBackend for MultiLock<P
                         }
                         // Nothing readable: the pair is unreadable, at a version that writes
                         // (or creates) both sides when it is replaced.
+                        // The secondary could not be read for another reason: say that, rather
+                        // than report the pair as if the secondary were absent.
+                        Err(se) if corrupt_at(&se).is_none() => Err(se),
                         s => {
                             let other = match &s {
                                 Ok(_) => None,
