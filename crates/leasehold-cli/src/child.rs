@@ -349,8 +349,8 @@ mod tests {
                 .trim_start()
                 .starts_with('Z')
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while !zombie(&stat()) && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !zombie(&stat()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(zombie(&stat()), "the main thread did not exit: {}", stat());
