@@ -130,6 +130,22 @@ fn frozen_watchdog_of(dir: &Path, p: Child) -> (Child, i32, i32) {
     (p, child, watchdog)
 }
 
+/// Waits up to `limit` for leasehold to exit, then kills the frozen watchdog and whatever is
+/// left; says whether leasehold exited, after how long, and whether the child is dead.
+fn outcome(p: &mut Child, child: i32, watchdog: i32, limit: Duration) -> (bool, Duration, bool) {
+    let since = Instant::now();
+    let exited = wait_for(limit, || p.try_wait().unwrap().is_some());
+    let took = since.elapsed();
+    let child_dead = is_dead(child);
+    send(watchdog, rustix::process::Signal::KILL);
+    send(watchdog, rustix::process::Signal::CONT);
+    if !exited {
+        send(p.id() as i32, rustix::process::Signal::KILL);
+        send(child, rustix::process::Signal::KILL);
+    }
+    (exited, took, child_dead)
+}
+
 /// With its watchdog stopped, leasehold could no longer promise that a frozen leasehold's child
 /// is killed in time. The watchdog reads every extension at once; one left unread means it is
 /// stopped or stuck: that counts as a dead watchdog. (It used to be found out only when its
@@ -139,16 +155,7 @@ fn a_watchdog_frozen_alone_is_found_out_the_child_stopped_and_the_lease_released
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (mut p, child, watchdog) = with_frozen_watchdog(d);
-    let frozen = Instant::now();
-    let exited = wait_for(Duration::from_secs(5), || p.try_wait().unwrap().is_some());
-    let took = frozen.elapsed();
-    let child_dead = is_dead(child);
-    send(watchdog, rustix::process::Signal::KILL);
-    send(watchdog, rustix::process::Signal::CONT);
-    if !exited {
-        send(p.id() as i32, rustix::process::Signal::KILL);
-        send(child, rustix::process::Signal::KILL);
-    }
+    let (exited, took, child_dead) = outcome(&mut p, child, watchdog, Duration::from_secs(5));
     println!(
         "watchdog frozen alone: leasehold exited {exited} after {took:?}, child dead {child_dead}"
     );
@@ -169,16 +176,7 @@ fn sigterm_with_a_frozen_watchdog_still_stops_the_child_and_releases() {
     let d = dir.path();
     let (mut p, child, watchdog) = with_frozen_watchdog(d);
     send(p.id() as i32, rustix::process::Signal::TERM);
-    let sent = Instant::now();
-    let exited = wait_for(Duration::from_secs(3), || p.try_wait().unwrap().is_some());
-    let took = sent.elapsed();
-    let child_dead = is_dead(child);
-    send(watchdog, rustix::process::Signal::KILL);
-    send(watchdog, rustix::process::Signal::CONT);
-    if !exited {
-        send(p.id() as i32, rustix::process::Signal::KILL);
-        send(child, rustix::process::Signal::KILL);
-    }
+    let (exited, took, child_dead) = outcome(&mut p, child, watchdog, Duration::from_secs(3));
     println!(
         "SIGTERM with the watchdog frozen: exited {exited} after {took:?}, child dead {child_dead}"
     );
@@ -250,16 +248,7 @@ fn a_frozen_watchdog_is_found_out_with_renewals_under_half_a_second_apart() {
     let d = dir.path();
     let (mut p, child, watchdog) =
         frozen_watchdog_of(d, leasehold_with(d, ["2s", "800ms", "300ms"]));
-    let frozen = Instant::now();
-    let exited = wait_for(Duration::from_secs(5), || p.try_wait().unwrap().is_some());
-    let took = frozen.elapsed();
-    let child_dead = is_dead(child);
-    send(watchdog, rustix::process::Signal::KILL);
-    send(watchdog, rustix::process::Signal::CONT);
-    if !exited {
-        send(p.id() as i32, rustix::process::Signal::KILL);
-        send(child, rustix::process::Signal::KILL);
-    }
+    let (exited, took, child_dead) = outcome(&mut p, child, watchdog, Duration::from_secs(5));
     println!(
         "watchdog frozen, renewals every 0.4 s: leasehold exited {exited} after {took:?}, child dead {child_dead}"
     );
