@@ -124,7 +124,8 @@ impl Codec for LeaseCodec {
     fn record(obj: &Self::Object) -> Result<LeaderRecord, RecordError> {
         let spec = match obj.data.get("spec") {
             None | Some(serde_json::Value::Null) => Default::default(),
-            Some(spec) => serde_json::from_value::<LeaseSpec>(spec.clone()).map_err(|e| {
+            // Read in place: a renewal's answer is not copied to be decoded.
+            Some(spec) => <LeaseSpec as serde::Deserialize>::deserialize(spec).map_err(|e| {
                 RecordError::Field {
                     field: "spec",
                     reason: e.to_string(),
