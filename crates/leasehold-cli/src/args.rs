@@ -499,7 +499,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             ));
         }
     }
-    // Labels are on with --label-pod, --pod-name, or ELECTOR_POD_NAME (seed 003's variable).
+    // Labels are on with --label-pod, --pod-name, or ELECTOR_POD_NAME (the k8s-elector sidecar's variable).
     let env_pod = std::env::var("ELECTOR_POD_NAME")
         .ok()
         .filter(|p| !p.is_empty());
@@ -567,6 +567,7 @@ fn timing_error(e: &leasehold::ConfigError, from: [&str; 3]) -> String {
             "--renew-deadline ({renew:?}{renew_from}) must be greater than 1.2 × --retry-period ({retry:?}{retry_from})"
         ),
         E::EmptyIdentity => "--id must not be empty".into(),
+        other => other.to_string(),
     }
 }
 

@@ -36,7 +36,7 @@ impl Proc {
     }
 }
 
-/// A command-less sidecar (election + HTTP only), as seed 003's.
+/// A command-less sidecar (election + HTTP only), as the k8s-elector sidecar's.
 fn sidecar(kubeconfig: &Path, name: &str, id: &str, port: u16, extra: &[&str]) -> Proc {
     Proc(
         Command::new(BIN)

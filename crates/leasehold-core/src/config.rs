@@ -4,6 +4,7 @@ use std::time::Duration;
 
 /// A timing or identity value that cannot work; the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The identity is empty.
     #[error("identity must not be empty")]
@@ -63,8 +64,8 @@ pub enum ConfigError {
 
 /// How long a lease lasts, how long a leader keeps trying to renew, and how often it tries.
 ///
-/// Replaces the duration fields of client-go's `LeaderElectionConfig` (and of seeds 000, 001 and
-/// 004). The safety margin is `lease_duration - renew_deadline`: a leader stops acting at most
+/// Replaces the duration fields of client-go's `LeaderElectionConfig` (and of
+/// controller-runtime's `Options` and Go's `LeaseLocker`). The safety margin is `lease_duration - renew_deadline`: a leader stops acting at most
 /// `renew_deadline` after sending its last successful renewal, while no other candidate can take
 /// over sooner than `lease_duration` after *observing* that renewal. The margin absorbs clock
 /// *rate* differences between hosts and the time to stop a child process.
@@ -114,8 +115,8 @@ impl Timing {
     }
 
     /// Derives all three durations from one TTL in client-go's default ratio 15 : 10 : 2
-    /// (lease = TTL, renew deadline = TTL × 2/3, retry period = TTL × 2/15). Replaces seed 003's
-    /// `--ttl`.
+    /// (lease = TTL, renew deadline = TTL × 2/3, retry period = TTL × 2/15). Replaces the k8s-elector
+    /// sidecar's `--ttl`.
     pub fn from_ttl(ttl: Duration) -> Self {
         Self {
             lease_duration: ttl,

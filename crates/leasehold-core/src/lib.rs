@@ -19,6 +19,8 @@ pub mod machine;
 pub mod record;
 
 pub use config::{ConfigError, Timing};
-pub use lock::{LockBackend, LockError, LockEvent, LockEventKind, Version, Versioned};
+pub use lock::{
+    FailureKind, LastError, LockBackend, LockError, LockEvent, LockEventKind, Version, Versioned,
+};
 pub use machine::{Action, Event, Machine, Role, Status, StepDown};
 pub use record::{FencingToken, LeaderRecord, RecordError};

@@ -11,7 +11,7 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc};
 /// An opaque token naming one stored state of the lock object (a Kubernetes `resourceVersion`,
 /// an etcd mod revision, a file generation). Only equality is meaningful.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Version(pub Arc<str>);
+pub struct Version(Arc<str>);
 
 // === impl Version ===
 
@@ -19,6 +19,11 @@ impl Version {
     /// Wraps a backend's version string.
     pub fn new(v: impl Into<Arc<str>>) -> Self {
         Self(v.into())
+    }
+
+    /// The backend's version string, as given to [`new`](Self::new).
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -69,6 +74,7 @@ impl Versioned {
 
 /// Why a backend operation failed, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LockError {
     /// The object changed since the version given (or, for create, already exists). Retryable
     /// after a fresh read: the caller must re-read and decide again.
@@ -143,8 +149,66 @@ pub enum LockError {
     },
 }
 
+/// What kind of failure a [`LastError`] reports: enough to decide without reading the message
+/// (an operator that cannot get `update` on its Lease should exit, not wait).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// [`LockError::Conflict`]: someone else wrote first. Normal between candidates.
+    Conflict,
+    /// [`LockError::Unavailable`]: the store could not be reached or answered with a transient
+    /// failure.
+    Unavailable,
+    /// The request did not complete before its deadline.
+    Timeout,
+    /// [`LockError::Forbidden`]: a permission is missing; retrying will not help until someone
+    /// grants it.
+    Forbidden,
+    /// [`LockError::Corrupt`]: the stored record cannot be read.
+    Corrupt,
+    /// [`LockError::Ambiguous`]: a write landed in part.
+    Partial,
+    /// Another process renews the lock under this candidate's identity.
+    DuplicateIdentity,
+    /// [`LockError::Other`].
+    Other,
+}
+
+/// The last failure talking to the lock, as [`Status::last_error`](crate::Status::last_error)
+/// keeps it until a request succeeds again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LastError {
+    /// What kind of failure it was.
+    pub kind: FailureKind,
+    /// The lock object's description (`lease ns/name`, a path).
+    pub object: String,
+    /// The whole message, with its causes.
+    pub message: String,
+}
+
+// === impl LastError ===
+
+impl LastError {
+    /// A failure of `kind` on `object`.
+    pub fn new(kind: FailureKind, object: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            object: object.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for LastError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The coarse kind of a [`LockError`], as the state machine sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// [`LockError::Conflict`].
     Conflict,
@@ -166,6 +230,30 @@ impl LockError {
             self,
             Self::Conflict { .. } | Self::Unavailable { .. } | Self::Ambiguous { .. }
         )
+    }
+
+    /// The kind a [`LastError`] reports.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            Self::Conflict { .. } => FailureKind::Conflict,
+            Self::Unavailable { .. } => FailureKind::Unavailable,
+            Self::Forbidden { .. } => FailureKind::Forbidden,
+            Self::Corrupt { .. } => FailureKind::Corrupt,
+            Self::Ambiguous { .. } => FailureKind::Partial,
+            Self::Other { .. } => FailureKind::Other,
+        }
+    }
+
+    /// The description of the lock object the failure is about.
+    pub fn object(&self) -> &str {
+        match self {
+            Self::Conflict { object, .. }
+            | Self::Unavailable { object, .. }
+            | Self::Forbidden { object, .. }
+            | Self::Corrupt { object, .. }
+            | Self::Ambiguous { object, .. }
+            | Self::Other { object, .. } => object,
+        }
     }
 
     /// The kind the state machine reacts to.
@@ -278,6 +366,7 @@ impl<T: LockBackend + ?Sized> LockBackend for Box<T> {
 
 /// A leadership change, as recorded by [`LockBackend::record_event`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockEvent {
     /// The candidate whose leadership changed.
     pub identity: String,
@@ -289,6 +378,7 @@ pub struct LockEvent {
 
 /// What a [`LockEvent`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LockEventKind {
     /// The candidate acquired the lock.
     BecameLeader,
@@ -299,6 +389,19 @@ pub enum LockEventKind {
 // === impl LockEvent ===
 
 impl LockEvent {
+    /// `identity`'s leadership changed as `kind` says, in the term of `fencing_token`.
+    pub fn new(
+        identity: impl Into<String>,
+        kind: LockEventKind,
+        fencing_token: crate::FencingToken,
+    ) -> Self {
+        Self {
+            identity: identity.into(),
+            kind,
+            fencing_token,
+        }
+    }
+
     /// The human-readable message, as client-go writes it (`<identity> became leader`), with
     /// the fencing token appended.
     pub fn message(&self) -> String {

@@ -126,6 +126,7 @@ pub enum Action {
 
 /// Why a leader stepped down.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StepDown {
     /// No renewal succeeded within the renew deadline.
     DeadlineExceeded,
@@ -146,6 +147,7 @@ pub enum StepDown {
 
 /// Whether this candidate leads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Role {
     /// Not leading; watching for a chance to acquire.
     #[default]
@@ -158,6 +160,7 @@ pub enum Role {
 
 /// A snapshot of what this candidate knows, published by the driver after every event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Status {
     /// This candidate's role.
     pub role: Role,
@@ -170,8 +173,10 @@ pub struct Status {
     pub observed: bool,
     /// The lock's last observed record, if any.
     pub record: Option<LeaderRecord>,
-    /// The last error talking to the lock, until a request succeeds again (set by the driver).
-    pub last_error: Option<String>,
+    /// The last failure talking to the lock, until a request succeeds again (set by the
+    /// driver): its kind, so a program can act on it (exit on
+    /// [`Forbidden`](crate::FailureKind::Forbidden)), the object and the message.
+    pub last_error: Option<crate::LastError>,
 }
 
 #[derive(Debug)]
@@ -272,7 +277,7 @@ pub struct Machine {
     /// back means the backend contradicts itself (a `MultiLock` with one side unreadable, say):
     /// the next try waits a retry period instead of looping at round-trip rate.
     conflicted_at: Option<Version>,
-    /// Expiry from the record's `renewTime` instead of from observation (seed 004's
+    /// Expiry from the record's `renewTime` instead of from observation (Go's
     /// `UseObservedTime = false`). Off by default: it trusts the holder's clock.
     record_time_expiry: bool,
     /// The monotonic and wall-clock times of the last event, to convert record times to ticks.
@@ -321,7 +326,7 @@ impl Machine {
 
     /// Measures a holder's expiry from the `renewTime` written in its record (plus its lease
     /// duration) on this host's wall clock, instead of from when this candidate observed the
-    /// record. This is seed 004's `UseObservedTime = false` and what client-go did before 1.14.
+    /// record. This is Go's `LeaseLocker` with `UseObservedTime = false` and what client-go did before 1.14.
     ///
     /// # Safety of the election
     /// Unsafe under clock skew: a candidate whose clock runs ahead of the holder's by more than

@@ -19,6 +19,7 @@ use std::fmt;
 
 /// Errors decoding a record from its stored bytes.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// The bytes are not a JSON object of the record's shape.
     #[error("not a leader election record")]
@@ -38,7 +39,7 @@ pub enum RecordError {
 
 /// The leader record, field for field as client-go's `LeaderElectionRecord`.
 ///
-/// Replaces client-go's `resourcelock.LeaderElectionRecord` (and seed 004's `LockRecord`).
+/// Replaces client-go's `resourcelock.LeaderElectionRecord` (and Go's `LockRecord`).
 /// Timestamps are informational: leasehold never decides expiry from them (see
 /// [`crate::machine`]), so a candidate whose clock is off cannot cut a lease short.
 #[doc(alias = "LeaderElectionRecord")]

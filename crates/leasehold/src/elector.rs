@@ -1,12 +1,12 @@
 //! The tokio driver: runs the [`Machine`] against a [`LockBackend`], fires callbacks and
 //! publishes [`Status`] on a watch channel.
 
-use crate::metrics::Metrics;
+use crate::{Config, metrics::Metrics};
 use futures_util::StreamExt as _;
 use jiff::Timestamp;
 use leasehold_core::{
-    Action, ConfigError, Event, FencingToken, LockBackend, LockEvent, LockEventKind, Machine, Role,
-    Status, StepDown, Timing,
+    Action, ConfigError, Event, FailureKind, FencingToken, LastError, LockBackend, LockEvent,
+    LockEventKind, Machine, Role, Status, StepDown, Timing,
     lock::{ErrorKind, LockError, WatchStream},
 };
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
@@ -18,6 +18,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// Why an [`Elector`] could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The identity or timing is invalid.
     #[error("invalid election config")]
@@ -117,15 +118,19 @@ type StartedFn = Box<dyn FnMut(Leadership) + Send>;
 type StoppedFn = Box<dyn FnMut() + Send>;
 type NewLeaderFn = Box<dyn FnMut(&str) + Send>;
 
-/// A cheap, cloneable view of an elector's status.
+/// A cheap, cloneable view of an elector: its status, and the current term.
 ///
-/// Replaces seed 002's `IsLeader`/`GetLeader` and seed 001's `GetLeader`.
+/// Replaces the `IsLeader`/`GetLeader` methods of Go electors. A term can be had from it
+/// without a callback: [`acquired`](Self::acquired) waits for one, and
+/// [`leadership`](Self::leadership) returns the current one.
 #[derive(Clone, Debug)]
 pub struct ElectorHandle {
     rx: watch::Receiver<Status>,
     metrics: Arc<Metrics>,
     /// The current term's deadline on tokio's clock; `None` while not leading.
     term_until: watch::Receiver<Option<Instant>>,
+    /// The current term; `None` while not leading.
+    term: watch::Receiver<Option<Leadership>>,
 }
 
 // === impl ElectorHandle ===
@@ -152,7 +157,7 @@ impl ElectorHandle {
     }
 
     /// The current holder as last observed: "" before the first observation (and while the lock
-    /// is released). The same as [`leader`](Self::leader), by seed 001/002's name.
+    /// is released). The same as [`leader`](Self::leader), by the Go electors' name.
     #[doc(alias = "GetLeader")]
     pub fn get_leader(&self) -> String {
         self.leader()
@@ -171,6 +176,42 @@ impl ElectorHandle {
     /// The status now.
     pub fn status(&self) -> Status {
         self.rx.borrow().clone()
+    }
+
+    /// The current term, if this candidate leads: the same [`Leadership`] the started-leading
+    /// callback receives. `None` while standing by, and once the term has ended.
+    pub fn leadership(&self) -> Option<Leadership> {
+        self.term.borrow().clone().filter(|l| !l.is_lost())
+    }
+
+    /// A receiver of the current term: `Some` from the moment this candidate starts leading,
+    /// `None` from the moment it stops. For work that starts and stops with each term without
+    /// a callback (see [`acquired`](Self::acquired) for the next term alone).
+    pub fn watch_leadership(&self) -> watch::Receiver<Option<Leadership>> {
+        self.term.clone()
+    }
+
+    /// Waits until this candidate leads and returns the term; at once if it leads already.
+    /// `None` once the elector has finished without leading again.
+    ///
+    /// ```no_run
+    /// # async fn f(handle: leasehold::ElectorHandle) {
+    /// while let Some(term) = handle.acquired().await {
+    ///     // act until the term ends
+    ///     term.lost().await;
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping it loses no term; the next call returns the current one.
+    pub async fn acquired(&self) -> Option<Leadership> {
+        let mut rx = self.term.clone();
+        let term = rx
+            .wait_for(|t| t.as_ref().is_some_and(|l| !l.is_lost()))
+            .await
+            .ok()?;
+        term.clone()
     }
 }
 
@@ -195,22 +236,39 @@ pub struct Elector<B> {
     boot_clock: fn() -> Option<Duration>,
     /// The current term's deadline, shared with handles for [`ElectorHandle::is_leader`].
     term_until: watch::Sender<Option<Instant>>,
+    /// The current term, shared with handles for [`ElectorHandle::leadership`].
+    term: watch::Sender<Option<Leadership>>,
 }
 
-/// A request in flight: the event it ends with, and the error message if it failed.
-type Pending = Pin<Box<dyn Future<Output = (Event, Option<String>)> + Send>>;
+/// A request in flight: the event it ends with, and the failure if it failed.
+type Pending = Pin<Box<dyn Future<Output = (Event, Option<LastError>)> + Send>>;
 
 // === impl Elector ===
 
 impl<B: LockBackend> Elector<B> {
-    /// An elector for `identity` on `backend` with `timing`.
+    /// An elector for `identity` on `backend` with `timing`: the same as
+    /// [`with_config`](Self::with_config) with `Config::new(identity).timing(timing)`.
     ///
     /// # Errors
     /// [`Error::Config`] when the identity is empty or the timing breaks client-go's rules.
     pub fn new(backend: B, identity: impl Into<String>, timing: Timing) -> Result<Self> {
-        let identity: String = identity.into();
+        Self::with_config(backend, Config::new(identity).timing(timing))
+    }
+
+    /// An elector on `backend` configured by `config`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the identity is empty or the timing breaks client-go's rules.
+    pub fn with_config(backend: B, config: Config) -> Result<Self> {
+        let Config {
+            identity,
+            timing,
+            enabled,
+            use_observed_time,
+        } = config;
         let seed = seed_from(&identity);
-        let machine = Machine::new(identity.clone(), timing, seed)?;
+        let machine = Machine::new(identity.clone(), timing, seed)?
+            .with_record_time_expiry(!use_observed_time);
         let (tx, _) = watch::channel(Status::default());
         Ok(Self {
             backend: Arc::new(backend),
@@ -222,32 +280,11 @@ impl<B: LockBackend> Elector<B> {
             on_new_leader: None,
             clock_offset: jiff::SignedDuration::ZERO,
             metrics: Arc::default(),
-            enabled: true,
+            enabled,
             boot_clock: boottime,
             term_until: watch::channel(None).0,
+            term: watch::channel(None).0,
         })
-    }
-
-    /// Whether to elect at all (default true). With `false` the candidate leads at once, makes
-    /// no requests to the lock, and logs that election is disabled: for running one replica
-    /// locally or in tests with the same code path. Replaces seed 001's `Config.Enabled`.
-    #[doc(alias = "Enabled")]
-    #[must_use]
-    pub fn enabled(mut self, enabled: bool) -> Self {
-        self.enabled = enabled;
-        self
-    }
-
-    /// Whether a holder's expiry is measured from when this candidate observed its record
-    /// (`true`, the default and the safe choice) or from the `renewTime` written in the record
-    /// (`false`: seed 004's `UseObservedTime = false`). See
-    /// [`Machine::with_record_time_expiry`](leasehold_core::Machine::with_record_time_expiry)
-    /// for why `false` is unsafe under clock skew.
-    #[doc(alias = "UseObservedTime")]
-    #[must_use]
-    pub fn use_observed_time(mut self, observed: bool) -> Self {
-        self.machine = self.machine.with_record_time_expiry(!observed);
-        self
     }
 
     /// This candidate's identity (client-go's `resourcelock.Interface.Identity`; in leasehold
@@ -301,13 +338,45 @@ impl<B: LockBackend> Elector<B> {
         self
     }
 
-    /// A view of the status, usable while [`run`](Self::run) runs.
+    /// A view of the status and the current term, usable while [`run`](Self::run) runs.
     pub fn handle(&self) -> ElectorHandle {
         ElectorHandle {
             rx: self.tx.subscribe(),
             metrics: Arc::clone(&self.metrics),
             term_until: self.term_until.subscribe(),
+            term: self.term.subscribe(),
         }
+    }
+
+    /// Runs the elector on its own task until `cancel` fires, and returns its handle and the
+    /// task's join handle.
+    ///
+    /// This is the way to run an elector beside other work in one `tokio::select!`: the
+    /// election lives on its own task, so whichever branch finishes first cannot drop it
+    /// mid-term (which would end the term without releasing the lock). To stop, cancel
+    /// `cancel` and await the join handle: the leader's work is told to stop, then the lock is
+    /// released.
+    ///
+    /// ```no_run
+    /// # async fn f(elector: leasehold::Elector<leasehold::backend::file::FileLock>) {
+    /// let cancel = tokio_util::sync::CancellationToken::new();
+    /// let (handle, task) = elector.spawn(cancel.clone());
+    /// while let Some(term) = handle.acquired().await {
+    ///     tokio::select! {
+    ///         () = term.lost() => {}                    // the term ended: wait for the next
+    ///         _ = tokio::signal::ctrl_c() => break,     // shut down
+    ///     }
+    /// }
+    /// cancel.cancel();
+    /// task.await.expect("the elector does not panic");
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn spawn(self, cancel: CancellationToken) -> (ElectorHandle, tokio::task::JoinHandle<()>) {
+        let handle = self.handle();
+        (handle, tokio::spawn(self.run(cancel)))
     }
 
     /// The backend this elector runs on.
@@ -342,7 +411,7 @@ impl<B: LockBackend> Elector<B> {
         let mut sends: std::collections::VecDeque<(Duration, Option<Duration>)> =
             std::collections::VecDeque::with_capacity(SENDS_KEPT);
         let mut cancel_sent = false;
-        let mut last_error: Option<String> = None;
+        let mut last_error: Option<LastError> = None;
         // The failure last warned about, and whether a write failed: a read that succeeds says
         // nothing about writes (a missing directory, RBAC without `update`), so only a write
         // ends a write's warning. Otherwise each read/write pair would log "failed" and
@@ -351,8 +420,9 @@ impl<B: LockBackend> Elector<B> {
         let mut last_watch_error: Option<String> = None;
         // A duplicate identity stays reported until none has been seen for two lease durations
         // (the machine repeats the report once per lease duration while it lasts).
-        let mut duplicate: Option<(String, Instant)> = None;
+        let mut duplicate: Option<(LastError, Instant)> = None;
         let describe = self.backend.describe();
+        let object: Arc<str> = describe.as_str().into();
 
         let mut event = Some(Event::Start);
         let mut cancelled = std::pin::pin!(cancel.cancelled());
@@ -396,6 +466,7 @@ impl<B: LockBackend> Elector<B> {
                             let b = Arc::clone(&self.backend);
                             let m = Arc::clone(&self.metrics);
                             let at = origin + deadline;
+                            let object = Arc::clone(&object);
                             pending = Some(Box::pin(async move {
                                 let r = timeout_at(at, b.get()).await;
                                 match &r {
@@ -410,7 +481,7 @@ impl<B: LockBackend> Elector<B> {
                                             version: Some(_), ..
                                         },
                                     )) => {
-                                        let msg = display_chain(&e);
+                                        let failure = failure(&e);
                                         let LockError::Corrupt {
                                             version: Some(version),
                                             ..
@@ -423,15 +494,15 @@ impl<B: LockBackend> Elector<B> {
                                                 version,
                                                 from_read: true,
                                             },
-                                            Some(msg),
+                                            Some(failure),
                                         )
                                     }
                                     Ok(Err(e)) => {
-                                        (Event::ReadDone(Err(e.kind())), Some(display_chain(&e)))
+                                        (Event::ReadDone(Err(e.kind())), Some(failure(&e)))
                                     }
                                     Err(_) => (
                                         Event::ReadDone(Err(ErrorKind::Timeout)),
-                                        Some(timed_out("get")),
+                                        Some(timed_out("get", &object)),
                                     ),
                                 }
                             }));
@@ -440,9 +511,10 @@ impl<B: LockBackend> Elector<B> {
                             let b = Arc::clone(&self.backend);
                             let m = Arc::clone(&self.metrics);
                             let at = origin + deadline;
+                            let object = Arc::clone(&object);
                             pending = Some(Box::pin(async move {
                                 let r = timeout_at(at, b.create(&record)).await;
-                                write_event(r, "create", &m, None)
+                                write_event(r, "create", &object, &m, None)
                             }));
                         }
                         Action::Update {
@@ -455,9 +527,10 @@ impl<B: LockBackend> Elector<B> {
                             let at = origin + deadline;
                             // A renewal: the record is ours and we lead.
                             let renewal = self.machine.is_leader().then(Instant::now);
+                            let object = Arc::clone(&object);
                             pending = Some(Box::pin(async move {
                                 let r = timeout_at(at, b.update(&record, &version)).await;
-                                write_event(r, "update", &m, renewal)
+                                write_event(r, "update", &object, &m, renewal)
                             }));
                         }
                         Action::Abandon => pending = None,
@@ -472,13 +545,15 @@ impl<B: LockBackend> Elector<B> {
                             self.term_until.send_replace(Some(deadline.at));
                             let (until_tx, until_rx) = watch::channel(deadline);
                             valid_until = Some(until_tx);
+                            let term = Leadership {
+                                token: t,
+                                fencing_token: token,
+                                identity: Arc::clone(&self.identity),
+                                valid_until: until_rx,
+                            };
+                            self.term.send_replace(Some(term.clone()));
                             if let Some(f) = &mut self.on_started {
-                                f(Leadership {
-                                    token: t,
-                                    fencing_token: token,
-                                    identity: Arc::clone(&self.identity),
-                                    valid_until: until_rx,
-                                });
+                                f(term);
                             }
                         }
                         Action::StoppedLeading { token, reason } => {
@@ -486,6 +561,7 @@ impl<B: LockBackend> Elector<B> {
                             drop(leadership.take());
                             valid_until = None;
                             self.term_until.send_replace(None);
+                            self.term.send_replace(None);
                             self.record_event(LockEventKind::StoppedLeading, token);
                             match &reason {
                                 StepDown::Cancelled => {
@@ -506,6 +582,9 @@ impl<B: LockBackend> Elector<B> {
                                 StepDown::DuplicateIdentity => {
                                     tracing::error!(lock = %describe, fencing_token = %token, "stopped leading: another process renewed the lock under this identity")
                                 }
+                                other => {
+                                    tracing::warn!(lock = %describe, fencing_token = %token, reason = ?other, "stopped leading")
+                                }
                             }
                             if let Some(f) = &mut self.on_stopped {
                                 f();
@@ -524,7 +603,10 @@ impl<B: LockBackend> Elector<B> {
                                 record.renew_time.map(|t| t.to_string()).unwrap_or_default()
                             );
                             tracing::error!(lock = %describe, "{msg}");
-                            duplicate = Some((msg, Instant::now()));
+                            duplicate = Some((
+                                LastError::new(FailureKind::DuplicateIdentity, &*object, msg),
+                                Instant::now(),
+                            ));
                         }
                         Action::ReplaceUnreadable {
                             version,
@@ -550,8 +632,8 @@ impl<B: LockBackend> Elector<B> {
                 let lease = self.machine.timing().lease_duration;
                 duplicate = duplicate.take().filter(|(_, at)| at.elapsed() < lease * 2);
                 let error = last_error
-                    .as_deref()
-                    .or_else(|| duplicate.as_ref().map(|(m, _)| m.as_str()));
+                    .as_ref()
+                    .or_else(|| duplicate.as_ref().map(|(e, _)| e));
                 // Waking no one costs a pass over the channel's waiter lists all the same; with
                 // no handle to this elector, store the status silently (a later subscriber
                 // still reads it).
@@ -560,8 +642,8 @@ impl<B: LockBackend> Elector<B> {
                 let mut leaderless = None;
                 self.tx.send_if_modified(|s| {
                     let mut changed = machine.update_status(s);
-                    if s.last_error.as_deref() != error {
-                        s.last_error = error.map(str::to_owned);
+                    if s.last_error.as_ref() != error {
+                        s.last_error = error.cloned();
                         changed = true;
                     }
                     leaderless = s
@@ -620,18 +702,19 @@ impl<B: LockBackend> Elector<B> {
                 }
                 (ev, error) = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
                     pending = None;
-                    if let Some(msg) = error {
+                    if let Some(failure) = error {
+                        let msg = &failure.message;
                         // One line per kind of failure, not one per retry.
                         if matches!(ev, Event::WriteDone(Err(ErrorKind::Conflict))) {
                             tracing::debug!(lock = %describe, error = %msg, "conflict; reading again");
                         } else {
-                            if warned.as_ref().is_some_and(|(m, _)| *m == msg) {
+                            if warned.as_ref().is_some_and(|(m, _)| m == msg) {
                                 tracing::debug!(lock = %describe, error = %msg, "lock request failed again");
                             } else {
                                 tracing::warn!(lock = %describe, error = %msg, "lock request failed; retrying");
                                 warned = Some((msg.clone(), matches!(ev, Event::WriteDone(_))));
                             }
-                            last_error = Some(msg);
+                            last_error = Some(failure);
                         }
                     }
                     event = Some(ev);
@@ -648,9 +731,9 @@ impl<B: LockBackend> Elector<B> {
                         }
                         Some(Err(LockError::Corrupt { object, version: Some(version), source })) => {
                             let msg = format!("{object}: stored record is corrupt: {source}");
-                            if last_error.as_deref() != Some(msg.as_str()) {
+                            if last_error.as_ref().is_none_or(|e| e.message != msg) {
                                 tracing::error!(lock = %describe, error = %msg, "cannot read the lock's record; not overwriting it unless it stays unchanged for a full lease duration");
-                                last_error = Some(msg);
+                                last_error = Some(LastError::new(FailureKind::Corrupt, object, msg));
                             }
                             event = Some(Event::Unreadable { version, from_read: false });
                         }
@@ -705,11 +788,7 @@ impl<B: LockBackend> Elector<B> {
     /// Records an Event about this candidate on the lock, in the background: best effort, never
     /// in the way of the election.
     fn record_event(&self, kind: LockEventKind, token: FencingToken) {
-        let event = LockEvent {
-            identity: self.identity.to_string(),
-            kind,
-            fencing_token: token,
-        };
+        let event = LockEvent::new(&*self.identity, kind, token);
         let backend = Arc::clone(&self.backend);
         let metrics = Arc::clone(&self.metrics);
         tokio::spawn(async move {
@@ -736,35 +815,34 @@ impl<B: LockBackend> Elector<B> {
             boottime: (self.boot_clock)().map(|b| b + far),
         });
         self.term_until.send_replace(Some(until_rx.borrow().at));
-        self.tx.send_replace(Status {
-            role: Role::Leader,
-            leader: self.identity.to_string(),
-            fencing_token: Some(token),
-            observed: true,
-            record: None,
-            last_error: None,
+        self.tx.send_modify(|s| {
+            s.role = Role::Leader;
+            s.leader = self.identity.to_string();
+            s.fencing_token = Some(token);
+            s.observed = true;
         });
         if let Some(f) = &mut self.on_new_leader {
             f(&self.identity);
         }
+        let term = Leadership {
+            token: t.clone(),
+            fencing_token: token,
+            identity: Arc::clone(&self.identity),
+            valid_until: until_rx,
+        };
+        self.term.send_replace(Some(term.clone()));
         if let Some(f) = &mut self.on_started {
-            f(Leadership {
-                token: t.clone(),
-                fencing_token: token,
-                identity: Arc::clone(&self.identity),
-                valid_until: until_rx,
-            });
+            f(term);
         }
         cancel.cancelled().await;
         t.cancel();
         self.term_until.send_replace(None);
+        self.term.send_replace(None);
         if let Some(f) = &mut self.on_stopped {
             f();
         }
-        self.tx.send_replace(Status {
-            role: Role::Stopped,
-            ..Status::default()
-        });
+        self.tx.send_replace(Status::default());
+        self.tx.send_modify(|s| s.role = Role::Stopped);
     }
 }
 
@@ -798,9 +876,10 @@ fn on_shared_grid(at: Instant, slack: Duration) -> Instant {
 fn write_event<E>(
     r: std::result::Result<std::result::Result<leasehold_core::Version, LockError>, E>,
     op: &'static str,
+    object: &str,
     metrics: &Metrics,
     renewal_sent: Option<Instant>,
-) -> (Event, Option<String>) {
+) -> (Event, Option<LastError>) {
     match r {
         Ok(Ok(v)) => {
             if let Some(at) = renewal_sent {
@@ -810,13 +889,13 @@ fn write_event<E>(
         }
         Ok(Err(e)) => {
             metrics.failed(&e);
-            (Event::WriteDone(Err(e.kind())), Some(display_chain(&e)))
+            (Event::WriteDone(Err(e.kind())), Some(failure(&e)))
         }
         Err(_) => {
             metrics.timed_out();
             (
                 Event::WriteDone(Err(ErrorKind::Timeout)),
-                Some(timed_out(op)),
+                Some(timed_out(op, object)),
             )
         }
     }
@@ -844,8 +923,16 @@ fn boottime() -> Option<Duration> {
     }
 }
 
-fn timed_out(op: &str) -> String {
-    format!("{op}: no answer before the request deadline")
+fn timed_out(op: &str, object: &str) -> LastError {
+    LastError::new(
+        FailureKind::Timeout,
+        object,
+        format!("{op} `{object}`: no answer before the request deadline"),
+    )
+}
+
+fn failure(e: &LockError) -> LastError {
+    LastError::new(e.failure_kind(), e.object(), display_chain(e))
 }
 
 /// Formats an error with its sources, `a: b: c`, skipping a source whose text the previous one

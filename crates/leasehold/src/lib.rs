@@ -39,24 +39,20 @@
 //! your own `kube::Client`: every request goes through it.
 
 pub mod backend;
+#[cfg(feature = "kube")]
+pub mod compat;
+mod config;
 mod elector;
-#[cfg(feature = "kube")]
-mod locker;
 pub mod metrics;
-#[cfg(feature = "kube")]
-mod options;
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 
+pub use config::{Config, default_identity};
 pub use elector::{Deadline, Elector, ElectorHandle, Error, Leadership, Result, display_chain};
 pub use leasehold_core::{
-    ConfigError, FencingToken, LeaderRecord, LockBackend, LockError, LockEvent, LockEventKind,
-    Role, Status, StepDown, Timing, Version, Versioned, record,
+    ConfigError, FailureKind, FencingToken, LastError, LeaderRecord, LockBackend, LockError,
+    LockEvent, LockEventKind, Role, Status, StepDown, Timing, Version, Versioned, record,
 };
-#[cfg(feature = "kube")]
-pub use locker::{CheckError, LeaseLocker, LockerError};
-#[cfg(feature = "kube")]
-pub use options::{Options, OptionsError, default_identity, run_or_die};

@@ -24,7 +24,7 @@
 //! | `leasehold_api_errors_total` | counter | `name`, `kind` |
 
 use crate::ElectorHandle;
-use leasehold_core::{LockError, Role, Status};
+use leasehold_core::{FailureKind, LockError, Role, Status};
 use std::{
     fmt::Write as _,
     sync::{
@@ -91,14 +91,14 @@ impl Metrics {
 
     /// Counts a failed request.
     pub(crate) fn failed(&self, e: &LockError) {
-        let kind = match e {
-            LockError::Conflict { .. } => 0,
-            LockError::Unavailable { .. } => 2,
-            LockError::Forbidden { .. } => 3,
-            LockError::Corrupt { .. } => 4,
-            LockError::Other { .. } => 5,
-            // Its outcome is unknown, as a timed-out request's is.
-            LockError::Ambiguous { .. } => 1,
+        let kind = match e.failure_kind() {
+            FailureKind::Conflict => 0,
+            // A partial write's outcome is unknown, as a timed-out request's is.
+            FailureKind::Timeout | FailureKind::Partial => 1,
+            FailureKind::Unavailable => 2,
+            FailureKind::Forbidden => 3,
+            FailureKind::Corrupt => 4,
+            _ => 5,
         };
         self.errors[kind].fetch_add(1, Relaxed);
     }
@@ -538,10 +538,7 @@ mod tests {
         m.renewed(Duration::from_millis(3));
         m.renewed(Duration::from_millis(30));
         m.timed_out();
-        let status = leasehold_core::Status {
-            role: leasehold_core::Role::Leader,
-            ..Default::default()
-        };
+        let status = leader();
         let mut out = String::new();
         m.encode("my\"app", &status, &mut out);
         assert!(
@@ -559,10 +556,9 @@ mod tests {
         }
     }
     fn leader() -> leasehold_core::Status {
-        leasehold_core::Status {
-            role: leasehold_core::Role::Leader,
-            ..Default::default()
-        }
+        let mut s = leasehold_core::Status::default();
+        s.role = leasehold_core::Role::Leader;
+        s
     }
 
     /// The lines of `family`'s samples, as (labels, value).

@@ -254,8 +254,12 @@ async fn two_candidates_with_one_identity_never_both_lead_and_the_newcomer_repor
     assert!(ha.is_leader());
     assert!(!hb.is_leader());
     assert!(rxb.try_recv().is_err(), "the twin never started leading");
-    let err = hb.status().last_error.unwrap_or_default();
-    assert!(err.contains("under this identity `twin`"), "{err}");
+    let err = hb
+        .status()
+        .last_error
+        .expect("the twin reports the duplicate");
+    assert_eq!(err.kind, leasehold::FailureKind::DuplicateIdentity, "{err}");
+    assert!(err.message.contains("under this identity `twin`"), "{err}");
     // The first one goes away without releasing: the twin takes over exactly a lease after it
     // observed the last renewal (which, on this in-memory lock, is when it was written).
     ta.abort();

@@ -3,7 +3,7 @@
 //! storms, 410 on watch, 429 with Retry-After, 500, non-JSON bodies, hung requests. The elector
 //! stays alive, reports the error, and its safety rule holds.
 
-use leasehold::{Elector, Timing, backend::kubernetes::LeaseLock};
+use leasehold::{Elector, FailureKind, Timing, backend::kubernetes::LeaseLock};
 use leasehold_testing::fake_api::{FakeApi, Fault};
 use std::time::Duration;
 use tokio::{sync::mpsc, time::Instant};
@@ -91,9 +91,22 @@ async fn short_faults_of_every_kind_are_ridden_out_and_reported() {
         );
         assert!(a.rx.try_recv().is_err(), "{fault:?}: no step-down");
         if fault != Fault::Status(409) {
-            let err = seen_error.ok().flatten().unwrap_or_default();
-            assert!(!err.is_empty(), "{fault:?}: the error was reported");
-            eprintln!("{fault:?} reported as: {err}");
+            let err = seen_error
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("{fault:?}: the error was reported"));
+            // Typed, so an operator can act on the kind without parsing the message.
+            // A garbled answer is taken as transient, as a 5xx is.
+            let kind = match fault {
+                Fault::Status(403) => FailureKind::Forbidden,
+                _ => FailureKind::Unavailable,
+            };
+            assert_eq!(err.kind, kind, "{fault:?}: {err}");
+            assert!(err.object.contains("lease"), "{fault:?}: {}", err.object);
+            eprintln!(
+                "{fault:?} reported as {:?} on {}: {err}",
+                err.kind, err.object
+            );
         }
     }
     assert!(!a.task.is_finished(), "the elector is still alive");

@@ -42,7 +42,12 @@ async fn a_corrupt_file_is_an_error_naming_the_path_and_is_never_overwritten() {
     .unwrap()
     .unwrap();
     let err = status.borrow().last_error.clone().unwrap();
-    assert!(err.contains("corrupt") && err.contains("bad.json"), "{err}");
+    assert_eq!(err.kind, leasehold::FailureKind::Corrupt, "{err}");
+    assert!(err.object.contains("bad.json"), "{}", err.object);
+    assert!(
+        err.message.contains("corrupt") && err.message.contains("bad.json"),
+        "{err}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(std::fs::read(&path).unwrap(), b"{not json");
     cancel.cancel();
@@ -265,4 +270,64 @@ async fn a_symlink_loop_is_an_error_naming_the_path() {
             "{text}"
         );
     }
+}
+
+/// A term without a callback: `spawn` runs the elector on its own task, `acquired` waits for
+/// the term, `leadership` and `watch_leadership` follow it, and a `select!` that ends early
+/// drops nothing that ends the term.
+#[tokio::test]
+async fn a_spawned_elector_hands_out_its_terms_through_the_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spawned.json");
+    let timing = Timing {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(500),
+        release_on_cancel: true,
+    };
+    let cancel = CancellationToken::new();
+    let elector = Elector::with_config(
+        FileLock::new(&path),
+        leasehold::Config::new("a").timing(timing),
+    )
+    .unwrap();
+    let (handle, task) = elector.spawn(cancel.clone());
+    let mut terms = handle.watch_leadership();
+
+    // A select! over the term and something that finishes first: the election goes on.
+    tokio::select! {
+        _ = handle.acquired() => {}
+        () = tokio::time::sleep(Duration::ZERO) => {}
+    }
+    let term = tokio::time::timeout(Duration::from_secs(5), handle.acquired())
+        .await
+        .expect("leads within 5 s")
+        .expect("the elector is running");
+    assert_eq!(term.fencing_token().0, 0);
+    assert!(!term.is_lost());
+    assert_eq!(
+        handle.leadership().map(|l| l.fencing_token()),
+        Some(term.fencing_token())
+    );
+    assert!(terms.borrow_and_update().is_some());
+    // A second call returns the current term at once.
+    let again = tokio::time::timeout(Duration::from_millis(100), handle.acquired())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.fencing_token(), term.fencing_token());
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(2), term.lost())
+        .await
+        .expect("the term ends on cancel");
+    task.await.unwrap();
+    assert!(handle.leadership().is_none());
+    terms.changed().await.unwrap();
+    assert!(terms.borrow().is_none(), "the watch says the term ended");
+    assert_eq!(
+        handle.acquired().await.map(|l| l.fencing_token()),
+        None,
+        "a finished elector hands out no term"
+    );
 }

@@ -316,8 +316,9 @@ async fn a_malformed_annotation_is_reported_and_replaced_only_after_a_lease() {
         assert_eq!(cm.metadata.annotations.unwrap()[LEADER_ANNOTATION], value, "{label}: not overwritten within the lease");
         assert!(!handle.is_leader());
         let status = handle.status();
-        let last = status.last_error.unwrap_or_default();
-        assert!(last.contains(&name), "{label}: status names the object: {last}");
+        let last = status.last_error.expect("the failure is in the status");
+        assert_eq!(last.kind, leasehold::FailureKind::Corrupt, "{label}: {last}");
+        assert!(last.object.contains(&name), "{label}: status names the object: {}", last.object);
         let until = Instant::now() + Duration::from_secs(10);
         while !handle.is_leader() {
             assert!(Instant::now() < until, "{label}: never replaced");

@@ -185,7 +185,7 @@ impl LockBackend for FileLock {
             let Some(stored) = guard.read(inner, "update")? else {
                 return Err(conflict());
             };
-            if stored.generation.to_string() != *version.0 {
+            if stored.generation.to_string() != version.as_str() {
                 return Err(conflict());
             }
             inner.write(

@@ -1,4 +1,4 @@
-//! The ConfigMap and Endpoints locks of client-go ≤ 1.23 and seeds 002/003: the record is JSON in
+//! The ConfigMap and Endpoints locks of client-go ≤ 1.23 and the Go electors built on them: the record is JSON in
 //! the annotation `control-plane.alpha.kubernetes.io/leader`.
 
 use super::object::{AnnotationCodec, Kind, ObjectLock, delegate_lock_backend};
@@ -15,7 +15,7 @@ const MAX_RECORD_BYTES: usize = 64 * 1024;
 /// A lock whose record lives in an annotation of a ConfigMap or an Endpoints object.
 ///
 /// Replaces client-go's `resourcelock.ConfigMapLock` and `resourcelock.EndpointsLock` (removed
-/// from client-go in 1.24, still used by seed 002's elector and seed 003's sidecar). The record
+/// from client-go in 1.24, still used by Endpoints-annotation electors and the k8s-elector sidecar). The record
 /// is encoded byte for byte as those wrote it: `{"holderIdentity":..,"leaseDurationSeconds":..,
 /// "acquireTime":..,"renewTime":..,"leaderTransitions":..}` with RFC 3339 times in whole seconds.
 /// Other annotations, labels and the object's data (`data`, `binaryData`, `subsets`) are kept.

@@ -6,7 +6,7 @@ use leasehold_core::LeaderRecord;
 
 /// A lock on a Kubernetes Lease.
 ///
-/// Replaces client-go's `resourcelock.LeaseLock` and seed 004's `LeaseLock`. The record maps to
+/// Replaces client-go's `resourcelock.LeaseLock` and Go's `LeaseLock`. The record maps to
 /// `spec.holderIdentity`, `spec.leaseDurationSeconds`, `spec.acquireTime`, `spec.renewTime`
 /// (MicroTime) and `spec.leaseTransitions`, exactly as client-go writes them. The object is kept
 /// as raw JSON text, so an update changes those five fields and nothing else: labels, annotations,
@@ -45,8 +45,8 @@ impl LeaseLock {
     }
 }
 
-/// Converts a record to a Lease spec, as client-go's `LeaderElectionRecordToLeaseSpec` (seed
-/// 004's `LeaseLockRecordToLeaseSpec`) does. `strategy` and `preferredHolder` are left unset.
+/// Converts a record to a Lease spec, as client-go's `LeaderElectionRecordToLeaseSpec` (and Go's
+/// `LeaseLockRecordToLeaseSpec`) does. `strategy` and `preferredHolder` are left unset.
 #[doc(alias = "LeaseLockRecordToLeaseSpec")]
 #[doc(alias = "LeaderElectionRecordToLeaseSpec")]
 pub fn record_to_lease_spec(record: &LeaderRecord) -> LeaseSpec {
@@ -61,8 +61,8 @@ pub fn record_to_lease_spec(record: &LeaderRecord) -> LeaseSpec {
     }
 }
 
-/// Converts a Lease spec to a record, as client-go's `LeaseSpecToLeaderElectionRecord` (seed
-/// 004's `LeaseSpecToLeaseLockRecord`) does: absent fields read as zero values.
+/// Converts a Lease spec to a record, as client-go's `LeaseSpecToLeaderElectionRecord` (and Go's
+/// `LeaseSpecToLeaseLockRecord`) does: absent fields read as zero values.
 #[doc(alias = "LeaseSpecToLeaseLockRecord")]
 #[doc(alias = "LeaseSpecToLeaderElectionRecord")]
 pub fn lease_spec_to_record(spec: &LeaseSpec) -> LeaderRecord {

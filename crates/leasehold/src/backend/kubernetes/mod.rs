@@ -53,7 +53,7 @@ pub enum LockType {
     Leases,
     /// `configmaps`: an annotation on a ConfigMap (client-go ≤ 1.23).
     ConfigMaps,
-    /// `endpoints`: an annotation on an Endpoints object (client-go ≤ 1.23, seed 002).
+    /// `endpoints`: an annotation on an Endpoints object (client-go ≤ 1.23, Endpoints-annotation electors).
     Endpoints,
     /// `configmapsleases`: ConfigMap primary and Lease secondary, to migrate to Leases.
     ConfigMapsLeases,
@@ -576,7 +576,7 @@ pub(crate) fn map_error(
     }
 }
 
-/// Sets the label `key` of the Pod `namespace/pod` to `value`, as seed 003's sidecar labels
+/// Sets the label `key` of the Pod `namespace/pod` to `value`, as the k8s-elector sidecar labels
 /// its Pod `k8s-elector/status: leader|standby`. A Service that selects on the label then
 /// routes to the leader alone.
 ///

@@ -62,11 +62,15 @@ impl<P: LockBackend, S: LockBackend> MultiLock<P, S> {
 
 /// Joins two versions into one; resource versions and generations never contain `|`.
 fn join(p: &Version, s: Option<&Version>) -> Version {
-    Version::new(format!("{}|{}", p.0, s.map(|s| &*s.0).unwrap_or("")))
+    Version::new(format!(
+        "{}|{}",
+        p.as_str(),
+        s.map(Version::as_str).unwrap_or("")
+    ))
 }
 
 fn split(v: &Version) -> Option<(Version, Option<Version>)> {
-    let (p, s) = v.0.split_once('|')?;
+    let (p, s) = v.as_str().split_once('|')?;
     Some((Version::new(p), (!s.is_empty()).then(|| Version::new(s))))
 }
 
@@ -120,7 +124,7 @@ fn one_side_readable(
 ) -> Versioned {
     let mut key = String::from_utf8(readable.record.to_json(true)).unwrap_or_default();
     key.push_str("\nunreadable at ");
-    key.push_str(&unreadable.0);
+    key.push_str(unreadable.as_str());
     let version = if primary_readable {
         join(&readable.version, Some(unreadable))
     } else {

@@ -350,11 +350,11 @@ impl<C: Codec> ObjectLock<C> {
     async fn base_object(&self, version: &Version) -> Result<C::Object, LockError> {
         // Taken out of the cache: the update's answer replaces it (a failed update reads again).
         let cached = self.last.lock().ok().and_then(|mut l| l.take());
-        if let Some(obj) = cached.filter(|o| C::version(o) == &*version.0) {
+        if let Some(obj) = cached.filter(|o| C::version(o) == version.as_str()) {
             return Ok(obj);
         }
         match self.fetch("update").await? {
-            Some(o) if C::version(&o) == &*version.0 => Ok(o),
+            Some(o) if C::version(&o) == version.as_str() => Ok(o),
             _ => Err(LockError::Conflict {
                 op: "update",
                 object: self.describe(),
@@ -440,7 +440,7 @@ impl<C: Codec> ObjectLock<C> {
         }
         let start = St::Start(
             self.clone(),
-            version.map(|v| v.0.to_string()).unwrap_or_default(),
+            version.map(|v| v.as_str().to_owned()).unwrap_or_default(),
         );
         Box::pin(stream::unfold(start, |st| async move {
             let (lock, mut events) = match st {

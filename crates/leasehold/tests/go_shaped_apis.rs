@@ -1,11 +1,13 @@
-//! The seeds' library APIs against the real kube-apiserver + etcd: seed 004's `LeaseLocker`,
-//! seed 000's `Options`/`run_or_die`, seed 001's `enabled` and `get_leader`.
+//! The Go-shaped library APIs (`leasehold::compat`) against the real kube-apiserver + etcd:
+//! `LeaseLocker`, controller-runtime style `Options`/`run_or_die`, `Config::enabled` and
+//! `get_leader`.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ObjectMeta, PostParams};
 use leasehold::{
-    CheckError, LeaderRecord, LeaseLocker, LockerError, Options, OptionsError, Timing,
+    Config, LeaderRecord, Timing,
     backend::kubernetes::{lease_spec_to_record, record_to_lease_spec},
+    compat::{CheckError, LeaseLocker, LockerError, Options, OptionsError},
 };
 use leasehold_testing::harness::{self, unique};
 use std::time::Duration;
@@ -38,8 +40,18 @@ fn unreachable_client() -> leasehold::backend::kubernetes::ApiClient {
 async fn lease_locker_locks_blocks_unlocks_and_checks() {
     let c = client().await;
     let name = unique("Locker");
-    let a = LeaseLocker::new(c.clone(), "default", &name, "owner-a").timing(fast());
-    let b = LeaseLocker::new(c.clone(), "default", &name, "owner-b").timing(fast());
+    let a = LeaseLocker::with_config(
+        c.clone(),
+        "default",
+        &name,
+        Config::new("owner-a").timing(fast()),
+    );
+    let b = LeaseLocker::with_config(
+        c.clone(),
+        "default",
+        &name,
+        Config::new("owner-b").timing(fast()),
+    );
     assert_eq!(
         a.name(),
         name.to_lowercase(),
@@ -106,9 +118,14 @@ async fn lease_locker_locks_blocks_unlocks_and_checks() {
 async fn lease_locker_without_release_on_cancel_leaves_the_lease_to_expire() {
     let c = client().await;
     let name = unique("locker-norelease");
-    let a = LeaseLocker::new(c.clone(), "default", &name, "owner-a")
-        .timing(fast())
-        .release_on_cancel(false);
+    let a = LeaseLocker::with_config(
+        c.clone(),
+        "default",
+        &name,
+        Config::new("owner-a")
+            .timing(fast())
+            .release_on_cancel(false),
+    );
     let cancel = CancellationToken::new();
     let l = a.lock(&cancel).await.unwrap();
     cancel.cancel();
@@ -123,7 +140,7 @@ async fn lease_locker_without_release_on_cancel_leaves_the_lease_to_expire() {
     );
 }
 
-/// `use_observed_time(false)` trusts the record's renewTime (seed 004's behaviour); the default
+/// `use_observed_time(false)` trusts the record's renewTime (Go's `UseObservedTime = false`); the default
 /// waits a full lease from observation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn use_observed_time_false_takes_over_a_stale_record_at_once() {
@@ -156,9 +173,12 @@ async fn use_observed_time_false_takes_over_a_stale_record_at_once() {
             )
             .await
             .unwrap();
-        let locker = LeaseLocker::new(c.clone(), "default", &name, "me")
-            .timing(Timing::default())
-            .use_observed_time(observed);
+        let locker = LeaseLocker::with_config(
+            c.clone(),
+            "default",
+            &name,
+            Config::new("me").use_observed_time(observed),
+        );
         let cancel = CancellationToken::new();
         let g = cancel.clone();
         tokio::spawn(async move {
@@ -182,8 +202,7 @@ async fn options_build_an_elector_and_reject_bad_input() {
     let name = unique("options");
     let elector = Options::new(&name)
         .namespace("default")
-        .identity("opt-a")
-        .timing(fast())
+        .config(Config::new("opt-a").timing(fast()))
         .build(c.clone())
         .unwrap();
     let handle = elector.handle();
@@ -214,7 +233,7 @@ async fn options_build_an_elector_and_reject_bad_input() {
     assert!(e.to_string().contains("namespace `Not A Namespace`"), "{e}");
     let e = Options::new("ok")
         .namespace("default")
-        .renew_deadline(Duration::from_secs(20))
+        .config(Config::with_unique_identity().renew_deadline(Duration::from_secs(20)))
         .build(c.clone())
         .err()
         .unwrap();
@@ -232,15 +251,14 @@ async fn options_build_an_elector_and_reject_bad_input() {
     assert_eq!(id.rsplit_once('_').unwrap().1.len(), 36, "{id}");
 }
 
-/// Seed 001's `Enabled = false`: leads at once with no API request at all (the client points
+/// `Enabled = false`: leads at once with no API request at all (the client points
 /// where nothing listens).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_election_leads_at_once_without_the_api() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let elector = Options::new("anything")
         .namespace("default")
-        .identity("solo")
-        .enabled(false)
+        .config(Config::new("solo").enabled(false))
         .on_started_leading(move |l| {
             let _ = tx.send(l);
         })
@@ -264,7 +282,7 @@ async fn disabled_election_leads_at_once_without_the_api() {
     // Enabled, the same unreachable API: never leads, get_leader stays empty.
     let elector = Options::new("anything")
         .namespace("default")
-        .identity("solo")
+        .config(Config::new("solo"))
         .build(unreachable_client())
         .unwrap();
     let handle = elector.handle();

@@ -1,7 +1,7 @@
-//! A blocking-style lock on a Lease: seed 004's `LeaseLocker`.
+//! A blocking-style lock on a Lease, in the shape of Go's `LeaseLocker`.
 
 use crate::{
-    Elector, ElectorHandle, Leadership, LockBackend, Timing, backend::kubernetes::LeaseLock,
+    Config, Elector, ElectorHandle, Leadership, LockBackend, backend::kubernetes::LeaseLock,
 };
 use leasehold_core::LeaderRecord;
 use std::{sync::Mutex, time::Duration};
@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Why [`LeaseLocker::lock`] returned without the lock.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LockerError {
     /// The cancellation token fired before the lock was acquired.
     #[error("cancelled before the lock `{0}` was acquired")]
@@ -26,6 +27,7 @@ pub enum LockerError {
 
 /// Why [`LeaseLocker::check`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CheckError {
     /// This locker does not hold the lock (never locked, unlocked, or the term ended).
     #[error("lease `{0}` is not held by this locker")]
@@ -53,26 +55,23 @@ struct Held {
 
 /// A lock on a Lease with blocking `lock` and explicit `unlock`, renewed in the background.
 ///
-/// Replaces seed 004's `LeaseLocker` (`NewLeaseLocker`, `Lock`, `Unlock`, `UnlockWithRetry`,
+/// Replaces Go's `LeaseLocker` (`NewLeaseLocker`, `Lock`, `Unlock`, `UnlockWithRetry`,
 /// `Check`), on leasehold's elector: the same safety (step-down at the renew deadline, fencing
 /// token, watch instead of polling). When a term ends on its own (renewals failed, another
 /// holder), the locker stops contending: [`check`](Self::check) then reports
 /// [`CheckError::NotHeld`] and [`lock`](Self::lock) must be called again.
 pub struct LeaseLocker {
     lock: LeaseLock,
-    owner: String,
-    timing: Timing,
+    config: Config,
     unlock_with_retry_period: Duration,
-    use_observed_time: bool,
     held: Mutex<Option<Held>>,
 }
 
 // === impl LeaseLocker ===
 
 impl LeaseLocker {
-    /// A locker for the Lease `namespace/name` held as `owner`. The name is lowercased, as seed
-    /// 004's `NewLeaseLocker` does. Defaults: client-go's durations, release on cancel, observed
-    /// time, unlock retries every 2 s.
+    /// A locker for the Lease `namespace/name` held as `owner`, with [`Config::new`]`(owner)`.
+    /// The name is lowercased, as Go's `NewLeaseLocker` does. Unlock retries every 2 s.
     #[doc(alias = "NewLeaseLocker")]
     pub fn new(
         client: impl Into<crate::backend::kubernetes::ApiClient>,
@@ -80,21 +79,26 @@ impl LeaseLocker {
         name: &str,
         owner: impl Into<String>,
     ) -> Self {
-        Self {
-            lock: LeaseLock::new(client, namespace, &name.to_lowercase()),
-            owner: owner.into(),
-            timing: Timing::default(),
-            unlock_with_retry_period: Duration::from_secs(2),
-            use_observed_time: true,
-            held: Mutex::new(None),
-        }
+        Self::with_config(client, namespace, name, Config::new(owner))
     }
 
-    /// The durations (seed 004's `LeaseDuration`, `RenewDeadline`, `RetryPeriod`).
-    #[must_use]
-    pub fn timing(mut self, timing: Timing) -> Self {
-        self.timing = timing;
-        self
+    /// A locker for the Lease `namespace/name`, held as `config`'s identity with its durations
+    /// (`LeaseDuration`, `RenewDeadline`, `RetryPeriod`, `UseObservedTime`). Its
+    /// `release_on_cancel` decides what the token given to [`lock`](Self::lock) does when it
+    /// fires after acquisition: release (the default), or abandon the lock to expire. Set it
+    /// off only if everything the lock guards has finished by then.
+    pub fn with_config(
+        client: impl Into<crate::backend::kubernetes::ApiClient>,
+        namespace: &str,
+        name: &str,
+        config: Config,
+    ) -> Self {
+        Self {
+            lock: LeaseLock::new(client, namespace, &name.to_lowercase()),
+            config,
+            unlock_with_retry_period: Duration::from_secs(2),
+            held: Mutex::new(None),
+        }
     }
 
     /// How often [`unlock_with_retry`](Self::unlock_with_retry) tries again.
@@ -102,26 +106,6 @@ impl LeaseLocker {
     #[must_use]
     pub fn unlock_with_retry_period(mut self, d: Duration) -> Self {
         self.unlock_with_retry_period = d;
-        self
-    }
-
-    /// Whether the lock is released when the token given to [`lock`](Self::lock) fires after
-    /// acquisition (default true). Only set it if everything the lock guards has finished
-    /// by then.
-    #[doc(alias = "ReleaseOnCancel")]
-    #[must_use]
-    pub fn release_on_cancel(mut self, on: bool) -> Self {
-        self.timing.release_on_cancel = on;
-        self
-    }
-
-    /// Expiry of another holder's lease from locally observed time (`true`, default and safe)
-    /// or from the `renewTime` in the record (`false`, seed 004's `UseObservedTime = false`:
-    /// faster takeover after a restart, **unsafe under clock skew** between hosts).
-    #[doc(alias = "UseObservedTime")]
-    #[must_use]
-    pub fn use_observed_time(mut self, observed: bool) -> Self {
-        self.use_observed_time = observed;
         self
     }
 
@@ -143,19 +127,15 @@ impl LeaseLocker {
             return Ok(l);
         }
         // Refused here rather than by the API server on every retry while `lock` waits.
-        if !crate::options::is_dns_subdomain(self.lock.name()) {
+        if !super::is_dns_subdomain(self.lock.name()) {
             return Err(LockerError::InvalidName(self.lock.name().to_owned()));
         }
         // Always release on an explicit unlock; `release_on_cancel` decides what `cancel` does.
-        let timing = Timing {
-            release_on_cancel: true,
-            ..self.timing.clone()
-        };
+        let config = self.config.clone().release_on_cancel(true);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let stop_on_loss = stop.clone();
-        let elector = Elector::new(self.lock.clone(), self.owner.clone(), timing)?
-            .use_observed_time(self.use_observed_time)
+        let elector = Elector::with_config(self.lock.clone(), config)?
             .on_started_leading(move |l| {
                 let _ = tx.send(l);
             })
@@ -177,8 +157,11 @@ impl LeaseLocker {
         // would then never match.
         let transitions = i32::try_from(leadership.fencing_token().0).unwrap_or(i32::MAX);
         // Later cancellation: release, or abandon to expire.
-        let (cancel, stop_c, release) =
-            (cancel.clone(), stop.clone(), self.timing.release_on_cancel);
+        let (cancel, stop_c, release) = (
+            cancel.clone(),
+            stop.clone(),
+            self.config.timing.release_on_cancel,
+        );
         let task = tokio::spawn(async move {
             let mut task = task;
             tokio::select! {
@@ -265,7 +248,8 @@ impl LeaseLocker {
     async fn still_ours(&self, transitions: i32) -> bool {
         match self.lock.get().await {
             Ok(Some(v)) => {
-                v.record.holder_identity == self.owner && v.record.leader_transitions == transitions
+                v.record.holder_identity == self.config.identity
+                    && v.record.leader_transitions == transitions
             }
             Ok(None) => false,
             // Cannot tell: keep trying.
@@ -278,7 +262,9 @@ impl LeaseLocker {
         let Ok(Some(v)) = self.lock.get().await else {
             return false;
         };
-        if v.record.holder_identity != self.owner || v.record.leader_transitions != transitions {
+        if v.record.holder_identity != self.config.identity
+            || v.record.leader_transitions != transitions
+        {
             return false;
         }
         let now = jiff::Timestamp::now();
@@ -293,7 +279,7 @@ impl LeaseLocker {
     }
 
     /// Checks that the lock is held and its lease has not expired by more than
-    /// `max_tolerable_expired`: seed 004's `Check`, client-go's healthz.
+    /// `max_tolerable_expired`: Go's `LeaseLocker.Check`, client-go's healthz.
     ///
     /// The two errors mean different things. A term ends (and the lock reads as
     /// [`NotHeld`](CheckError::NotHeld)) at its renew deadline, before the lease can expire for
@@ -311,7 +297,8 @@ impl LeaseLocker {
         };
         // Others may take over a lease duration after the last successful renewal's send time,
         // which is `valid_until − renew_deadline`.
-        let expires = l.valid_until() - self.timing.renew_deadline + self.timing.lease_duration;
+        let timing = &self.config.timing;
+        let expires = l.valid_until() - timing.renew_deadline + timing.lease_duration;
         let now = Instant::now();
         if now > expires + max_tolerable_expired {
             return Err(CheckError::Expired {
