@@ -467,14 +467,11 @@ async fn server_floor(server: &KubeServer, name: &str) -> ServerFloor {
     );
     let record = |holder: &str, transitions: i32| {
         let now = jiff::Timestamp::now();
-        LeaderRecord {
-            holder_identity: holder.into(),
-            // A release writes a 1 s lease, as client-go's does.
-            lease_duration_seconds: if holder.is_empty() { 1 } else { 15 },
-            acquire_time: Some(now),
-            renew_time: Some(now),
-            leader_transitions: transitions,
-        }
+        // A release writes a 1 s lease, as client-go's does.
+        LeaderRecord::new(holder, if holder.is_empty() { 1 } else { 15 })
+            .with_acquire_time(Some(now))
+            .with_renew_time(Some(now))
+            .with_leader_transitions(transitions)
     };
     let mut version = a.create(&record("a", 0)).await.expect("create");
     let mut puts = Vec::new();

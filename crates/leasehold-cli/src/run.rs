@@ -377,7 +377,8 @@ async fn run_on(
 
     let (lead_tx, mut lead_rx) = mpsc::unbounded_channel::<Leadership>();
     let (note_tx, mut note_rx) = mpsc::unbounded_channel::<Note>();
-    let elector = Elector::new(backend, identity.clone(), timing_c)
+    let config = leasehold::Config::new(identity.clone()).timing(timing_c);
+    let elector = Elector::with_config(backend, config)
         .map_err(|e| Error::Usage(format!("{e}: {}", leasehold_error_source(&e))))?
         .on_started_leading(move |l| {
             let _ = lead_tx.send(l);

@@ -254,18 +254,12 @@ async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
             use leasehold::LockBackend as _;
             let now = jiff::Timestamp::now();
             let record = if verb == "watch" {
-                leasehold::LeaderRecord {
-                    holder_identity: "someone-else".into(),
-                    lease_duration_seconds: 30,
-                    acquire_time: Some(now),
-                    renew_time: Some(now),
-                    leader_transitions: 0,
-                }
+                leasehold::LeaderRecord::new("someone-else", 30)
+                    .with_acquire_time(Some(now))
+                    .with_renew_time(Some(now))
+                    .with_leader_transitions(0)
             } else {
-                leasehold::LeaderRecord {
-                    lease_duration_seconds: 1,
-                    ..Default::default()
-                }
+                leasehold::LeaderRecord::new("", 1)
             };
             admin_lock.create(&record).await.unwrap();
         }

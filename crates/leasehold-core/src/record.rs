@@ -44,7 +44,12 @@ pub enum RecordError {
 /// [`crate::machine`]), so a candidate whose clock is off cannot cut a lease short.
 #[doc(alias = "LeaderElectionRecord")]
 #[doc(alias = "LockRecord")]
+///
+/// It is `#[non_exhaustive]`, because client-go's record grows (Lease `strategy` and
+/// `preferredHolder` came in Kubernetes 1.31): build one with [`new`](Self::new) and the `with_`
+/// methods, or from [`Default`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaderRecord {
     /// Who holds the lock; empty when released.
     pub holder_identity: String,
@@ -94,6 +99,37 @@ impl fmt::Display for FencingToken {
 // === impl LeaderRecord ===
 
 impl LeaderRecord {
+    /// A record held by `holder_identity` (empty: released) for `lease_duration_seconds`, with
+    /// no times and no transitions yet.
+    pub fn new(holder_identity: impl Into<String>, lease_duration_seconds: i32) -> Self {
+        Self {
+            holder_identity: holder_identity.into(),
+            lease_duration_seconds,
+            ..Self::default()
+        }
+    }
+
+    /// Sets [`acquire_time`](Self::acquire_time).
+    #[must_use]
+    pub fn with_acquire_time(mut self, at: Option<Timestamp>) -> Self {
+        self.acquire_time = at;
+        self
+    }
+
+    /// Sets [`renew_time`](Self::renew_time).
+    #[must_use]
+    pub fn with_renew_time(mut self, at: Option<Timestamp>) -> Self {
+        self.renew_time = at;
+        self
+    }
+
+    /// Sets [`leader_transitions`](Self::leader_transitions).
+    #[must_use]
+    pub fn with_leader_transitions(mut self, transitions: i32) -> Self {
+        self.leader_transitions = transitions;
+        self
+    }
+
     /// True when no one holds the lock (empty `holder_identity`).
     pub fn is_released(&self) -> bool {
         self.holder_identity.is_empty()

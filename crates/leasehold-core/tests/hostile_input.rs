@@ -76,11 +76,7 @@ fn identities_with_control_characters_or_a_megabyte_long_round_trip() {
         &"x".repeat(1 << 20),
         "ünïcödé 🦀",
     ] {
-        let r = LeaderRecord {
-            holder_identity: id.to_owned(),
-            lease_duration_seconds: 15,
-            ..Default::default()
-        };
+        let r = LeaderRecord::new(id.to_owned(), 15);
         assert_eq!(LeaderRecord::from_json(&r.to_json(false)).unwrap(), r);
     }
 }
@@ -144,13 +140,10 @@ fn ev() -> impl Strategy<Value = Ev> {
 fn versioned(r: Option<(String, i32, i32, u8)>) -> Option<Versioned> {
     r.map(|(holder, transitions, secs, v)| {
         Versioned::new(
-            LeaderRecord {
-                holder_identity: holder,
-                lease_duration_seconds: secs,
-                acquire_time: None,
-                renew_time: jiff::Timestamp::from_second(i64::from(v)).ok(),
-                leader_transitions: transitions,
-            },
+            LeaderRecord::new(holder, secs)
+                .with_acquire_time(None)
+                .with_renew_time(jiff::Timestamp::from_second(i64::from(v)).ok())
+                .with_leader_transitions(transitions),
             Version::new(v.to_string()),
         )
     })

@@ -9,13 +9,10 @@ use std::time::Duration;
 
 fn record(holder: &str, transitions: i32) -> LeaderRecord {
     let now = jiff::Timestamp::now();
-    LeaderRecord {
-        holder_identity: holder.into(),
-        lease_duration_seconds: 15,
-        acquire_time: Some(now),
-        renew_time: Some(now),
-        leader_transitions: transitions,
-    }
+    LeaderRecord::new(holder, 15)
+        .with_acquire_time(Some(now))
+        .with_renew_time(Some(now))
+        .with_leader_transitions(transitions)
 }
 
 /// Runs every check, each on its own lock from `make(name)`.

@@ -106,13 +106,12 @@ async fn takes_over_a_silent_holder_exactly_a_lease_duration_after_observing_it(
     let future = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_hours(3))
         .unwrap();
-    lock.put(LeaderRecord {
-        holder_identity: "other".into(),
-        lease_duration_seconds: 15,
-        acquire_time: Some(future),
-        renew_time: Some(future),
-        leader_transitions: 4,
-    });
+    lock.put(
+        LeaderRecord::new("other", 15)
+            .with_acquire_time(Some(future))
+            .with_renew_time(Some(future))
+            .with_leader_transitions(4),
+    );
     let t0 = Instant::now();
     let (cancel, mut rx, task, handle) = spawn(lock.clone(), "me");
     let (ev, at) = rx.recv().await.unwrap();

@@ -192,11 +192,7 @@ proptest::proptest! {
 }
 
 fn holder(id: &str) -> leasehold::LeaderRecord {
-    leasehold::LeaderRecord {
-        holder_identity: id.into(),
-        lease_duration_seconds: 15,
-        ..Default::default()
-    }
+    leasehold::LeaderRecord::new(id, 15)
 }
 
 /// Candidates may name one record by a symbolic link and by its target: both names are one

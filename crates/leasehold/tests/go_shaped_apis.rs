@@ -147,13 +147,10 @@ async fn use_observed_time_false_takes_over_a_stale_record_at_once() {
     let c = client().await;
     let leases: Api<Lease> = Api::namespaced(c.kube().clone(), "default");
     let hour_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
-    let stale = LeaderRecord {
-        holder_identity: "ghost".into(),
-        lease_duration_seconds: 15,
-        acquire_time: Some(hour_ago),
-        renew_time: Some(hour_ago),
-        leader_transitions: 4,
-    };
+    let stale = LeaderRecord::new("ghost", 15)
+        .with_acquire_time(Some(hour_ago))
+        .with_renew_time(Some(hour_ago))
+        .with_leader_transitions(4);
     let spec = record_to_lease_spec(&stale);
     assert_eq!(lease_spec_to_record(&spec), stale, "conversions round-trip");
     for (observed, name) in [

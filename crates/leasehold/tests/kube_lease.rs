@@ -410,17 +410,10 @@ async fn lock_requests_take_the_own_http2_path() {
     assert!(client.is_direct());
     let lock = LeaseLock::new(client.clone(), "default", &unique("direct"));
     assert!(lock.get().await.unwrap().is_none());
-    let record = leasehold::LeaderRecord {
-        holder_identity: "a".into(),
-        lease_duration_seconds: 2,
-        ..Default::default()
-    };
+    let record = LeaderRecord::new("a", 2);
     let v1 = lock.create(&record).await.unwrap();
     let mut watch = lock.watch(Some(&v1));
-    let renewed = leasehold::LeaderRecord {
-        leader_transitions: 1,
-        ..record.clone()
-    };
+    let renewed = record.clone().with_leader_transitions(1);
     let v2 = lock.update(&renewed, &v1).await.unwrap();
     let seen = tokio::time::timeout(Duration::from_secs(5), watch.next())
         .await

@@ -380,13 +380,10 @@ async fn a_pair_without_its_primary_never_overwrites_a_live_lease() {
     let c = client().await;
     let name = unique("multi-create");
     let lease = LeaseLock::new(c.clone(), "default", &name);
-    let held = leasehold::LeaderRecord {
-        holder_identity: "lease-only".into(),
-        lease_duration_seconds: 15,
-        acquire_time: Some(jiff::Timestamp::now()),
-        renew_time: Some(jiff::Timestamp::now()),
-        leader_transitions: 12,
-    };
+    let held = leasehold::LeaderRecord::new("lease-only", 15)
+        .with_acquire_time(Some(jiff::Timestamp::now()))
+        .with_renew_time(Some(jiff::Timestamp::now()))
+        .with_leader_transitions(12);
     lease.create(&held).await.unwrap();
     let multi = MultiLock::new(
         AnnotationLock::config_map(c.clone(), "default", &name),
@@ -397,10 +394,11 @@ async fn a_pair_without_its_primary_never_overwrites_a_live_lease() {
         "no primary reads as absent"
     );
     let e = multi
-        .create(&leasehold::LeaderRecord {
-            holder_identity: "multi".into(),
-            leader_transitions: 0,
-            ..held.clone()
+        .create(&{
+            let mut r = held.clone();
+            r.holder_identity = "multi".into();
+            r.leader_transitions = 0;
+            r
         })
         .await
         .unwrap_err();

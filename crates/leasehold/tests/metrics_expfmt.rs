@@ -108,12 +108,7 @@ fn check(exposition: &str) -> Result<String, String> {
 /// with the hostile name stands by behind another holder. Returns their handles.
 async fn two_electors(cancel: &CancellationToken) -> (ElectorHandle, ElectorHandle) {
     let held = MemLock::new();
-    held.put(LeaderRecord {
-        holder_identity: "other".into(),
-        lease_duration_seconds: 3600,
-        renew_time: Some(jiff::Timestamp::now()),
-        ..Default::default()
-    });
+    held.put(LeaderRecord::new("other", 3600).with_renew_time(Some(jiff::Timestamp::now())));
     let a = Elector::new(MemLock::new(), "me", Timing::default()).unwrap();
     let b = Elector::new(held, "me", Timing::default()).unwrap();
     let (ha, hb) = (a.handle(), b.handle());

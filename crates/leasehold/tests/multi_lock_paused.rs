@@ -16,13 +16,10 @@ enum Ev {
 
 fn record(holder: &str, renew_secs: i64, transitions: i32) -> LeaderRecord {
     let t = jiff::Timestamp::from_second(1_900_000_000 + renew_secs).unwrap();
-    LeaderRecord {
-        holder_identity: holder.into(),
-        lease_duration_seconds: 15,
-        acquire_time: Some(t),
-        renew_time: Some(t),
-        leader_transitions: transitions,
-    }
+    LeaderRecord::new(holder, 15)
+        .with_acquire_time(Some(t))
+        .with_renew_time(Some(t))
+        .with_leader_transitions(transitions)
 }
 
 fn spawn(

@@ -651,10 +651,7 @@ mod tests {
         fs::remove_file(dir.path().join("x.json.lock")).unwrap();
         let b = inner.lock("create").unwrap();
         let create = |g: &Guard, id: &str| {
-            let record = LeaderRecord {
-                holder_identity: id.into(),
-                ..Default::default()
-            };
+            let record = LeaderRecord::new(id, 0);
             inner.write(&g.path, Map::new(), &record, 1, Commit::Create, "create")
         };
         create(&b, "b").unwrap();

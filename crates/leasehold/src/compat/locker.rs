@@ -268,13 +268,10 @@ impl LeaseLocker {
             return false;
         }
         let now = jiff::Timestamp::now();
-        let released = LeaderRecord {
-            holder_identity: String::new(),
-            lease_duration_seconds: 1,
-            acquire_time: Some(now),
-            renew_time: Some(now),
-            leader_transitions: transitions,
-        };
+        let released = LeaderRecord::new(String::new(), 1)
+            .with_acquire_time(Some(now))
+            .with_renew_time(Some(now))
+            .with_leader_transitions(transitions);
         self.lock.update(&released, &v.version).await.is_ok()
     }
 

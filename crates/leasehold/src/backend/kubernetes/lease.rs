@@ -66,13 +66,13 @@ pub fn record_to_lease_spec(record: &LeaderRecord) -> LeaseSpec {
 #[doc(alias = "LeaseSpecToLeaseLockRecord")]
 #[doc(alias = "LeaseSpecToLeaderElectionRecord")]
 pub fn lease_spec_to_record(spec: &LeaseSpec) -> LeaderRecord {
-    LeaderRecord {
-        holder_identity: spec.holder_identity.clone().unwrap_or_default(),
-        lease_duration_seconds: spec.lease_duration_seconds.unwrap_or_default(),
-        acquire_time: spec.acquire_time.as_ref().map(|t| t.0),
-        renew_time: spec.renew_time.as_ref().map(|t| t.0),
-        leader_transitions: spec.lease_transitions.unwrap_or_default(),
-    }
+    LeaderRecord::new(
+        spec.holder_identity.clone().unwrap_or_default(),
+        spec.lease_duration_seconds.unwrap_or_default(),
+    )
+    .with_acquire_time(spec.acquire_time.as_ref().map(|t| t.0))
+    .with_renew_time(spec.renew_time.as_ref().map(|t| t.0))
+    .with_leader_transitions(spec.lease_transitions.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -81,13 +81,10 @@ mod tests {
 
     #[test]
     fn spec_conversions_round_trip() {
-        let r = LeaderRecord {
-            holder_identity: "a".into(),
-            lease_duration_seconds: 15,
-            acquire_time: Some("2024-01-02T03:04:05.123456Z".parse().unwrap()),
-            renew_time: Some("2024-01-02T03:04:06Z".parse().unwrap()),
-            leader_transitions: 2,
-        };
+        let r = LeaderRecord::new("a", 15)
+            .with_acquire_time(Some("2024-01-02T03:04:05.123456Z".parse().unwrap()))
+            .with_renew_time(Some("2024-01-02T03:04:06Z".parse().unwrap()))
+            .with_leader_transitions(2);
         assert_eq!(lease_spec_to_record(&record_to_lease_spec(&r)), r);
         assert_eq!(
             lease_spec_to_record(&LeaseSpec::default()),

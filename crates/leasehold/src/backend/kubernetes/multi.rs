@@ -84,20 +84,20 @@ fn combine(p: LeaderRecord, s: Option<&LeaderRecord>) -> (LeaderRecord, String) 
     let record = match s {
         None => p,
         Some(s) if *s == p => p,
-        Some(s) => LeaderRecord {
-            // Two holders: nobody known leads. One holder with two different records: someone
-            // else wrote one side under that identity; the summary is then no write of its own
-            // that a candidate could mistake for one it made.
-            holder_identity: if s.holder_identity == p.holder_identity {
+        // Two holders: nobody known leads. One holder with two different records: someone
+        // else wrote one side under that identity; the summary is then no write of its own
+        // that a candidate could mistake for one it made.
+        Some(s) => LeaderRecord::new(
+            if s.holder_identity == p.holder_identity {
                 p.holder_identity
             } else {
                 UNKNOWN_LEADER.to_owned()
             },
-            lease_duration_seconds: p.lease_duration_seconds.max(s.lease_duration_seconds),
-            acquire_time: p.acquire_time.max(s.acquire_time),
-            renew_time: p.renew_time.max(s.renew_time),
-            leader_transitions: p.leader_transitions.max(s.leader_transitions),
-        },
+            p.lease_duration_seconds.max(s.lease_duration_seconds),
+        )
+        .with_acquire_time(p.acquire_time.max(s.acquire_time))
+        .with_renew_time(p.renew_time.max(s.renew_time))
+        .with_leader_transitions(p.leader_transitions.max(s.leader_transitions)),
     };
     (record, key)
 }
@@ -285,13 +285,10 @@ mod tests {
     use super::*;
 
     fn rec(holder: &str, renew: i64, transitions: i32) -> LeaderRecord {
-        LeaderRecord {
-            holder_identity: holder.into(),
-            lease_duration_seconds: 15,
-            acquire_time: None,
-            renew_time: jiff::Timestamp::from_second(renew).ok(),
-            leader_transitions: transitions,
-        }
+        LeaderRecord::new(holder, 15)
+            .with_acquire_time(None)
+            .with_renew_time(jiff::Timestamp::from_second(renew).ok())
+            .with_leader_transitions(transitions)
     }
 
     #[tokio::test]

@@ -560,12 +560,10 @@ mod tests {
             "2024-01-02T03:04:05.123456Z"
         );
 
-        let r2 = LeaderRecord {
-            holder_identity: "c\"quoted".into(),
-            leader_transitions: 3,
-            acquire_time: None,
-            ..r
-        };
+        let mut r2 = r.clone();
+        r2.holder_identity = "c\"quoted".into();
+        r2.leader_transitions = 3;
+        r2.acquire_time = None;
         let body: Value = serde_json::from_slice(&obj.update_body(&r2)).unwrap();
         let mut want = lease(json!({
             "holderIdentity": "c\"quoted", "leaseDurationSeconds": 15,
@@ -585,12 +583,8 @@ mod tests {
 
     #[test]
     fn create_body_is_a_lease_with_the_record() {
-        let r = LeaderRecord {
-            holder_identity: "me".into(),
-            lease_duration_seconds: 15,
-            renew_time: Some("2024-01-02T03:04:06Z".parse().unwrap()),
-            ..Default::default()
-        };
+        let r = LeaderRecord::new("me", 15)
+            .with_renew_time(Some("2024-01-02T03:04:06Z".parse().unwrap()));
         let body: Value = serde_json::from_slice(&create_body("ns", "n", &r)).unwrap();
         assert_eq!(
             body,
@@ -666,7 +660,7 @@ mod tests {
         ) {
             let spec: serde_json::Map<String, Value> = spec.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
             let obj = parse(&lease(Value::Object(spec.clone())));
-            let mine = LeaderRecord { holder_identity: "me".into(), ..Default::default() };
+            let mine = LeaderRecord::new("me", 0);
             let body: Value = serde_json::from_slice(&obj.update_body(&mine)).unwrap();
             for (k, v) in &spec {
                 if !RECORD_FIELDS.contains(&k.as_str()) {
