@@ -11,6 +11,7 @@ use kube::config::Kubeconfig;
 
 /// Why a kubeconfig file could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KubeconfigError {
     /// The file could not be read.
     #[error("cannot read it")]

@@ -47,6 +47,7 @@ use leasehold_core::{
 
 /// Which Kubernetes object holds the record: client-go's lock types, by the same names.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LockType {
     /// `leases`: a `coordination.k8s.io/v1` Lease (the default, and client-go's only one today).
     #[default]
@@ -102,6 +103,7 @@ impl std::fmt::Display for LockType {
 /// Replaces client-go's `resourcelock.New(lockType, ...)`.
 #[derive(Clone)]
 #[doc(alias = "New")]
+#[non_exhaustive]
 pub enum KubeLock {
     /// A Lease.
     Lease(LeaseLock),
@@ -190,6 +192,7 @@ pub const SERVICE_ACCOUNT_NAMESPACE: &str =
 
 /// Why a Kubernetes client could not be configured.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// A kubeconfig file (named by `--kubeconfig` or `KUBECONFIG`) could not be used.
     #[error("kubeconfig {path}")]
@@ -515,6 +518,7 @@ pub fn default_namespace() -> String {
 /// message and dumps the whole `Status`).
 #[derive(Debug, thiserror::Error)]
 #[error("API server answered {code} {reason}: {message}")]
+#[non_exhaustive]
 pub struct ApiStatus {
     /// HTTP status code.
     pub code: u16,
