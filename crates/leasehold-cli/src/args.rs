@@ -3,6 +3,7 @@
 //! flag (exit 64). Not clap: for this small, fixed flag set clap would add about 220 KB to the
 //! binary, and the binary's size is most of the sidecar's resident memory (docs/design.md).
 
+use leasehold::backend::kubernetes::{is_namespace_name, is_object_name};
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 /// A usage error: exits 64 (`EX_USAGE`) with this message.
@@ -425,7 +426,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             }
             "--pod-name" => {
                 let value = value?;
-                if !is_dns_subdomain(&value) {
+                if !is_object_name(&value) {
                     return Err(usage(format!(
                         "--pod-name: `{value}` is not a valid Pod name"
                     )));
@@ -462,7 +463,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     validate_name(&name, backend)?;
     if let Some(ns) = &namespace
         && backend == Backend::Kube
-        && !is_dns_label(ns)
+        && !is_namespace_name(ns)
     {
         return Err(usage(format!(
             "--namespace: `{ns}` is not a valid namespace (lowercase letters, digits, '-', at most 63)"
@@ -554,7 +555,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
         })?;
         // The environment gets the same check as the flag: a bad name would only fail
         // later, on every patch.
-        if !is_dns_subdomain(&name) {
+        if !is_object_name(&name) {
             return Err(usage(format!(
                 "--label-pod: the Pod name `{name}` from {source} is not a valid Pod name"
             )));
@@ -628,18 +629,6 @@ fn parse_addr(s: &str) -> Result<std::net::SocketAddr, String> {
         format!("`{s}` is not an address (expected e.g. 0.0.0.0:4040, :4040 or [::1]:4040)")
     })
 }
-
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
 fn is_label_key(s: &str) -> bool {
     let (prefix, name) = match s.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
@@ -652,31 +641,12 @@ fn is_label_key(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
-    name_ok && prefix.is_none_or(is_dns_subdomain)
+    name_ok && prefix.is_none_or(is_object_name)
 }
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 fn validate_name(name: &str, backend: Backend) -> Result<(), UsageError> {
     let ok = match backend {
         // A DNS subdomain, as Kubernetes requires of object names.
-        Backend::Kube => {
-            name.len() <= 253
-                && name.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                        && !l.starts_with('-')
-                        && !l.ends_with('-')
-                })
-        }
+        Backend::Kube => is_object_name(name),
         Backend::File => !name.is_empty() && !name.contains('/') && name != "." && name != "..",
     };
     if ok {

@@ -127,7 +127,7 @@ impl LeaseLocker {
             return Ok(l);
         }
         // Refused here rather than by the API server on every retry while `lock` waits.
-        if !super::is_dns_subdomain(self.lock.name()) {
+        if !crate::backend::kubernetes::is_object_name(self.lock.name()) {
             return Err(LockerError::InvalidName(self.lock.name().to_owned()));
         }
         // Always release on an explicit unlock; `release_on_cancel` decides what `cancel` does.

@@ -11,5 +11,4 @@ mod locker;
 mod options;
 
 pub use locker::{CheckError, LeaseLocker, LockerError};
-pub(crate) use options::is_dns_subdomain;
 pub use options::{Options, OptionsError, run_or_die};

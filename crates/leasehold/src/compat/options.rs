@@ -3,7 +3,9 @@
 
 use crate::{
     Config, Elector, Leadership,
-    backend::kubernetes::{KubeLock, LockType, default_namespace},
+    backend::kubernetes::{
+        KubeLock, LockType, default_namespace, is_namespace_name, is_object_name,
+    },
 };
 use tokio_util::sync::CancellationToken;
 
@@ -154,11 +156,11 @@ impl Options {
         self,
         client: impl Into<crate::backend::kubernetes::ApiClient>,
     ) -> Result<Elector<KubeLock>, OptionsError> {
-        if !is_dns_subdomain(&self.name) {
+        if !is_object_name(&self.name) {
             return Err(OptionsError::Name(self.name));
         }
         let namespace = self.namespace.unwrap_or_else(default_namespace);
-        if !is_dns_label(&namespace) {
+        if !is_namespace_name(&namespace) {
             return Err(OptionsError::Namespace(namespace));
         }
         let lock =
@@ -196,17 +198,4 @@ pub async fn run_or_die(
             std::process::exit(64);
         }
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-pub(crate) fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
 }

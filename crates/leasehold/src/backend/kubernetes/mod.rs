@@ -514,6 +514,25 @@ pub fn default_namespace() -> String {
         .unwrap_or_else(|| "default".to_owned())
 }
 
+/// Whether `s` can name a Kubernetes object such as a Lease, a ConfigMap or a Pod: a DNS
+/// subdomain (lowercase letters, digits, `-` and `.`, at most 253, each dot-separated part
+/// starting and ending with a letter or digit). Checked before any request, so a bad name is an
+/// error naming it rather than a 422 on every retry.
+pub fn is_object_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_namespace_name)
+}
+
+/// Whether `s` can name a namespace: a DNS label (lowercase letters, digits and `-`, at most
+/// 63, starting and ending with a letter or digit).
+pub fn is_namespace_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 /// An error answer of the API server, in one line (kube's own `Display` of it repeats the
 /// message and dumps the whole `Status`).
 #[derive(Debug, thiserror::Error)]
