@@ -49,6 +49,9 @@ pub enum Event {
     Cancel,
     /// The watch ended or failed: changes may have been missed, so the next step reads again.
     WatchLost,
+    /// The leader work of the last term has returned (with [`Machine::with_drain`]): the
+    /// candidate may release the lock, and contend again.
+    Drained,
     /// A read or the watch found the object at `version`, but its record cannot be decoded
     /// ([`crate::LockError::Corrupt`] with a version). The machine never overwrites it unless it
     /// has seen that version unchanged for a full lease duration (its own, since the record's
@@ -119,6 +122,15 @@ pub enum Action {
         version: Version,
         /// How long it was observed unchanged.
         unchanged_for: Duration,
+    },
+    /// The leader work of the term `token` has not returned in time (with
+    /// [`Machine::with_drain`]): by the end of its term, nor within half the safety margin of
+    /// being told to stop. It is the work's bug: it may act while another candidate leads. The
+    /// driver reports it; the machine still waits for [`Event::Drained`] before releasing the
+    /// lock or contending again.
+    WorkOverran {
+        /// The token of the term whose work overran.
+        token: FencingToken,
     },
     /// The machine is done (after a cancel); the driver may return.
     Finished,
@@ -282,6 +294,22 @@ pub struct Machine {
     record_time_expiry: bool,
     /// The monotonic and wall-clock times of the last event, to convert record times to ticks.
     last_clock: (Tick, Timestamp),
+    /// Whether the driver runs leader work that must return before the lock is released or
+    /// taken again ([`Machine::with_drain`]).
+    drain: bool,
+    /// The work of the term that ended last has not returned yet.
+    draining: Option<Draining>,
+}
+
+/// Leader work still running after its term ended.
+#[derive(Debug, Clone, Copy)]
+struct Draining {
+    token: FencingToken,
+    /// When the work is late: the end of its term, or half the safety margin after it was told
+    /// to stop, whichever is later.
+    overrun_at: Tick,
+    /// [`Action::WorkOverran`] has been emitted.
+    overran: bool,
 }
 
 // === impl Machine ===
@@ -321,7 +349,56 @@ impl Machine {
             conflicted_at: None,
             record_time_expiry: false,
             last_clock: (Duration::ZERO, Timestamp::UNIX_EPOCH),
+            drain: false,
+            draining: None,
         })
+    }
+
+    /// Waits for the leader work to return ([`Event::Drained`]) after each term, before
+    /// releasing the lock on a cancel and before contending again, so that no two terms' work
+    /// runs at once in this process and the lock is released only once nothing acts under it
+    /// (drain, then release).
+    ///
+    /// Renewals stop when the term ends, so the term's renew deadline passes while the work
+    /// winds down. A work that has not returned by then, or within half the safety margin
+    /// (`lease_duration − renew_deadline`) of being told to stop if that is later, is reported
+    /// once with [`Action::WorkOverran`]. The lock is still not released while it runs: it
+    /// expires for the others a lease duration after they saw the last renewal, as if this
+    /// process had died.
+    #[must_use]
+    pub fn with_drain(mut self, on: bool) -> Self {
+        self.drain = on;
+        self
+    }
+
+    /// Whether the work of the last term is still running ([`with_drain`](Self::with_drain)).
+    pub fn draining(&self) -> bool {
+        self.draining.is_some()
+    }
+
+    /// Remembers that the work of `term` must return (with [`with_drain`](Self::with_drain)).
+    fn begin_drain(&mut self, term: &Term) {
+        if self.drain {
+            let (now, _) = self.last_clock;
+            let grace = (self.timing.lease_duration - self.timing.renew_deadline) / 2;
+            self.draining = Some(Draining {
+                token: term.token,
+                overrun_at: (term.last_ok_sent + self.timing.renew_deadline).max(now + grace),
+                overran: false,
+            });
+        }
+    }
+
+    /// Reports, once, a work that has not returned in time.
+    fn check_drain(&mut self, now: Tick, out: &mut Vec<Action>) {
+        let Some(d) = self.draining.as_mut() else {
+            return;
+        };
+        if d.overran || now < d.overrun_at {
+            return;
+        }
+        d.overran = true;
+        out.push(Action::WorkOverran { token: d.token });
     }
 
     /// Measures a holder's expiry from the `renewTime` written in its record (plus its lease
@@ -468,6 +545,14 @@ impl Machine {
 
     /// The next time the driver must deliver [`Event::Timer`], if any.
     pub fn deadline(&self) -> Option<Tick> {
+        let drain_at = self.draining.filter(|d| !d.overran).map(|d| d.overrun_at);
+        match (self.deadline_of_state(), drain_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn deadline_of_state(&self) -> Option<Tick> {
         let idle = self.inflight.is_none();
         match &self.state {
             State::Finished => None,
@@ -493,6 +578,10 @@ impl Machine {
                 }
                 let seen = self.seen.as_ref()?;
                 let read_at = self.last_heard + self.timing.lease_duration;
+                if self.draining.is_some() {
+                    // No acquisition before the work returns: only the periodic read is due.
+                    return Some(read_at);
+                }
                 match &seen.record {
                     Some(r) if !r.is_released() => {
                         Some(read_at.min(self.expires_at(r, seen.since)))
@@ -553,6 +642,12 @@ impl Machine {
                 }
             }
             Event::Cancel => self.on_cancel(now, &mut out),
+            Event::Drained => {
+                self.draining = None;
+                if let State::Releasing { retry_at, .. } = &mut self.state {
+                    *retry_at = (*retry_at).min(now);
+                }
+            }
             Event::Watched(v) => {
                 self.last_heard = now;
                 self.on_observed(v, now, false, &mut out);
@@ -581,6 +676,7 @@ impl Machine {
             }
         }
         self.check_step_down(now, &mut out);
+        self.check_drain(now, &mut out);
         self.drive(now, wall, &mut out);
         out
     }
@@ -945,6 +1041,7 @@ impl Machine {
                     token: term.token,
                     reason: StepDown::Cancelled,
                 });
+                self.begin_drain(&term);
                 self.begin_release(term, now, out);
             }
             other => self.state = other,
@@ -969,9 +1066,16 @@ impl Machine {
             return;
         }
         let give_up = term.last_ok_sent + self.timing.lease_duration;
+        // Drain, then release: while the work runs the record stays ours, unrenewed, and
+        // expires as if this process had died if the work never returns.
+        let retry_at = if self.draining.is_some() {
+            give_up
+        } else {
+            now
+        };
         self.state = State::Releasing {
             term,
-            retry_at: now,
+            retry_at,
             give_up,
         };
     }
@@ -992,6 +1096,8 @@ impl Machine {
                 token: term.token,
                 reason,
             });
+            let term = term.clone();
+            self.begin_drain(&term);
             self.state = State::Standby;
             self.stale = true;
             // A renewal in flight no longer matters; if it lands, its record is recognised as
@@ -1099,6 +1205,18 @@ impl Machine {
                 }
                 self.retry_at = None;
                 let deadline = now + timeout;
+                if self.draining.is_some() {
+                    // No acquisition before the last term's work has returned: two terms'
+                    // work would run at once. Only keep the view of the lock fresh.
+                    let read_due = self.stale
+                        || self.seen.is_none()
+                        || now >= self.last_heard + self.timing.lease_duration;
+                    if read_due {
+                        self.inflight = Some(Inflight::Read);
+                        out.push(Action::Read { deadline });
+                    }
+                    return;
+                }
                 let Some(seen) = self.seen.as_ref().filter(|_| !self.stale) else {
                     self.inflight = Some(Inflight::Read);
                     out.push(Action::Read { deadline });
@@ -1767,6 +1885,133 @@ mod tests {
             ]
         );
         assert!(!m.is_leader());
+    }
+
+    /// A leader at t=0 on an absent lock, with drain on.
+    fn draining_leader() -> Machine {
+        let mut m = machine().with_drain(true);
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(Event::ReadDone(Ok(None)), Duration::ZERO, wall());
+        m.handle(Event::WriteDone(Ok(ver("1"))), Duration::ZERO, wall());
+        assert!(m.is_leader());
+        m
+    }
+
+    fn released(transitions: i32) -> LeaderRecord {
+        let mut r = other("", transitions, 0);
+        r.lease_duration_seconds = 1;
+        r
+    }
+
+    #[test]
+    fn with_drain_a_cancel_releases_only_once_the_work_has_returned() {
+        let mut m = draining_leader();
+        let a = m.handle(Event::Cancel, S, wall());
+        assert_eq!(
+            a,
+            vec![Action::StoppedLeading {
+                token: FencingToken(0),
+                reason: StepDown::Cancelled
+            }],
+            "the work is told to stop; nothing is written yet"
+        );
+        assert!(m.draining());
+        // Renewals have stopped: the term ends at its renew deadline (10 s), which is when a
+        // work still running is late.
+        assert_eq!(m.deadline(), Some(10 * S));
+        let a = m.handle(Event::Timer, 4 * S, wall());
+        assert!(a.is_empty(), "{a:?}");
+        let a = m.handle(Event::Drained, 4 * S + ms(5), wall());
+        let [Action::Update { record, .. }] = &a[..] else {
+            panic!("released once drained: {a:?}")
+        };
+        assert!(record.is_released());
+        let a = m.handle(Event::WriteDone(Ok(ver("2"))), 4 * S + ms(7), wall());
+        assert_eq!(a.last(), Some(&Action::Finished));
+    }
+
+    #[test]
+    fn with_drain_a_work_that_never_returns_is_reported_and_the_lock_left_to_expire() {
+        let mut m = draining_leader();
+        m.handle(Event::Cancel, S, wall());
+        let a = m.handle(Event::Timer, 10 * S, wall());
+        assert_eq!(
+            a,
+            vec![Action::WorkOverran {
+                token: FencingToken(0)
+            }]
+        );
+        // No release while the work may still act: the lease expires for the others 15 s after
+        // the last renewal they saw, as if this process had died.
+        assert_eq!(m.deadline(), Some(15 * S));
+        let a = m.handle(Event::Timer, 15 * S, wall());
+        assert_eq!(a, vec![Action::Finished]);
+    }
+
+    #[test]
+    fn with_drain_no_new_term_starts_before_the_last_terms_work_has_returned() {
+        let mut m = draining_leader();
+        let a = m.handle(Event::Watched(seen(other("y", 1, 0), "5")), S, wall());
+        assert!(matches!(
+            a[0],
+            Action::StoppedLeading {
+                reason: StepDown::Lost { .. },
+                ..
+            }
+        ));
+        // The other leader releases at once; the lock is free, but our work still runs.
+        m.handle(Event::ReadDone(Ok(seen(other("y", 1, 0), "5"))), S, wall());
+        let a = m.handle(Event::Watched(seen(released(1), "6")), 2 * S, wall());
+        assert!(
+            !a.iter()
+                .any(|a| matches!(a, Action::Update { .. } | Action::Create { .. })),
+            "no acquisition while draining: {a:?}"
+        );
+        let a = m.handle(Event::Drained, 2 * S + ms(3), wall());
+        let [Action::Update { record, .. }] = &a[..] else {
+            panic!("acquires once drained: {a:?}")
+        };
+        assert_eq!(record.leader_transitions, 2);
+    }
+
+    #[test]
+    fn with_drain_a_work_stopped_at_the_renew_deadline_gets_half_the_margin() {
+        let mut m = draining_leader();
+        // Every renewal fails from now on.
+        let at = m.deadline().unwrap();
+        m.handle(Event::Timer, at, wall());
+        m.handle(Event::WriteDone(Err(ErrorKind::Failed)), at + ms(1), wall());
+        let mut now = at + ms(1);
+        let mut stopped_at = None;
+        while stopped_at.is_none() {
+            now = m.deadline().unwrap().max(now);
+            let a = m.handle(Event::Timer, now, wall());
+            if a.iter().any(|a| matches!(a, Action::StoppedLeading { .. })) {
+                stopped_at = Some(now);
+            }
+            if m.inflight.is_some() {
+                m.handle(Event::WriteDone(Err(ErrorKind::Failed)), now, wall());
+            }
+        }
+        let stopped_at = stopped_at.unwrap();
+        assert_eq!(stopped_at, 10 * S, "the step-down at the renew deadline");
+        // The work was told to stop at the end of its term: it is late only after half the
+        // 5 s margin, the grace the CLI gives a child before SIGKILL.
+        assert!(m.deadline().unwrap() <= 12 * S + ms(500));
+        let a = m.handle(Event::Timer, 12 * S + ms(499), wall());
+        assert!(
+            !a.contains(&Action::WorkOverran {
+                token: FencingToken(0)
+            }),
+            "{a:?}"
+        );
+        let a = m.handle(Event::Timer, 12 * S + ms(500), wall());
+        assert!(
+            a.contains(&Action::WorkOverran {
+                token: FencingToken(0)
+            }),
+            "{a:?}"
+        );
     }
 
     #[test]

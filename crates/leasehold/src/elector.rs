@@ -115,6 +115,7 @@ impl Leadership {
 }
 
 type StartedFn = Box<dyn FnMut(Leadership) + Send>;
+type WorkFn = Box<dyn FnMut(Leadership) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 type StoppedFn = Box<dyn FnMut() + Send>;
 type NewLeaderFn = Box<dyn FnMut(&str) + Send>;
 
@@ -238,6 +239,8 @@ pub struct Elector<B> {
     term_until: watch::Sender<Option<Instant>>,
     /// The current term, shared with handles for [`ElectorHandle::leadership`].
     term: watch::Sender<Option<Leadership>>,
+    /// The leader work of [`run_while_leading`](Self::run_while_leading), started each term.
+    work: Option<WorkFn>,
 }
 
 /// A request in flight: the event it ends with, and the failure if it failed.
@@ -284,6 +287,7 @@ impl<B: LockBackend> Elector<B> {
             boot_clock: boottime,
             term_until: watch::channel(None).0,
             term: watch::channel(None).0,
+            work: None,
         })
     }
 
@@ -384,6 +388,54 @@ impl<B: LockBackend> Elector<B> {
         &self.backend
     }
 
+    /// Contends until `cancel` fires, and runs `work` while leading: started on each
+    /// acquisition, cancelled and awaited when the term ends (loss, step-down or shutdown), and
+    /// only then is the lock released or taken again (drain, then release).
+    ///
+    /// `work` gets the term's [`Leadership`]: stop when [`Leadership::lost`] completes. It is
+    /// told to stop at the latest when the term reaches its renew deadline, before the lease
+    /// can expire for anyone else; renewals stop then, so the record stays this candidate's,
+    /// unrenewed, while the work winds down. A work that has not returned by the end of its term
+    /// (or within half the safety margin, `lease_duration − renew_deadline`, of being told to
+    /// stop, if that is later) is the work's bug: it is logged with the term's token and counted
+    /// in [`Metrics::work_overruns`](crate::metrics::Metrics::work_overruns), and the lock is
+    /// left to expire rather than released under it. The next term starts only after it has
+    /// returned, so two terms' work never run at once.
+    ///
+    /// A work that returns on its own while the term lasts ends the run, as a failed runnable
+    /// ends a controller-runtime manager: the elector releases the lock and returns, and the
+    /// program decides what next (usually exit, and be restarted).
+    ///
+    /// ```no_run
+    /// # async fn f(elector: leasehold::Elector<leasehold::backend::file::FileLock>) {
+    /// let cancel = tokio_util::sync::CancellationToken::new();
+    /// elector
+    ///     .run_while_leading(cancel, |term| async move {
+    ///         tokio::select! {
+    ///             () = term.lost() => {}                  // the term ended: return promptly
+    ///             () = reconcile_forever(term.fencing_token()) => {}
+    ///         }
+    ///     })
+    ///     .await;
+    /// # }
+    /// # async fn reconcile_forever(_: leasehold::FencingToken) {}
+    /// ```
+    ///
+    /// # Cancel safety
+    /// As [`run`](Self::run): cancel through `cancel`.
+    #[doc(alias = "NeedLeaderElection")]
+    #[doc(alias = "LeaderElectionReleaseOnCancel")]
+    pub async fn run_while_leading<F, Fut>(mut self, cancel: CancellationToken, mut work: F)
+    where
+        F: FnMut(Leadership) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.work = Some(Box::new(move |term| Box::pin(work(term))));
+        let machine = self.machine;
+        self.machine = machine.with_drain(true);
+        self.run(cancel).await;
+    }
+
     /// Contends until `cancel` fires; then steps down, releases (if configured) and returns.
     ///
     /// # Cancel safety
@@ -411,6 +463,11 @@ impl<B: LockBackend> Elector<B> {
         let mut sends: std::collections::VecDeque<(Duration, Option<Duration>)> =
             std::collections::VecDeque::with_capacity(SENDS_KEPT);
         let mut cancel_sent = false;
+        // The leader work of `run_while_leading`: the task of the current or last term, when
+        // and in which term it was told to stop, and a `Drained` to deliver next.
+        let mut running: Option<tokio::task::JoinHandle<()>> = None;
+        let mut told_to_stop: Option<(FencingToken, Instant)> = None;
+        let mut drained = false;
         let mut last_error: Option<LastError> = None;
         // The failure last warned about, and whether a write failed: a read that succeeds says
         // nothing about writes (a missing directory, RBAC without `update`), so only a write
@@ -552,6 +609,9 @@ impl<B: LockBackend> Elector<B> {
                                 valid_until: until_rx,
                             };
                             self.term.send_replace(Some(term.clone()));
+                            if let Some(work) = &mut self.work {
+                                running = Some(tokio::spawn(work(term.clone())));
+                            }
                             if let Some(f) = &mut self.on_started {
                                 f(term);
                             }
@@ -562,6 +622,9 @@ impl<B: LockBackend> Elector<B> {
                             valid_until = None;
                             self.term_until.send_replace(None);
                             self.term.send_replace(None);
+                            told_to_stop = Some((token, Instant::now()));
+                            // A work that already returned has nothing left to drain.
+                            drained = self.work.is_some() && running.is_none();
                             self.record_event(LockEventKind::StoppedLeading, token);
                             match &reason {
                                 StepDown::Cancelled => {
@@ -614,6 +677,11 @@ impl<B: LockBackend> Elector<B> {
                         } => {
                             tracing::warn!(lock = %describe, %version, ?unchanged_for, "replacing a record that cannot be read: unchanged for a full lease duration, so no one is renewing it");
                         }
+                        Action::WorkOverran { token } => {
+                            self.metrics.work_overran();
+                            let ago = told_to_stop.map(|(_, at)| at.elapsed()).unwrap_or_default();
+                            tracing::error!(lock = %describe, fencing_token = %token, told_to_stop_ago = ?ago, "leader work has not returned after its term ended: it may act while another candidate leads; the lock is left to expire, not released under it");
+                        }
                         Action::Finished => finished = true,
                     }
                 }
@@ -655,6 +723,9 @@ impl<B: LockBackend> Elector<B> {
                     self.metrics.set_leaderless(leaderless, Instant::now());
                 }
                 if finished {
+                    if let Some(task) = running.take() {
+                        await_work(task, self.machine.timing().lease_duration, &describe).await;
+                    }
                     return;
                 }
             }
@@ -694,6 +765,10 @@ impl<B: LockBackend> Elector<B> {
             }
             tokio::select! {
                 biased;
+                () = std::future::ready(()), if drained => {
+                    drained = false;
+                    event = Some(Event::Drained);
+                }
                 _ = &mut cancelled, if !cancel_sent => {
                     cancel_sent = true;
                     // Stop acting first, whatever the machine is waiting for.
@@ -721,6 +796,23 @@ impl<B: LockBackend> Elector<B> {
                 }
                 _ = &mut sleep => {
                     event = Some(Event::Timer);
+                }
+                r = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
+                    running = None;
+                    if let Some(e) = r.as_ref().err().filter(|e| e.is_panic()) {
+                        tracing::error!(lock = %describe, error = %e, "leader work panicked");
+                    }
+                    if let Some((token, at)) = told_to_stop.take() {
+                        tracing::debug!(lock = %describe, fencing_token = %token, took = ?at.elapsed(), "leader work returned after its term");
+                        event = Some(Event::Drained);
+                    } else {
+                        // It ended on its own while leading: end the run, as a failed runnable
+                        // ends a controller-runtime manager.
+                        tracing::warn!(lock = %describe, "leader work returned while leading; stepping down and releasing");
+                        cancel_sent = true;
+                        drop(leadership.take());
+                        event = Some(Event::Cancel);
+                    }
                 }
                 item = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
                     match item {
@@ -831,11 +923,19 @@ impl<B: LockBackend> Elector<B> {
             valid_until: until_rx,
         };
         self.term.send_replace(Some(term.clone()));
+        let running = self
+            .work
+            .as_mut()
+            .map(|work| tokio::spawn(work(term.clone())));
         if let Some(f) = &mut self.on_started {
             f(term);
         }
         cancel.cancelled().await;
         t.cancel();
+        if let Some(task) = running {
+            let wait = self.machine.timing().lease_duration;
+            await_work(task, wait, "(election disabled)").await;
+        }
         self.term_until.send_replace(None);
         self.term.send_replace(None);
         if let Some(f) = &mut self.on_stopped {
@@ -843,6 +943,17 @@ impl<B: LockBackend> Elector<B> {
         }
         self.tx.send_replace(Status::default());
         self.tx.send_modify(|s| s.role = Role::Stopped);
+    }
+}
+
+/// Waits for the leader work when the run is over: it was told to stop, and the machine has
+/// reported it if it is late. After a further `wait` (a lease duration) it is aborted at its
+/// next await point, so a work that ignores cancellation cannot hold the program forever.
+async fn await_work(mut task: tokio::task::JoinHandle<()>, wait: Duration, describe: &str) {
+    if tokio::time::timeout(wait, &mut task).await.is_err() {
+        tracing::error!(lock = %describe, ?wait, "leader work still running at shutdown; aborting it");
+        task.abort();
+        let _ = task.await;
     }
 }
 

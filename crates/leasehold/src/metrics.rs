@@ -54,6 +54,8 @@ const ERROR_KINDS: [&str; 7] = [
 const MASTER_STATUS_HELP: &str = "1 while this candidate leads (client-go's metric).";
 const TRANSITIONS_HELP: &str = "The lock's leaseTransitions as last observed.";
 const TERMS_HELP: &str = "Terms this candidate started leading.";
+const OVERRUNS_HELP: &str =
+    "Terms whose leader work had not returned when it should have (Elector::run_while_leading).";
 const LEADERLESS_HELP: &str = "Time the lock was observed released, absent or unreadable.";
 const RENEW_HELP: &str = "Time from sending a renewal to its success.";
 const ERRORS_HELP: &str = "Failed lock requests, by kind.";
@@ -69,6 +71,7 @@ pub struct Metrics {
     renew_sum_micros: AtomicU64,
     errors: [AtomicU64; ERROR_KINDS.len()],
     terms: AtomicU64,
+    work_overruns: AtomicU64,
     /// Completed leaderless time; only changed while `leaderless_since` is locked.
     leaderless_micros: AtomicU64,
     leaderless_since: Mutex<Option<Instant>>,
@@ -118,6 +121,11 @@ impl Metrics {
         self.terms.fetch_add(1, Relaxed);
     }
 
+    /// Counts a term whose leader work had not returned in time.
+    pub(crate) fn work_overran(&self) {
+        self.work_overruns.fetch_add(1, Relaxed);
+    }
+
     /// Notes whether the lock, as observed now, has no live holder.
     pub(crate) fn set_leaderless(&self, leaderless: bool, now: Instant) {
         let Ok(mut since) = self.leaderless_since.lock() else {
@@ -156,6 +164,12 @@ impl Metrics {
     /// How many terms this candidate has started.
     pub fn terms(&self) -> u64 {
         self.terms.load(Relaxed)
+    }
+
+    /// How many terms' leader work had not returned when it should have (see
+    /// [`Elector::run_while_leading`](crate::Elector::run_while_leading)).
+    pub fn work_overruns(&self) -> u64 {
+        self.work_overruns.load(Relaxed)
     }
 
     /// How many renewals succeeded.
@@ -221,6 +235,7 @@ struct Snapshot<'a> {
     leading: bool,
     transitions: i32,
     terms: u64,
+    work_overruns: u64,
     leaderless: f64,
     /// Per bucket, not cumulative; the last is above every bound.
     renewals: [u64; BUCKETS.len() + 1],
@@ -238,6 +253,7 @@ impl<'a> Snapshot<'a> {
             leading: e.leading,
             transitions: e.status.record.as_ref().map_or(0, |r| r.leader_transitions),
             terms: m.terms(),
+            work_overruns: m.work_overruns(),
             leaderless: m.leaderless().as_secs_f64(),
             renewals: std::array::from_fn(|i| m.renew_buckets[i].load(Relaxed)),
             renew_sum: m.renew_sum_micros.load(Relaxed) as f64 / 1e6,
@@ -292,6 +308,11 @@ pub fn encode(elections: &[Election<'_>], out: &mut String) {
     family(out, name, TERMS_HELP, "counter");
     for s in &snaps {
         sample(out, name, s, "", &s.terms);
+    }
+    let name = "leasehold_work_overruns_total";
+    family(out, name, OVERRUNS_HELP, "counter");
+    for s in &snaps {
+        sample(out, name, s, "", &s.work_overruns);
     }
     let name = "leasehold_leaderless_seconds_total";
     family(out, name, LEADERLESS_HELP, "counter");
@@ -483,6 +504,18 @@ fn collect(
     }
     {
         let mut m = encoder.encode_descriptor(
+            "leasehold_work_overruns",
+            OVERRUNS_HELP,
+            None,
+            MetricType::Counter,
+        )?;
+        for s in snaps {
+            m.encode_family(&[("name", s.name)])?
+                .encode_counter::<NoLabelSet, _, u64>(&s.work_overruns, None)?;
+        }
+    }
+    {
+        let mut m = encoder.encode_descriptor(
             "leasehold_leaderless",
             LEADERLESS_HELP,
             Some(&seconds),
@@ -592,7 +625,7 @@ mod tests {
                 "`{t}` repeated:\n{out}"
             );
         }
-        assert_eq!(types.len(), 6, "{out}");
+        assert_eq!(types.len(), 7, "{out}");
         // Backslash, double quote and newline escaped as the text format says.
         let escaped = r#"name="we\"ird\\na\nme""#;
         assert!(
@@ -679,7 +712,7 @@ mod tests {
         shared.insert("a", &handle(|m| m.started_term()));
         let mut out = String::new();
         electors.encode(&mut out);
-        assert_eq!(out.matches("# TYPE ").count(), 6, "{out}");
+        assert_eq!(out.matches("# TYPE ").count(), 7, "{out}");
         assert!(
             out.contains("leasehold_terms_total{name=\"a\"} 1\n"),
             "replaced: {out}"
@@ -748,7 +781,7 @@ mod tests {
         let mut open = String::new();
         encoding::text::encode(&mut open, &registry).unwrap();
         let types: Vec<&str> = open.lines().filter(|l| l.starts_with("# TYPE ")).collect();
-        assert_eq!(types.len(), 6, "{open}");
+        assert_eq!(types.len(), 7, "{open}");
         assert!(open.ends_with("# EOF\n"), "{open}");
     }
 }
