@@ -50,6 +50,12 @@ pub mod metrics;
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 
+/// The examples of `docs/migrating-from-go.md`, compiled as doctests for the same reason. They
+/// use the Kubernetes locks, so they need the `kube` feature (on by default).
+#[cfg(all(doctest, feature = "kube"))]
+#[doc = include_str!("../../../docs/migrating-from-go.md")]
+pub struct MigratingFromGoDoctests;
+
 pub use config::{Config, default_identity};
 pub use elector::{Deadline, Elector, ElectorHandle, Error, Leadership, Result, display_chain};
 pub use leasehold_core::{

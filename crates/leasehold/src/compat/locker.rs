@@ -117,7 +117,7 @@ impl LeaseLocker {
     /// Waits until the lock is acquired, then keeps renewing it in the background, and returns
     /// the term's [`Leadership`] (fencing token, loss notification). If already held, returns
     /// the current term at once. When `cancel` fires later, the lock is released (with
-    /// [`release_on_cancel`](Self::release_on_cancel)) or abandoned to expire.
+    /// [`Config::release_on_cancel`], the default) or abandoned to expire.
     ///
     /// # Errors
     /// [`LockerError::Cancelled`] if `cancel` fires first.
