@@ -17,7 +17,7 @@
 //!
 //! [`client`] builds a `kube::Client` the way kubectl finds its configuration, for programs
 //! that have none of their own. The opt-in feature `lean-client` adds leasehold's own HTTP/2
-//! connection for the locks' requests ([`client_with_http2`]), which the `leasehold` CLI uses.
+//! connection for the locks' requests (`client_with_http2`, feature `lean-client`), which the `leasehold` CLI uses.
 
 mod annotation;
 #[cfg(feature = "lean-client")]
@@ -224,7 +224,7 @@ pub enum ClientError {
 /// Made from a [`kube::Client`] (`From`, or [`client`]), as an operator that already has one
 /// does, every request goes through that client.
 ///
-/// Built by [`client_with_http2`] (feature `lean-client`, opt-in), it sends a lock's reads,
+/// Built by `client_with_http2` (feature `lean-client`, opt-in), it sends a lock's reads,
 /// writes and watches over leasehold's own HTTP/2 connection to the API server (at thousands of
 /// elections per process the request path is most of the cost of leading; docs/design.md has
 /// the figures), and everything else (Events, Pod labels) through the [`kube::Client`] it also
