@@ -47,7 +47,8 @@ pub enum Event {
     Timer,
     /// Shutdown was requested: step down, release if configured, then finish.
     Cancel,
-    /// The watch ended or failed: changes may have been missed, so the next step reads again.
+    /// The watch ([`Action::Watch`]) ended or failed: changes may have been missed, so the next
+    /// step reads again, and another watch is opened after a backoff.
     WatchLost,
     /// The leader work of the last term has returned (with [`Machine::with_drain`]): the
     /// candidate may release the lock, and contend again.
@@ -91,6 +92,15 @@ pub enum Action {
     },
     /// Abandon the request in flight, if any (its outcome is no longer needed).
     Abandon,
+    /// Open a watch on the lock from `from` (`None`: from now), and report what it delivers
+    /// with [`Event::Watched`] and [`Event::Unreadable`], and its end with
+    /// [`Event::WatchLost`]. At most one is open at a time.
+    Watch {
+        /// The version to watch from: the last one observed.
+        from: Option<Version>,
+    },
+    /// Close the watch: this candidate no longer needs one.
+    Unwatch,
     /// This candidate leads from now on, with this token.
     StartedLeading {
         /// The term's fencing token.
@@ -245,6 +255,9 @@ enum Inflight {
     Release { record: LeaderRecord },
 }
 
+/// The wait before opening a watch after one that delivered has ended.
+const WATCH_BACKOFF: Duration = Duration::from_millis(100);
+
 /// How many of its own recent writes a candidate remembers, to recognise them when they come
 /// back through the watch (possibly out of order with write responses).
 const OWN_WRITES: usize = 8;
@@ -297,6 +310,14 @@ pub struct Machine {
     /// Whether the driver runs leader work that must return before the lock is released or
     /// taken again ([`Machine::with_drain`]).
     drain: bool,
+    /// A watch is open ([`Action::Watch`] emitted, no [`Action::Unwatch`] or
+    /// [`Event::WatchLost`] since).
+    watching: bool,
+    /// After a watch ended: no new one before this time.
+    watch_retry_at: Option<Tick>,
+    /// How long to wait before opening a watch after the next one ends: 100 ms after a watch
+    /// that delivered, doubling up to the retry period while they keep failing.
+    watch_backoff: Duration,
     /// The work of the term that ended last has not returned yet.
     draining: Option<Draining>,
 }
@@ -351,6 +372,9 @@ impl Machine {
             last_clock: (Duration::ZERO, Timestamp::UNIX_EPOCH),
             drain: false,
             draining: None,
+            watching: false,
+            watch_retry_at: None,
+            watch_backoff: WATCH_BACKOFF,
         })
     }
 
@@ -546,10 +570,47 @@ impl Machine {
     /// The next time the driver must deliver [`Event::Timer`], if any.
     pub fn deadline(&self) -> Option<Tick> {
         let drain_at = self.draining.filter(|d| !d.overran).map(|d| d.overrun_at);
-        match (self.deadline_of_state(), drain_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let watch_at = self
+            .watch_retry_at
+            .filter(|_| !self.watching && self.wants_watch());
+        [self.deadline_of_state(), drain_at, watch_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether this candidate needs a watch: a standby that has observed the lock, with no
+    /// acquisition in flight.
+    ///
+    /// A leader needs none: it learns the lock's state from its own renewals (a conflict means
+    /// someone else wrote), so a process leading M elections holds no watch streams at all.
+    /// Nor does a candidate that is releasing: it is about to finish, and a watch opened beside
+    /// the release would be one more request, and one more event to send, for the API server
+    /// in the middle of the handover. Nor does a candidate whose acquisition is in flight:
+    /// opening M watches while M acquisitions wait would fill the connection's streams (HTTP/2
+    /// allows 250 by default) with requests that never end, and the answer decides what comes
+    /// next.
+    fn wants_watch(&self) -> bool {
+        self.observed() && self.is_standby() && !self.acquiring()
+    }
+
+    /// Opens or closes the watch as [`wants_watch`](Self::wants_watch) says.
+    fn drive_watch(&mut self, now: Tick, out: &mut Vec<Action>) {
+        if !self.wants_watch() {
+            if self.watching {
+                self.watching = false;
+                out.push(Action::Unwatch);
+            }
+            return;
         }
+        if self.watching || self.watch_retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        self.watch_retry_at = None;
+        self.watching = true;
+        out.push(Action::Watch {
+            from: self.version(),
+        });
     }
 
     fn deadline_of_state(&self) -> Option<Tick> {
@@ -640,6 +701,11 @@ impl Machine {
                 if !self.is_leader() {
                     self.stale = true;
                 }
+                if self.watching {
+                    self.watching = false;
+                    self.watch_retry_at = Some(now + self.watch_backoff);
+                    self.watch_backoff = (self.watch_backoff * 2).min(self.timing.retry_period);
+                }
             }
             Event::Cancel => self.on_cancel(now, &mut out),
             Event::Drained => {
@@ -649,6 +715,7 @@ impl Machine {
                 }
             }
             Event::Watched(v) => {
+                self.watch_backoff = WATCH_BACKOFF;
                 self.last_heard = now;
                 self.on_observed(v, now, false, &mut out);
             }
@@ -678,6 +745,7 @@ impl Machine {
         self.check_step_down(now, &mut out);
         self.check_drain(now, &mut out);
         self.drive(now, wall, &mut out);
+        self.drive_watch(now, &mut out);
         out
     }
 
@@ -1770,9 +1838,14 @@ mod tests {
             );
             assert_eq!(
                 a,
-                vec![Action::NewLeader {
-                    identity: "x".into()
-                }]
+                vec![
+                    Action::NewLeader {
+                        identity: "x".into()
+                    },
+                    Action::Watch {
+                        from: Some(ver("7"))
+                    }
+                ]
             );
             assert_eq!(
                 m.deadline(),
@@ -1788,6 +1861,7 @@ mod tests {
                 Action::Update {
                     record, version, ..
                 },
+                Action::Unwatch,
             ] = a.as_slice()
             else {
                 panic!("{a:?}")
@@ -1852,7 +1926,10 @@ mod tests {
     fn a_conflict_means_read_again_and_never_overwrite_a_valid_lease() {
         let (mut m, _) = observing(other("", 3, 0));
         let a = m.handle(Event::WriteDone(Err(ErrorKind::Conflict)), ms(5), wall());
-        assert!(matches!(a.as_slice(), [Action::Read { .. }]), "{a:?}");
+        assert!(
+            matches!(a.as_slice(), [Action::Read { .. }, Action::Watch { .. }]),
+            "reads again, and watches while it waits: {a:?}"
+        );
         // Someone else got it: wait a full lease from now.
         let a = m.handle(
             Event::ReadDone(Ok(seen(other("y", 4, 0), "2"))),
@@ -1885,6 +1962,122 @@ mod tests {
             ]
         );
         assert!(!m.is_leader());
+    }
+
+    #[test]
+    fn a_standby_watches_from_the_version_it_read_and_keeps_one_watch() {
+        let (mut m, a) = observing(other("x", 1, 0));
+        assert_eq!(
+            a,
+            vec![
+                Action::NewLeader {
+                    identity: "x".into()
+                },
+                Action::Watch {
+                    from: Some(ver("1"))
+                }
+            ]
+        );
+        // Renewals arrive through it; nothing else to do.
+        let mut renewed = other("x", 1, 0);
+        renewed.renew_time = Some(
+            wall()
+                .checked_add(jiff::SignedDuration::from_secs(5))
+                .unwrap(),
+        );
+        assert_eq!(
+            m.handle(Event::Watched(seen(renewed, "2")), 5 * S, wall()),
+            vec![]
+        );
+        assert_eq!(m.handle(Event::Timer, 6 * S, wall()), vec![]);
+    }
+
+    #[test]
+    fn a_watch_that_ends_is_replaced_after_a_backoff_doubling_up_to_the_retry_period() {
+        let (mut m, _) = observing(other("x", 1, 0));
+        let mut now = S;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            // It ends: read again at once, and watch again only after the backoff.
+            let a = m.handle(Event::WatchLost, now, wall());
+            assert!(matches!(a.as_slice(), [Action::Read { .. }]), "{a:?}");
+            let a = m.handle(
+                Event::ReadDone(Ok(seen(other("x", 1, 0), "1"))),
+                now,
+                wall(),
+            );
+            assert!(a.is_empty(), "{a:?}");
+            let at = m.deadline().unwrap();
+            waits.push(at - now);
+            assert!(m.handle(Event::Timer, at - ms(1), wall()).is_empty());
+            let a = m.handle(Event::Timer, at, wall());
+            assert_eq!(
+                a,
+                vec![Action::Watch {
+                    from: Some(ver("1"))
+                }]
+            );
+            now = at + ms(10);
+        }
+        assert_eq!(
+            waits,
+            [ms(100), ms(200), ms(400), ms(800), ms(1600), ms(2000)]
+        );
+        // A watch that delivers resets it.
+        m.handle(Event::Watched(seen(other("x", 1, 0), "1")), now, wall());
+        m.handle(Event::WatchLost, now, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("x", 1, 0), "1"))),
+            now,
+            wall(),
+        );
+        assert_eq!(m.deadline(), Some(now + ms(100)));
+    }
+
+    #[test]
+    fn acquiring_closes_the_watch_a_leader_has_none_and_losing_opens_one() {
+        let (mut m, _) = observing(other("x", 3, 0));
+        let a = m.handle(Event::Watched(seen(released(3), "2")), S, wall());
+        assert!(
+            matches!(
+                a.as_slice(),
+                [
+                    Action::NewLeader { .. },
+                    Action::Update { .. },
+                    Action::Unwatch
+                ]
+            ),
+            "{a:?}"
+        );
+        let a = m.handle(Event::WriteDone(Ok(ver("3"))), S, wall());
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::Watch { .. })),
+            "{a:?}"
+        );
+        // The leader's renewal meets a conflict: it reads, finds another holder, steps down,
+        // and only then watches again, from what it read.
+        let at = m.deadline().unwrap();
+        m.handle(Event::Timer, at, wall());
+        let a = m.handle(Event::WriteDone(Err(ErrorKind::Conflict)), at, wall());
+        assert!(matches!(a.as_slice(), [Action::Read { .. }]), "{a:?}");
+        let a = m.handle(Event::ReadDone(Ok(seen(other("y", 5, 0), "9"))), at, wall());
+        assert_eq!(
+            a.last(),
+            Some(&Action::Watch {
+                from: Some(ver("9"))
+            }),
+            "{a:?}"
+        );
+        assert!(matches!(a[0], Action::StoppedLeading { .. }), "{a:?}");
+    }
+
+    #[test]
+    fn a_cancelled_standby_closes_its_watch() {
+        let (mut m, _) = observing(other("x", 1, 0));
+        assert_eq!(
+            m.handle(Event::Cancel, S, wall()),
+            vec![Action::Finished, Action::Unwatch]
+        );
     }
 
     /// A leader at t=0 on an absent lock, with drain on.
@@ -1968,7 +2161,7 @@ mod tests {
             "no acquisition while draining: {a:?}"
         );
         let a = m.handle(Event::Drained, 2 * S + ms(3), wall());
-        let [Action::Update { record, .. }] = &a[..] else {
+        let [Action::Update { record, .. }, Action::Unwatch] = &a[..] else {
             panic!("acquires once drained: {a:?}")
         };
         assert_eq!(record.leader_transitions, 2);
@@ -2188,9 +2381,14 @@ mod tests {
         let (mut m, a) = observing(other("me", 2, 0));
         assert_eq!(
             a,
-            vec![Action::NewLeader {
-                identity: "me".into()
-            }],
+            vec![
+                Action::NewLeader {
+                    identity: "me".into()
+                },
+                Action::Watch {
+                    from: Some(ver("1"))
+                }
+            ],
             "no immediate takeover"
         );
         assert_eq!(m.deadline(), Some(15 * S));
@@ -2222,7 +2420,7 @@ mod tests {
         // A dead predecessor's record (unchanged for a lease) is taken over, with a new token.
         let a = m.handle(Event::Timer, 19 * S, wall());
         assert!(
-            matches!(a.as_slice(), [Action::Update { record, .. }] if record.leader_transitions == 3),
+            matches!(a.as_slice(), [Action::Update { record, .. }, Action::Unwatch] if record.leader_transitions == 3),
             "{a:?}"
         );
     }
@@ -2248,8 +2446,8 @@ mod tests {
             ]
         );
         assert!(
-            matches!(a[2..], [Action::Read { .. }]),
-            "then it reads again: {a:?}"
+            matches!(a[2..], [Action::Read { .. }, Action::Watch { .. }]),
+            "then it reads again, and watches: {a:?}"
         );
         assert!(!m.is_leader());
     }
@@ -2304,7 +2502,7 @@ mod tests {
             "x's lease runs from the observed deletion"
         );
         let a = m.handle(Event::Timer, 18 * S, wall());
-        let [Action::Create { record, .. }] = a.as_slice() else {
+        let [Action::Create { record, .. }, Action::Unwatch] = a.as_slice() else {
             panic!("{a:?}")
         };
         assert_eq!(
@@ -2320,7 +2518,7 @@ mod tests {
         // A client-go candidate re-creates it from scratch, counting from 0, and then goes silent.
         m.handle(Event::Watched(seen(other("go", 0, 0), "2")), 2 * S, wall());
         let a = m.handle(Event::Timer, 2 * S + 15 * S, wall());
-        let [Action::Update { record, .. }] = a.as_slice() else {
+        let [Action::Update { record, .. }, Action::Unwatch] = a.as_slice() else {
             panic!("{a:?}")
         };
         assert_eq!(
@@ -2370,7 +2568,7 @@ mod tests {
         );
         let a = m.handle(Event::ReadDone(Ok(None)), S, wall());
         assert!(
-            matches!(a.as_slice(), [Action::Create { record, .. }] if record.leader_transitions == 3),
+            matches!(a.as_slice(), [Action::Create { record, .. }, Action::Unwatch] if record.leader_transitions == 3),
             "{a:?}"
         );
     }

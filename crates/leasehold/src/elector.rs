@@ -452,8 +452,6 @@ impl<B: LockBackend> Elector<B> {
         let origin = Instant::now();
         let mut pending: Option<Pending> = None;
         let mut watch: Option<WatchStream> = None;
-        let mut watch_retry_at = origin;
-        let mut watch_backoff = Duration::from_millis(100);
         // A guard, not a bare token: if this future is dropped mid-term (a `select!` that
         // finished elsewhere, a panic in a callback), renewals stop, so the term must end too.
         let mut leadership: Option<tokio_util::sync::DropGuard> = None;
@@ -520,55 +518,20 @@ impl<B: LockBackend> Elector<B> {
                 for action in actions {
                     match action {
                         Action::Read { deadline } => {
-                            let b = Arc::clone(&self.backend);
-                            let m = Arc::clone(&self.metrics);
-                            let at = origin + deadline;
-                            let object = Arc::clone(&object);
-                            pending = Some(Box::pin(async move {
-                                let r = timeout_at(at, b.get()).await;
-                                match &r {
-                                    Ok(Err(e)) => m.failed(e),
-                                    Err(_) => m.timed_out(),
-                                    Ok(Ok(_)) => {}
-                                }
-                                match r {
-                                    Ok(Ok(v)) => (Event::ReadDone(Ok(v)), None),
-                                    Ok(Err(
-                                        e @ LockError::Corrupt {
-                                            version: Some(_), ..
-                                        },
-                                    )) => {
-                                        let failure = failure(&e);
-                                        let LockError::Corrupt {
-                                            version: Some(version),
-                                            ..
-                                        } = e
-                                        else {
-                                            unreachable!("matched above")
-                                        };
-                                        (
-                                            Event::Unreadable {
-                                                version,
-                                                from_read: true,
-                                            },
-                                            Some(failure),
-                                        )
-                                    }
-                                    Ok(Err(e)) => {
-                                        (Event::ReadDone(Err(e.kind())), Some(failure(&e)))
-                                    }
-                                    Err(_) => (
-                                        Event::ReadDone(Err(ErrorKind::Timeout)),
-                                        Some(timed_out("get", &object)),
-                                    ),
-                                }
-                            }));
+                            pending = Some(read(
+                                &self.backend,
+                                &self.metrics,
+                                &object,
+                                origin + deadline,
+                            ));
                         }
                         Action::Create { record, deadline } => {
-                            let b = Arc::clone(&self.backend);
-                            let m = Arc::clone(&self.metrics);
+                            let (b, m, object) = (
+                                Arc::clone(&self.backend),
+                                Arc::clone(&self.metrics),
+                                Arc::clone(&object),
+                            );
                             let at = origin + deadline;
-                            let object = Arc::clone(&object);
                             pending = Some(Box::pin(async move {
                                 let r = timeout_at(at, b.create(&record)).await;
                                 write_event(r, "create", &object, &m, None)
@@ -579,18 +542,24 @@ impl<B: LockBackend> Elector<B> {
                             version,
                             deadline,
                         } => {
-                            let b = Arc::clone(&self.backend);
-                            let m = Arc::clone(&self.metrics);
+                            let (b, m, object) = (
+                                Arc::clone(&self.backend),
+                                Arc::clone(&self.metrics),
+                                Arc::clone(&object),
+                            );
                             let at = origin + deadline;
                             // A renewal: the record is ours and we lead.
                             let renewal = self.machine.is_leader().then(Instant::now);
-                            let object = Arc::clone(&object);
                             pending = Some(Box::pin(async move {
                                 let r = timeout_at(at, b.update(&record, &version)).await;
                                 write_event(r, "update", &object, &m, renewal)
                             }));
                         }
                         Action::Abandon => pending = None,
+                        Action::Watch { from } => {
+                            watch = Some(self.backend.watch(from.as_ref()));
+                        }
+                        Action::Unwatch => watch = None,
                         Action::StartedLeading { token } => {
                             tracing::info!(lock = %describe, identity = %self.identity, fencing_token = %token, "started leading");
                             self.metrics.started_term();
@@ -626,29 +595,7 @@ impl<B: LockBackend> Elector<B> {
                             // A work that already returned has nothing left to drain.
                             drained = self.work.is_some() && running.is_none();
                             self.record_event(LockEventKind::StoppedLeading, token);
-                            match &reason {
-                                StepDown::Cancelled => {
-                                    tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: shutting down")
-                                }
-                                StepDown::DeadlineExceeded => {
-                                    tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: no renewal succeeded within the renew deadline")
-                                }
-                                StepDown::Lost { holder } => {
-                                    tracing::warn!(lock = %describe, fencing_token = %token, new_holder = %holder, "stopped leading: lock taken over")
-                                }
-                                StepDown::Deleted => {
-                                    tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: lock object deleted")
-                                }
-                                StepDown::Unreadable => {
-                                    tracing::error!(lock = %describe, fencing_token = %token, "stopped leading: the lock's record was replaced by one that cannot be read")
-                                }
-                                StepDown::DuplicateIdentity => {
-                                    tracing::error!(lock = %describe, fencing_token = %token, "stopped leading: another process renewed the lock under this identity")
-                                }
-                                other => {
-                                    tracing::warn!(lock = %describe, fencing_token = %token, reason = ?other, "stopped leading")
-                                }
-                            }
+                            log_step_down(&describe, token, &reason);
                             if let Some(f) = &mut self.on_stopped {
                                 f();
                             }
@@ -730,32 +677,10 @@ impl<B: LockBackend> Elector<B> {
                 }
             }
 
-            // Standbys keep a watch open once the lock has been observed, and restart it after a
-            // failure. A leader needs none: it learns the lock's state from its own renewals
-            // (a conflict means someone else wrote), so a process leading M elections holds no
-            // watch streams at all. Nor does a candidate that is releasing: it is about to
-            // finish, and a watch opened beside the release would be one more request, and one
-            // more event to send, for the API server in the middle of the handover. Nor does a
-            // candidate whose acquisition is in flight: opening M watches while M acquisitions
-            // wait would fill the connection's streams (HTTP/2 allows 250 by default) with
-            // requests that never end, and the answer decides what comes next.
-            let open_watch =
-                self.machine.observed() && self.machine.is_standby() && !self.machine.acquiring();
-            if !open_watch {
-                watch = None;
-            } else if watch.is_none() && Instant::now() >= watch_retry_at {
-                watch = Some(self.backend.watch(self.machine.version().as_ref()));
-            }
-            let deadline = self
-                .machine
-                .deadline()
-                .map(|d| on_shared_grid(origin + d, self.machine.timer_slack()));
-            let timer_at = match (deadline, watch.is_none() && open_watch) {
-                (Some(at), true) => at.min(watch_retry_at),
-                (Some(at), false) => at,
-                (None, true) => watch_retry_at,
-                (None, false) => Instant::now() + Duration::from_secs(3600),
-            };
+            let timer_at = self.machine.deadline().map_or_else(
+                || Instant::now() + Duration::from_secs(3600),
+                |d| on_shared_grid(origin + d, self.machine.timer_slack()),
+            );
 
             // One timer for the whole run, moved rather than replaced: dropping a timer and
             // registering a new one on every pass is most of a pass's cost at thousands of
@@ -817,7 +742,6 @@ impl<B: LockBackend> Elector<B> {
                 item = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
                     match item {
                         Some(Ok(v)) => {
-                            watch_backoff = Duration::from_millis(100);
                             last_watch_error = None;
                             event = Some(Event::Watched(v));
                         }
@@ -843,8 +767,6 @@ impl<B: LockBackend> Elector<B> {
                                 _ => tracing::debug!(lock = %describe, "watch ended; re-reading"),
                             }
                             watch = None;
-                            watch_retry_at = Instant::now() + watch_backoff;
-                            watch_backoff = (watch_backoff * 2).min(self.machine.timing().retry_period);
                             event = Some(Event::WatchLost);
                         }
                     }
@@ -982,6 +904,80 @@ fn on_shared_grid(at: Instant, slack: Duration) -> Instant {
     let up = since.div_ceil(step) * step;
     // `up - since < step <= slack`: fits in a Duration.
     at + Duration::from_nanos(u64::try_from(up - since).unwrap_or(0))
+}
+
+/// Reads the record from `backend` by `at`, into the event that reports it.
+fn read<B: LockBackend>(
+    backend: &Arc<B>,
+    metrics: &Arc<Metrics>,
+    object: &Arc<str>,
+    at: Instant,
+) -> Pending {
+    let (b, m, object) = (Arc::clone(backend), Arc::clone(metrics), Arc::clone(object));
+    Box::pin(async move {
+        let r = timeout_at(at, b.get()).await;
+        match &r {
+            Ok(Err(e)) => m.failed(e),
+            Err(_) => m.timed_out(),
+            Ok(Ok(_)) => {}
+        }
+        match r {
+            Ok(Ok(v)) => (Event::ReadDone(Ok(v)), None),
+            Ok(Err(
+                e @ LockError::Corrupt {
+                    version: Some(_), ..
+                },
+            )) => {
+                let failure = failure(&e);
+                let LockError::Corrupt {
+                    version: Some(version),
+                    ..
+                } = e
+                else {
+                    unreachable!("matched above")
+                };
+                (
+                    Event::Unreadable {
+                        version,
+                        from_read: true,
+                    },
+                    Some(failure),
+                )
+            }
+            Ok(Err(e)) => (Event::ReadDone(Err(e.kind())), Some(failure(&e))),
+            Err(_) => (
+                Event::ReadDone(Err(ErrorKind::Timeout)),
+                Some(timed_out("get", &object)),
+            ),
+        }
+    })
+}
+
+/// Says why a term ended, at the level the reason deserves.
+fn log_step_down(describe: &str, token: FencingToken, reason: &StepDown) {
+    match reason {
+        StepDown::Cancelled => {
+            tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: shutting down")
+        }
+        StepDown::DeadlineExceeded => {
+            tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: no renewal succeeded within the renew deadline")
+        }
+        StepDown::Lost { holder } => {
+            tracing::warn!(lock = %describe, fencing_token = %token, new_holder = %holder, "stopped leading: lock taken over")
+        }
+        StepDown::Deleted => {
+            tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: lock object deleted")
+        }
+        StepDown::Unreadable => {
+            tracing::error!(lock = %describe, fencing_token = %token, "stopped leading: the lock's record was replaced by one that cannot be read")
+        }
+        StepDown::DuplicateIdentity => {
+            tracing::error!(lock = %describe, fencing_token = %token, "stopped leading: another process renewed the lock under this identity")
+        }
+        other => {
+            tracing::warn!(lock = %describe, fencing_token = %token, reason = ?other, "stopped leading")
+        }
+    }
 }
 
 fn write_event<E>(
