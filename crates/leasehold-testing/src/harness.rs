@@ -184,6 +184,28 @@ pub const ADMIN_TOKEN: &str = "leasehold-admin-token";
 /// A user with no permissions at all (for RBAC-denial tests).
 pub const NOBODY_TOKEN: &str = "leasehold-nobody-token";
 
+/// What a [`KubeServer`] serves besides its defaults.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// Host names the API server also answers to, each with a certificate of its own whose only
+    /// name it is, chosen by the client's TLS server name (SNI, `--tls-sni-cert-key`) and signed
+    /// by a second CA ([`KubeServer::sni_ca`]), which the default certificate is not.
+    pub sni_names: Vec<String>,
+}
+
+// === impl ServerOptions ===
+
+impl ServerOptions {
+    /// With [`sni_names`](Self::sni_names).
+    #[must_use]
+    pub fn sni_names(self, names: &[&str]) -> Self {
+        Self {
+            sni_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        }
+    }
+}
+
 /// A real etcd + kube-apiserver on 127.0.0.1.
 #[derive(Debug)]
 pub struct KubeServer {
@@ -193,6 +215,7 @@ pub struct KubeServer {
     etcd_peer: Option<u16>,
     etcd: Option<Proc>,
     apiserver: Option<Proc>,
+    sni_names: Vec<String>,
 }
 
 // === impl KubeServer ===
@@ -203,12 +226,23 @@ impl KubeServer {
     /// # Panics
     /// If either does not come up within 90 s (the log paths are in the message).
     pub async fn start() -> Self {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    /// Like [`start`](Self::start), with `options`.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub async fn start_with(options: ServerOptions) -> Self {
         let bins = bins();
         let base = std::env::temp_dir().join("leasehold-harness");
         clean_stale(&base);
         let dir = base.join(format!("{}-{}", std::process::id(), free_port()));
         fs::create_dir_all(&dir).expect("harness dir");
         make_certs(&dir);
+        if !options.sni_names.is_empty() {
+            make_sni_certs(&dir, &options.sni_names);
+        }
         fs::write(
             dir.join("tokens.csv"),
             format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n{NOBODY_TOKEN},nobody,nobody-uid\n"),
@@ -221,6 +255,7 @@ impl KubeServer {
             etcd_peer: None,
             etcd: None,
             apiserver: None,
+            sni_names: options.sni_names,
         };
         s.write_kubeconfig("admin", ADMIN_TOKEN);
         s.write_kubeconfig("nobody", NOBODY_TOKEN);
@@ -254,11 +289,15 @@ impl KubeServer {
     }
 
     fn apiserver_args(&self) -> Vec<String> {
+        self.apiserver_args_on(self.port)
+    }
+
+    fn apiserver_args_on(&self, port: u16) -> Vec<String> {
         let d = |f: &str| self.dir.join(f).display().to_string();
-        vec![
+        let mut args = vec![
             "--advertise-address=127.0.0.1".into(),
             "--bind-address=127.0.0.1".into(),
-            format!("--secure-port={}", self.port),
+            format!("--secure-port={port}"),
             format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
             format!("--tls-cert-file={}", d("server.crt")),
             format!("--tls-private-key-file={}", d("server.key")),
@@ -276,7 +315,15 @@ impl KubeServer {
             "--feature-gates=CoordinatedLeaderElection=true".into(),
             "--runtime-config=coordination.k8s.io/v1beta1=true".into(),
             "--v=0".into(),
-        ]
+        ];
+        for name in &self.sni_names {
+            args.push(format!(
+                "--tls-sni-cert-key={},{}:{name}",
+                d(&format!("sni-{name}.crt")),
+                d(&format!("sni-{name}.key"))
+            ));
+        }
+        args
     }
 
     async fn start_apiserver_with(&mut self, bins: &Bins) {
@@ -295,7 +342,12 @@ impl KubeServer {
     /// # Panics
     /// After `limit`.
     pub async fn wait_ready(&self, limit: Duration) {
-        let client = self.client("admin").await;
+        self.wait_ready_as("admin", limit).await;
+    }
+
+    /// Waits until `/readyz` answers ok to the kubeconfig of `user`.
+    async fn wait_ready_as(&self, user: &str, limit: Duration) {
+        let client = self.client(user).await;
         let start = tokio::time::Instant::now();
         loop {
             let r = http_get(&client, "/readyz").await;
@@ -338,6 +390,39 @@ impl KubeServer {
         self.stop_etcd();
         let bins = bins();
         self.start_etcd(&bins);
+    }
+
+    /// Starts another kube-apiserver on the same etcd, certificates and tokens, on a port of its
+    /// own, with `extra` flags (for example `--disable-http2-serving`), and waits until it is
+    /// ready. It is killed when the returned guard is dropped.
+    ///
+    /// # Panics
+    /// If it does not come up within 90 s.
+    pub async fn start_another_apiserver(&self, extra: &[&str]) -> ApiServer {
+        let bins = bins();
+        let port = free_port();
+        let mut args = self.apiserver_args_on(port);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let proc = Proc::spawn(
+            "kube-apiserver",
+            &bins.kube_apiserver,
+            &args,
+            &self.dir.join(format!("kube-apiserver-{port}.log")),
+        );
+        let user = format!("admin-{port}");
+        self.write_kubeconfig_for(&user, ADMIN_TOKEN, port);
+        self.wait_ready_as(&user, Duration::from_secs(90)).await;
+        ApiServer { proc, port }
+    }
+
+    /// The CA that signed the certificates of [`ServerOptions::sni_names`] (and no other).
+    pub fn sni_ca(&self) -> PathBuf {
+        self.dir.join("sni-ca.crt")
+    }
+
+    /// The CA that signed the server's default certificate (names `localhost`, `127.0.0.1`).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
     }
 
     /// The kube-apiserver process, to freeze (SIGSTOP) and thaw it.
@@ -431,6 +516,173 @@ impl Drop for KubeServer {
             p.kill();
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A kube-apiserver started by [`KubeServer::start_another_apiserver`]; killed on drop.
+#[derive(Debug)]
+pub struct ApiServer {
+    proc: Proc,
+    port: u16,
+}
+
+// === impl ApiServer ===
+
+impl ApiServer {
+    /// Its HTTPS port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.proc.kill();
+    }
+}
+
+/// A real HTTP CONNECT proxy on 127.0.0.1: Debian's `tinyproxy`, killed on drop.
+///
+/// It runs in a mount namespace of its own, with an `/etc/hosts` of its own that maps the
+/// `names` it was started with to 127.0.0.1: a URL with one of those host names resolves
+/// nowhere else on the machine, so a client reaches it through this proxy or not at all.
+/// Every tunnel it opens is logged (`LogLevel Connect`) and counted by
+/// [`connects`](Self::connects).
+#[derive(Debug)]
+pub struct Tinyproxy {
+    proc: Option<Proc>,
+    port: u16,
+    log: PathBuf,
+}
+
+// === impl Tinyproxy ===
+
+impl Tinyproxy {
+    /// Starts it in `dir` on a free port, resolving `names` to 127.0.0.1, allowing CONNECT to
+    /// `ports` only, and asking for `basic_auth` (user, password) if given; waits until it
+    /// accepts connections.
+    ///
+    /// # Panics
+    /// If `tinyproxy` or `unshare` is missing (`scripts/test-all` installs them) or it does not
+    /// listen within 10 s.
+    pub async fn start(
+        dir: &Path,
+        names: &[&str],
+        ports: &[u16],
+        basic_auth: Option<(&str, &str)>,
+    ) -> Self {
+        let port = free_port();
+        let log = dir.join(format!("tinyproxy-{port}.log"));
+        let hosts = dir.join(format!("tinyproxy-{port}.hosts"));
+        let mut table = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for name in names {
+            table.push_str(&format!("127.0.0.1 {name}\n"));
+        }
+        fs::write(&hosts, table).expect("tinyproxy hosts");
+        let mut conf = format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nMaxClients 100\n\
+             LogLevel Connect\nLogFile \"{}\"\n",
+            log.display()
+        );
+        for p in ports {
+            conf.push_str(&format!("ConnectPort {p}\n"));
+        }
+        if let Some((user, password)) = basic_auth {
+            conf.push_str(&format!("BasicAuth {user} {password}\n"));
+        }
+        let conf_path = dir.join(format!("tinyproxy-{port}.conf"));
+        fs::write(&conf_path, conf).expect("tinyproxy.conf");
+        let program = ["/usr/bin/tinyproxy", "/usr/sbin/tinyproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect(
+                "tinyproxy is not installed (apt-get install tinyproxy; scripts/test-all does)",
+            );
+        // A private mount namespace (root's own, or a user namespace's without root), in which
+        // this process's /etc/hosts is the table above.
+        let mut args: Vec<String> = Vec::new();
+        if !rustix::process::geteuid().is_root() {
+            args.extend(["--user".into(), "--map-root-user".into()]);
+        }
+        args.extend([
+            "--mount".into(),
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "mount --bind '{}' /etc/hosts && exec {program} -d -c '{}'",
+                hosts.display(),
+                conf_path.display()
+            ),
+        ]);
+        let proc = Proc::spawn(
+            "tinyproxy",
+            Path::new("unshare"),
+            &args,
+            &dir.join(format!("tinyproxy-{port}.out")),
+        );
+        let start = tokio::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if let Some(code) = proc.try_exited() {
+                panic!(
+                    "tinyproxy exited ({code:?}): {}",
+                    fs::read_to_string(dir.join(format!("tinyproxy-{port}.out")))
+                        .unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "tinyproxy does not listen on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            proc: Some(proc),
+            port,
+            log,
+        }
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Its log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The tunnels it was asked for to `target` (`host:port`): its log's `CONNECT` request
+    /// lines naming it.
+    pub fn connects(&self, target: &str) -> Vec<String> {
+        let needle = format!("CONNECT {target} ");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Kills it.
+    pub fn stop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.kill();
+        }
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -548,6 +800,64 @@ fn make_certs(dir: &Path) {
         "-out",
         &p("sa.pub"),
     ]));
+}
+
+/// A second CA, and for each of `names` a certificate signed by it whose only name it is.
+fn make_sni_certs(dir: &Path, names: &[String]) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "7",
+        "-subj",
+        "/CN=leasehold-test-sni-ca",
+        "-keyout",
+        &p("sni-ca.key"),
+        "-out",
+        &p("sni-ca.crt"),
+    ]));
+    for name in names {
+        let (key, csr, crt, ext) = (
+            p(&format!("sni-{name}.key")),
+            p(&format!("sni-{name}.csr")),
+            p(&format!("sni-{name}.crt")),
+            p(&format!("sni-{name}.ext")),
+        );
+        run(Command::new("openssl").args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]));
+        fs::write(&ext, format!("subjectAltName=DNS:{name}\n")).expect("sni ext");
+        run(Command::new("openssl").args([
+            "x509",
+            "-req",
+            "-days",
+            "7",
+            "-in",
+            &csr,
+            "-CA",
+            &p("sni-ca.crt"),
+            "-CAkey",
+            &p("sni-ca.key"),
+            "-CAcreateserial",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ]));
+    }
 }
 
 /// Reads lines from a child's output as they come, stamped with the time they arrived.

@@ -67,6 +67,8 @@ struct Inner {
     prefix: String,
     host: String,
     port: u16,
+    /// ` as `NAME` (tls-server-name)` when the kubeconfig names the server, for TLS errors.
+    as_name: String,
     server_name: ServerName<'static>,
     tls: TlsConnector,
     connect_timeout: Duration,
@@ -118,12 +120,12 @@ impl Http2 {
             .trim_end_matches(']')
             .to_owned();
         let port = authority.port_u16().unwrap_or(443);
-        let name = config
-            .tls_server_name
-            .clone()
-            .unwrap_or_else(|| host.clone());
-        let server_name = ServerName::try_from(name.clone())
-            .map_err(|e| transport(&format!("TLS server name `{name}`"), e))?;
+        let server_name = match &config.tls_server_name {
+            Some(name) => ServerName::try_from(name.clone())
+                .map_err(|e| transport(&format!("tls-server-name `{name}`"), e))?,
+            None => ServerName::try_from(host.clone())
+                .map_err(|e| transport(&format!("TLS server name `{host}`"), e))?,
+        };
         let mut tls = config.rustls_client_config()?;
         // HTTP/1.1 offered too: a server that enforces ALPN overlap and speaks only HTTP/1.1
         // must answer (and be used through kube's client), not fail the handshake.
@@ -141,6 +143,11 @@ impl Http2 {
                 prefix: url.path().trim_end_matches('/').to_owned(),
                 host,
                 port,
+                as_name: config
+                    .tls_server_name
+                    .as_ref()
+                    .map(|name| format!(" as `{name}` (tls-server-name)"))
+                    .unwrap_or_default(),
                 server_name,
                 tls: TlsConnector::from(Arc::new(tls)),
                 connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(10)),
@@ -398,7 +405,12 @@ impl Inner {
             .tls
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|e| fail("TLS handshake with", &e))?;
+            .map_err(|e| {
+                Connect::Failed(format!(
+                    "TLS handshake with {}:{}{}: {e}",
+                    self.host, self.port, self.as_name
+                ))
+            })?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             tracing::info!(server = %self.authority, "the API server does not offer HTTP/2; using kube's client");
             self.refused.store(true, Ordering::Relaxed);

@@ -28,10 +28,105 @@ pub enum KubeconfigError {
     /// connect to; kube-rs would only say it "failed to determine current context".
     #[error("it sets no current-context{}", if *.0 { " (it is empty)" } else { "" })]
     NoCurrentContext(bool),
+    /// The proxy URL (the cluster's `proxy-url`, else `HTTPS_PROXY`) is not a URL.
+    #[error("{field} `{value}` is not a URL")]
+    ProxyUrl {
+        /// `proxy-url`, or the environment variable it came from.
+        field: &'static str,
+        /// The value.
+        value: String,
+        /// Why it is not a URL.
+        source: http::uri::InvalidUri,
+    },
+    /// The cluster's `tls-server-name` cannot name a server.
+    #[error("tls-server-name `{0}` is neither a host name nor an IP address")]
+    TlsServerName(String),
     /// kube-rs refused the configuration (no current context, a missing cluster, mismatched
     /// documents, ...).
     #[error(transparent)]
     Kube(#[from] kube::config::KubeconfigError),
+}
+
+// === impl KubeconfigError ===
+
+impl KubeconfigError {
+    /// kube-rs's error for `config`, naming the field it comes from where kube-rs does not.
+    pub(crate) fn from_kube(e: kube::config::KubeconfigError, config: &Kubeconfig) -> Self {
+        match e {
+            kube::config::KubeconfigError::ParseProxyUrl(source) => {
+                // kube-rs takes `HTTPS_PROXY` (or `https_proxy`) when the cluster has none.
+                let from_env = |name: &'static str| {
+                    std::env::var(name)
+                        .ok()
+                        .filter(|v| !v.is_empty())
+                        .map(|v| (name, v))
+                };
+                let (field, value) = proxy_url(config)
+                    .map(|v| ("proxy-url", v.to_owned()))
+                    .or_else(|| from_env("HTTPS_PROXY"))
+                    .or_else(|| from_env("https_proxy"))
+                    .unwrap_or(("proxy-url", String::new()));
+                Self::ProxyUrl {
+                    field,
+                    value,
+                    source,
+                }
+            }
+            other => Self::Kube(other),
+        }
+    }
+}
+
+/// Checks what kube-rs takes from a kubeconfig without looking at it, so that the error names
+/// the field rather than what failed later (a TLS library's "invalid dns name").
+pub(crate) fn check(config: &kube::Config) -> Result<(), KubeconfigError> {
+    match &config.tls_server_name {
+        Some(name) if !is_server_name(name) => Err(KubeconfigError::TlsServerName(name.clone())),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `name` can be a TLS server name: an IP address, or a DNS name (letters, digits, `-`
+/// and `_` in dot-separated labels of 1 to 63, none starting or ending with `-`, 253 in all,
+/// one trailing dot allowed). No stricter than rustls, which also refuses an all-numeric last
+/// label.
+fn is_server_name(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let labels = name.strip_suffix('.').unwrap_or(name);
+    !labels.is_empty()
+        && name.len() <= 253
+        && labels.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// The `proxy-url` of the current context's cluster, if set.
+fn proxy_url(config: &Kubeconfig) -> Option<&str> {
+    let context = config.current_context.as_deref()?;
+    let cluster = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context)?
+        .context
+        .as_ref()?
+        .cluster
+        .as_str();
+    config
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster)?
+        .cluster
+        .as_ref()?
+        .proxy_url
+        .as_deref()
+        .filter(|p| !p.is_empty())
 }
 
 /// Reads one kubeconfig file; several documents in it are merged, the first to set a value
@@ -494,6 +589,52 @@ users:
             let e = yaml::parse(&text).unwrap_err();
             assert!(e.to_string().contains("expand"), "{e}");
         }
+    }
+
+    #[test]
+    fn server_names_are_checked_no_stricter_than_rustls() {
+        for good in [
+            "only-name.leasehold.test",
+            "api.internal.",
+            "kubernetes",
+            "under_score.example",
+            "127.0.0.1",
+            "::1",
+        ] {
+            assert!(is_server_name(good), "{good}");
+        }
+        let long = format!("{}.example", "a".repeat(64));
+        for bad in [
+            "",
+            ".",
+            "not a host name",
+            "a..b",
+            "-a.example",
+            "a-.example",
+            "[::1]",
+            "host:443",
+            &long,
+        ] {
+            assert!(!is_server_name(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_proxy_url_that_is_not_a_url_is_named() {
+        let config = read(
+            "clusters:\n- name: a\n  cluster:\n    server: https://127.0.0.1:6443\n    \
+             proxy-url: \"http://exa mple:80\"\n\
+             users:\n- name: u\n  user: {}\n\
+             contexts:\n- name: c\n  context: {cluster: a, user: u}\ncurrent-context: c\n",
+        )
+        .unwrap();
+        let options = kube::config::KubeConfigOptions::default();
+        let e = kube::Config::from_custom_kubeconfig(config.clone(), &options)
+            .await
+            .unwrap_err();
+        let e = KubeconfigError::from_kube(e, &config);
+        assert_eq!(e.to_string(), "proxy-url `http://exa mple:80` is not a URL");
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

@@ -217,6 +217,24 @@ pub enum ClientError {
     /// The kubeconfig's `proxy-url` cannot be used by this client (the message says why).
     #[error("{0}")]
     Proxy(String),
+    /// The kubeconfig user's exec credential plugin (`user.exec`) could not be run, failed, or
+    /// did not answer with an `ExecCredential`.
+    #[error("exec credential plugin `{command}`")]
+    Exec {
+        /// The plugin's command.
+        command: String,
+        /// What went wrong.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// An exec credential plugin that exited unsuccessfully (kube-rs's own message shows its
+/// output as bytes).
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {stderr}")]
+struct PluginFailed {
+    status: std::process::ExitStatus,
+    stderr: String,
 }
 
 /// The client the Kubernetes locks send their requests with.
@@ -361,9 +379,11 @@ pub async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientErr
             let kc = kubeconfig::read_from(path)
                 .and_then(with_context)
                 .map_err(wrap)?;
-            kube::Config::from_custom_kubeconfig(kc, &options)
+            let config = kube::Config::from_custom_kubeconfig(kc.clone(), &options)
                 .await
-                .map_err(|e| wrap(e.into()))?
+                .map_err(|e| wrap(KubeconfigError::from_kube(e, &kc)))?;
+            kubeconfig::check(&config).map_err(wrap)?;
+            config
         }
         None => {
             let paths = kubeconfig::default_paths();
@@ -384,9 +404,11 @@ pub async fn config(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientErr
                     source,
                 };
                 let kc = with_context(kc).map_err(wrap)?;
-                kube::Config::from_custom_kubeconfig(kc, &options)
+                let config = kube::Config::from_custom_kubeconfig(kc.clone(), &options)
                     .await
-                    .map_err(|e| wrap(e.into()))?
+                    .map_err(|e| wrap(KubeconfigError::from_kube(e, &kc)))?;
+                kubeconfig::check(&config).map_err(wrap)?;
+                config
             };
             config.apply_debug_overrides();
             config
@@ -411,18 +433,139 @@ fn list(paths: &[PathBuf]) -> String {
 }
 
 /// Builds a client from a [`kube::Config`] with kube's own builder (its TLS stack, proxy
-/// support and `tls-server-name` handling are what the application enabled on kube), with one
-/// change: kube's retry layer is off. It retries 429/5xx with backoffs that could outlast a
-/// renew deadline; the elector retries itself, under a deadline per request.
+/// support and `tls-server-name` handling are what the application enabled on kube), with
+/// these changes:
+/// - kube's retry layer is off. It retries 429/5xx with backoffs that could outlast a renew
+///   deadline; the elector retries itself, under a deadline per request;
+/// - an exec credential plugin runs once, then once per refresh of its token, as with
+///   client-go (kube's builder alone runs it three times);
+/// - a request that cannot reach the API server says so with the `proxy-url` and
+///   `tls-server-name` it was made with.
 ///
 /// # Errors
 /// [`ClientError::Build`] when the TLS, proxy or auth configuration is unusable (for example
-/// an `https` cluster with no TLS feature enabled on kube).
+/// an `https` cluster with no TLS feature enabled on kube); [`ClientError::Exec`] when the
+/// exec credential plugin fails.
 pub fn client_from_config(mut config: kube::Config) -> Result<ApiClient, ClientError> {
     config.default_retry = false;
-    Ok(kube::Client::try_from(config)
-        .map_err(ClientError::Build)?
-        .into())
+    let (config, auth) = exec_once(config)?;
+    let via = via(&config);
+    let default_namespace = config.default_namespace.clone();
+    let client = kube::Client::try_from(config).map_err(ClientError::Build)?;
+    let auth = match auth {
+        Credentials::Made(auth) => auth,
+        Credentials::FromConfig => None,
+    };
+    if auth.is_none() && via.is_none() {
+        return Ok(client.into());
+    }
+    // In front of kube's own stack: the plugin's credentials on every request (kube's auth
+    // layer needs a service it can clone, which kube's boxed stack is not; its client is), and
+    // the kubeconfig fields that shaped the connection on every failure to make one.
+    let send = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let client = client.clone();
+        let via = via.clone();
+        async move {
+            client.send(req).await.map_err(|e| -> tower::BoxError {
+                match (&via, e) {
+                    (_, e) if is_auth_error(&e) => Box::new(e),
+                    (None, e) => Box::new(e),
+                    (Some(via), e) => Box::new(Unreachable {
+                        via: std::sync::Arc::clone(via),
+                        // kube's own wrapper adds nothing but a second "ServiceError".
+                        source: match e {
+                            kube::Error::Service(e) => e,
+                            e => Box::new(e),
+                        },
+                    }),
+                }
+            })
+        }
+    });
+    let service = tower::ServiceBuilder::new()
+        .option_layer(auth)
+        .service(send);
+    Ok(kube::Client::new(service, default_namespace).into())
+}
+
+/// The kubeconfig fields that shape a connection to the API server (`proxy-url`,
+/// `tls-server-name`), as errors name them; `None` without either.
+fn via(config: &kube::Config) -> Option<std::sync::Arc<str>> {
+    let mut via = String::new();
+    if let Some(proxy) = &config.proxy_url {
+        via.push_str(&format!(" through proxy-url `{}`", redact(proxy)));
+    }
+    if let Some(name) = &config.tls_server_name {
+        via.push_str(&format!(" as `{name}` (tls-server-name)"));
+    }
+    (!via.is_empty()).then(|| via.into())
+}
+
+/// A request that did not reach the API server (kube's client's own error is the source).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the API server{via}")]
+struct Unreachable {
+    via: std::sync::Arc<str>,
+    source: tower::BoxError,
+}
+
+/// Whether `e` came from the credentials (an exec plugin's refresh, a token file), not from
+/// the connection.
+fn is_auth_error(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Auth(_) => true,
+        kube::Error::Service(e) => e.is::<kube::client::AuthError>(),
+        _ => false,
+    }
+}
+
+/// The layer that adds the credentials to each request, if [`exec_once`] has made it.
+enum Credentials {
+    /// Not made: there is no exec credential plugin; kube's auth layer reads the credentials
+    /// from the configuration without running anything.
+    FromConfig,
+    /// Made by running the plugin (none when it answered with a client certificate, which the
+    /// configuration still reads with a run of its own).
+    Made(Option<kube::client::middleware::AuthLayer>),
+}
+
+/// Runs the kubeconfig user's exec credential plugin once, as client-go does, and returns the
+/// configuration to build the client from with the layer that adds its credentials.
+///
+/// kube-rs runs a plugin each time it reads the credentials: for the token (its auth layer),
+/// for a client certificate (its TLS configuration) and, in its client builder, for the
+/// client's expiry: three runs for one client, each of which may prompt, or cost a call to a
+/// cloud's identity service. Here it runs once, through kube's own auth layer; when it answers
+/// with a token, the rest is built from the configuration without the plugin, and the layer
+/// (which runs the plugin again only when the token is about to expire) is added to the
+/// client. A plugin that answers with a client certificate instead is left in the
+/// configuration, from which kube-rs reads the certificate for TLS with a run of its own.
+fn exec_once(mut config: kube::Config) -> Result<(kube::Config, Credentials), ClientError> {
+    use kube::client::ConfigExt as _;
+    let Some(exec) = &config.auth_info.exec else {
+        return Ok((config, Credentials::FromConfig));
+    };
+    let command = exec.command.clone().unwrap_or_default();
+    match config.auth_layer() {
+        Ok(Some(auth)) => {
+            config.auth_info.exec = None;
+            Ok((config, Credentials::Made(Some(auth))))
+        }
+        Ok(None) => Ok((config, Credentials::Made(None))),
+        Err(kube::Error::Auth(kube::client::AuthError::AuthExecRun { out, .. })) => {
+            Err(ClientError::Exec {
+                command,
+                source: Box::new(PluginFailed {
+                    status: out.status,
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                }),
+            })
+        }
+        Err(e) => Err(ClientError::Exec {
+            command,
+            source: Box::new(e),
+        }),
+    }
 }
 
 /// Like [`client_from_config`], with leasehold's own HTTP/2 path for the locks' requests (see
@@ -433,17 +576,27 @@ pub fn client_from_config(mut config: kube::Config) -> Result<ApiClient, ClientE
 /// carry, is a lean one of its own: HTTP/1.1 only (a second HTTP/2 client would add about
 /// 140 KB to the sidecar's binary, which is resident memory: docs/design.md), no idle expiry of
 /// pooled connections, no retry layer; the cluster's `tls-server-name` and an `http://`
-/// `proxy-url` (HTTP CONNECT) apply as in kube's own builder.
+/// `proxy-url` (HTTP CONNECT, with credentials in the URL if any) apply as in kube's own
+/// builder, and an exec credential plugin runs once per refresh as in [`client_from_config`].
 ///
 /// # Errors
 /// [`ClientError::Build`] when the TLS or auth configuration is unusable;
-/// [`ClientError::Proxy`] for a `proxy-url` this client cannot use.
+/// [`ClientError::Proxy`] for a `proxy-url` this client cannot use (not `http://`);
+/// [`ClientError::Exec`] when the exec credential plugin fails.
 #[cfg(feature = "lean-client")]
 pub fn client_from_config_with_http2(config: kube::Config) -> Result<ApiClient, ClientError> {
     let direct = if config.auth_info.exec.is_some() {
         None
     } else {
         http2::Http2::new(&config).map_err(ClientError::Build)?
+    };
+    let (config, auth) = exec_once(config)?;
+    let auth = match auth {
+        Credentials::Made(auth) => auth,
+        Credentials::FromConfig => {
+            use kube::client::ConfigExt as _;
+            config.auth_layer().map_err(ClientError::Build)?
+        }
     };
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
@@ -454,25 +607,78 @@ pub fn client_from_config_with_http2(config: kube::Config) -> Result<ApiClient, 
             .or(Some(std::time::Duration::from_secs(10))),
     );
     let kube = match config.proxy_url.clone() {
-        None => lean_kube_client(config, http)?,
-        Some(proxy)
-            if proxy.scheme_str() == Some("http")
-                && proxy.authority().is_some_and(|a| !a.as_str().contains('@')) =>
-        {
-            let tunnel = hyper_util::client::legacy::connect::proxy::Tunnel::new(proxy, http);
-            lean_kube_client(config, tunnel)?
+        None => lean_kube_client(config, http, auth)?,
+        Some(proxy) if proxy.scheme_str() == Some("http") => {
+            // The proxy's address without credentials, and the credentials (percent-decoded,
+            // as kubectl takes them) as a `Proxy-Authorization` header, as kube's builder does.
+            let intercept = hyper_util::client::proxy::matcher::Matcher::builder()
+                .all(proxy.to_string())
+                .build()
+                .intercept(&config.cluster_url)
+                .ok_or_else(|| {
+                    ClientError::Proxy(format!("proxy-url `{}` is not usable", redact(&proxy)))
+                })?;
+            let mut tunnel = hyper_util::client::legacy::connect::proxy::Tunnel::new(
+                intercept.uri().clone(),
+                http,
+            );
+            if let Some(auth) = intercept.basic_auth() {
+                tunnel = tunnel.with_auth(auth.clone());
+            }
+            let via: std::sync::Arc<str> = redact(&proxy).into();
+            let tunnel = tower::ServiceExt::map_err(tunnel, move |e| ProxyTunnel {
+                proxy: std::sync::Arc::clone(&via),
+                source: Box::new(e),
+            });
+            lean_kube_client(config, tunnel, auth)?
         }
         Some(proxy) => {
             return Err(ClientError::Proxy(format!(
-                "proxy-url `{proxy}`: only `http://host:port` (HTTP CONNECT, no credentials) is supported by the sidecar's client"
+                "proxy-url `{}`: only `http://` proxies (HTTP CONNECT) are supported by leasehold's own client",
+                redact(&proxy)
             )));
         }
     };
     Ok(ApiClient { kube, direct })
 }
 
+/// `uri` without the password of its user information.
+fn redact(uri: &http::Uri) -> String {
+    let text = uri.to_string();
+    match uri.authority().map(|a| a.as_str()) {
+        Some(authority) if authority.contains('@') => {
+            let (userinfo, host) = authority.rsplit_once('@').unwrap_or_default();
+            let user = userinfo.split(':').next().unwrap_or_default();
+            text.replacen(authority, &format!("{user}:***@{host}"), 1)
+        }
+        _ => text,
+    }
+}
+
+/// A tunnel through the kubeconfig's proxy could not be opened.
 #[cfg(feature = "lean-client")]
-fn lean_kube_client<H>(config: kube::Config, connector: H) -> Result<kube::Client, ClientError>
+#[derive(Debug, thiserror::Error)]
+#[error("no tunnel to the API server through proxy-url `{proxy}`")]
+struct ProxyTunnel {
+    proxy: std::sync::Arc<str>,
+    source: tower::BoxError,
+}
+
+/// A connection to the API server could not be made as the kubeconfig's `tls-server-name`.
+#[cfg(feature = "lean-client")]
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to the API server as `{name}` (tls-server-name)")]
+struct AsServerName {
+    name: std::sync::Arc<str>,
+    source: tower::BoxError,
+}
+
+#[cfg(feature = "lean-client")]
+fn lean_kube_client<H>(
+    config: kube::Config,
+    connector: H,
+    auth: Option<kube::client::middleware::AuthLayer>,
+) -> Result<kube::Client, ClientError>
 where
     H: tower::Service<http::Uri> + Clone + Send + Sync + 'static,
     H::Response: hyper_util::client::legacy::connect::Connection
@@ -490,6 +696,16 @@ where
     let https = config
         .rustls_https_connector_with_connector(connector)
         .map_err(ClientError::Build)?;
+    let name: Option<std::sync::Arc<str>> = config.tls_server_name.as_deref().map(Into::into);
+    let https = tower::ServiceExt::map_err(https, move |source| -> tower::BoxError {
+        match &name {
+            Some(name) => Box::new(AsServerName {
+                name: std::sync::Arc::clone(name),
+                source,
+            }),
+            None => source,
+        }
+    });
     let hyper = hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
         .pool_timer(hyper_util::rt::TokioTimer::new())
@@ -497,7 +713,7 @@ where
         .build(https);
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
-        .option_layer(config.auth_layer().map_err(ClientError::Build)?)
+        .option_layer(auth)
         .layer(config.extra_headers_layer().map_err(ClientError::Build)?)
         .map_err(tower::BoxError::from)
         .service(hyper);
