@@ -388,6 +388,11 @@ impl<B: LockBackend> Elector<B> {
         &self.backend
     }
 
+    /// The durations this elector runs with.
+    pub fn timing(&self) -> &Timing {
+        self.machine.timing()
+    }
+
     /// Contends until `cancel` fires, and runs `work` while leading: started on each
     /// acquisition, cancelled and awaited when the term ends (loss, step-down or shutdown), and
     /// only then is the lock released or taken again (drain, then release).

@@ -44,6 +44,8 @@ pub mod compat;
 mod config;
 mod elector;
 pub mod metrics;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 
 /// The README's examples, compiled as doctests so they cannot drift from the API.
 #[cfg(doctest)]

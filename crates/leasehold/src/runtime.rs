@@ -1,0 +1,315 @@
+//! kube-runtime controllers that reconcile only while leading, on caches kept warm on every
+//! replica (feature `runtime`).
+//!
+//! An operator runs several replicas for availability, and only one may reconcile. The usual
+//! wiring starts a `Controller` when the replica is elected and drops it when the term ends,
+//! which has two costs: a new leader lists the world before its first reconcile (seconds at
+//! tens of thousands of objects), and the old leader's in-flight reconciles are cut off, or keep
+//! running after the lease is gone. Here every replica runs an [`Informer`] all the time, so a
+//! standby's store is as fresh as the leader's. [`run_controller_while_leading`] reconciles
+//! through kube-runtime's own [`applier`] (what `Controller::run` is built on) on that store
+//! only while leading:
+//!
+//! - on acquisition every object in the store is reconciled once, since the new leader cannot
+//!   know what its predecessor finished, then every change as it arrives;
+//! - when renewals fail, the controller stops taking new work a while before the term's
+//!   deadline and lets in-flight reconciles finish, so that they end inside the term; it starts
+//!   again if a renewal then succeeds;
+//! - when the term ends, the controller drains, and only then is the lease released
+//!   ([`Elector::run_while_leading`]); reconciles still running half the safety margin after
+//!   the term's end are aborted.
+//!
+//! Only stable kube-runtime API is used; the operator's `kube::Client`, and its k8s-openapi
+//! version, are used as they are.
+
+use crate::{Deadline, Elector, Leadership, LockBackend};
+use futures_util::{StreamExt as _, stream};
+use kube::{
+    Api, Resource,
+    runtime::{
+        WatchStreamExt as _, applier,
+        controller::{Action, Config},
+        reflector::{self, ObjectRef, Store},
+        utils::CancelableJoinHandle,
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use std::{
+    convert::Infallible,
+    fmt::Debug,
+    future::Future,
+    hash::Hash,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+type Subscribers<K> = Arc<Mutex<Vec<mpsc::UnboundedSender<ObjectRef<K>>>>>;
+
+/// One watch of the objects a controller reconciles, and its store, kept warm on every replica,
+/// leading or not.
+///
+/// It runs kube-runtime's [`watcher`] into a [`reflector`](reflector::reflector) store, with
+/// kube-runtime's default backoff, until it is dropped. A standby pays for the watch and the
+/// memory of the objects, as every replica of a controller-runtime operator with warm-up does.
+pub struct Informer<K: Resource + 'static>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    store: Store<K>,
+    subscribers: Subscribers<K>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K> Informer<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync + Unpin,
+{
+    /// Starts watching `api` with `config`, on the current tokio runtime.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
+    pub fn spawn(api: Api<K>, config: watcher::Config) -> Self {
+        let (store, writer) = reflector::store::<K>();
+        let subscribers: Subscribers<K> = Arc::default();
+        let subs = Arc::clone(&subscribers);
+        let task = tokio::spawn(async move {
+            let events = watcher(api, config)
+                .default_backoff()
+                .reflect(writer)
+                .applied_objects();
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(object) => {
+                        // Already in the store: tell each running controller which object
+                        // changed, without ever waiting for one.
+                        let changed = ObjectRef::from_obj(&object);
+                        subs.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .retain(|tx| tx.send(changed.clone()).is_ok());
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the informer's watch failed; retrying with backoff")
+                    }
+                }
+            }
+        });
+        Self {
+            store,
+            subscribers,
+            task,
+        }
+    }
+
+    /// The store: every object the watch has delivered, as a standby sees it too.
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// References to the objects that change from now on.
+    fn subscribe(&self) -> mpsc::UnboundedReceiver<ObjectRef<K>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tx);
+        rx
+    }
+}
+
+impl<K: Resource + 'static> Drop for Informer<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs `elector` until `cancel` fires, reconciling the objects of `informer` with `reconcile`
+/// (and `error_policy`, as `Controller::run` takes them) only while leading.
+///
+/// `context` makes each term's context from its [`Leadership`]: put the term's
+/// [`fencing_token`](Leadership::fencing_token) there, and carry it on every write. `config`
+/// is kube-runtime's controller configuration (debounce, concurrency).
+///
+/// When renewals fail, the controller stops taking new work a quarter of the renew deadline
+/// before the term's deadline (2.5 s with client-go's durations), so that reconciles shorter
+/// than that end inside the term. A healthy term never gets that close: the leader renews every
+/// half renew deadline.
+///
+/// # Cancel safety
+/// As [`Elector::run`]: cancel through `cancel`.
+pub async fn run_controller_while_leading<B, K, Ctx, ReconcilerFut, E>(
+    elector: Elector<B>,
+    cancel: CancellationToken,
+    informer: Informer<K>,
+    reconcile: impl FnMut(Arc<K>, Arc<Ctx>) -> ReconcilerFut + Clone + Send + 'static,
+    error_policy: impl Fn(Arc<K>, &E, Arc<Ctx>) -> Action + Clone + Send + Sync + 'static,
+    context: impl Fn(&Leadership) -> Arc<Ctx> + Send + Sync + 'static,
+    config: Config,
+) where
+    B: LockBackend,
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Debug + Eq + Hash + Clone + Send + Sync + Unpin,
+    Ctx: Send + Sync + 'static,
+    ReconcilerFut: Future<Output = Result<Action, E>> + Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    let informer = Arc::new(informer);
+    let context = Arc::new(context);
+    let (grace, drain) = {
+        let t = elector.timing();
+        (
+            (t.lease_duration - t.renew_deadline) / 2,
+            t.renew_deadline / 4,
+        )
+    };
+    elector
+        .run_while_leading(cancel, move |term: Leadership| {
+            let informer = Arc::clone(&informer);
+            let (reconcile, error_policy) = (reconcile.clone(), error_policy.clone());
+            let context = Arc::clone(&context);
+            let config = config.clone();
+            async move {
+                loop {
+                    let stop = term.token();
+                    let stopper = tokio::spawn(stop_before_deadline(
+                        term.subscribe_deadline(),
+                        stop.clone(),
+                        drain,
+                    ));
+                    let ctx = context(&term);
+                    reconcile_until(
+                        &informer,
+                        reconcile.clone(),
+                        error_policy.clone(),
+                        ctx,
+                        config.clone(),
+                        &stop,
+                        &term,
+                        grace,
+                    )
+                    .await;
+                    stopper.abort();
+                    if term.is_lost() || !renewed_with_room(&term, drain).await {
+                        return;
+                    }
+                    tracing::info!(fencing_token = %term.fencing_token(), "renewals succeed again; reconciling again");
+                }
+            }
+        })
+        .await;
+}
+
+/// Reconciles every object of the store once, then every change, until `stop`; then lets the
+/// in-flight reconciles finish, for at most `grace` past the later of now and the term's end.
+#[allow(clippy::too_many_arguments)]
+async fn reconcile_until<K, Ctx, ReconcilerFut, E>(
+    informer: &Informer<K>,
+    mut reconcile: impl FnMut(Arc<K>, Arc<Ctx>) -> ReconcilerFut + Send + 'static,
+    error_policy: impl Fn(Arc<K>, &E, Arc<Ctx>) -> Action + Send + Sync + 'static,
+    ctx: Arc<Ctx>,
+    config: Config,
+    stop: &CancellationToken,
+    term: &Leadership,
+    grace: Duration,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Debug + Eq + Hash + Clone + Send + Sync + Unpin,
+    Ctx: Send + Sync + 'static,
+    ReconcilerFut: Future<Output = Result<Action, E>> + Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    let store = informer.store();
+    // Subscribed before the store is read: a change in between is reconciled twice (the
+    // scheduler folds the two), never missed.
+    let mut changes = informer.subscribe();
+    let ready = tokio::select! {
+        r = store.wait_until_ready() => r.is_ok(),
+        () = stop.cancelled() => return,
+    };
+    if !ready {
+        tracing::error!("the informer has stopped; nothing to reconcile");
+        stop.cancelled().await;
+        return;
+    }
+    let everything = stream::iter(store.state().into_iter().map(|o| ObjectRef::from_obj(&*o)));
+    let live = stream::poll_fn(move |cx| changes.poll_recv(cx));
+    let stop_queue = stop.clone();
+    let queue = everything
+        .chain(live)
+        .map(Ok::<_, Infallible>)
+        .take_until(async move { stop_queue.cancelled().await });
+    let handle = tokio::runtime::Handle::current();
+    let results = applier(
+        move |object, ctx| CancelableJoinHandle::spawn(reconcile(object, ctx), &handle),
+        error_policy,
+        ctx,
+        store,
+        queue,
+        config,
+    );
+    let drained = results.for_each(|result| {
+        if let Err(error) = result {
+            tracing::warn!(%error, "reconcile failed");
+        }
+        std::future::ready(())
+    });
+    let hard_stop = async {
+        stop.cancelled().await;
+        let end = term.valid_until().max(Instant::now());
+        tokio::time::sleep_until(end + grace).await;
+    };
+    tokio::select! {
+        () = drained => {}
+        () = hard_stop => tracing::error!(
+            fencing_token = %term.fencing_token(),
+            ?grace,
+            "reconciles still running past the end of the term; aborting them"
+        ),
+    }
+}
+
+/// Cancels `stop` once the term's deadline is within `drain` (renewals are failing), so that
+/// in-flight reconciles finish inside the term.
+async fn stop_before_deadline(
+    mut deadline: watch::Receiver<Deadline>,
+    stop: CancellationToken,
+    drain: Duration,
+) {
+    loop {
+        let at = deadline.borrow_and_update().at;
+        let start_draining = at.checked_sub(drain).unwrap_or(at);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep_until(start_draining) => break,
+            r = deadline.changed() => if r.is_err() { break },
+        }
+    }
+    tracing::warn!("renewals are failing: draining the controller before the term's deadline");
+    stop.cancel();
+}
+
+/// After a drain that renewals outlived: waits until the term's deadline is again more than
+/// `drain` away (`true`), or the term ends (`false`).
+async fn renewed_with_room(term: &Leadership, drain: Duration) -> bool {
+    let mut deadline = term.subscribe_deadline();
+    loop {
+        let at = deadline.borrow_and_update().at;
+        if at.checked_sub(drain).is_some_and(|t| t > Instant::now()) {
+            return true;
+        }
+        tokio::select! {
+            () = term.lost() => return false,
+            r = deadline.changed() => if r.is_err() { return false },
+        }
+    }
+}

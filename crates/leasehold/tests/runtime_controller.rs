@@ -1,0 +1,227 @@
+//! `runtime::run_controller_while_leading` on the real API server: three replicas of a
+//! ConfigMap controller, warm informers on all of them, reconciles only by the leader, and a
+//! graceful handover after which the new leader reconciles every object from its warm store.
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{controller::Action, watcher},
+};
+use leasehold::{
+    Config, Elector, Timing,
+    backend::kubernetes::{ApiClient, LeaseLock},
+    runtime::{Informer, run_controller_while_leading},
+};
+use leasehold_testing::harness::{self, unique};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::time::{Instant, sleep};
+use tokio_util::sync::CancellationToken;
+
+const OBJECTS: usize = 30;
+const BY: &str = "leasehold.test/reconciled-by";
+
+/// One reconcile: who, in which term, and when it ran.
+#[derive(Clone, Debug)]
+struct Ran {
+    who: String,
+    token: u64,
+    start: Instant,
+    end: Instant,
+}
+
+struct Ctx {
+    who: String,
+    token: u64,
+    api: Api<ConfigMap>,
+    log: Arc<Mutex<Vec<Ran>>>,
+}
+
+async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+    let start = Instant::now();
+    let name = cm.metadata.name.clone().unwrap_or_default();
+    // The fencing token rides on the write, as an operator's writes should carry it.
+    let by = format!("{}/{}", ctx.who, ctx.token);
+    if cm.metadata.annotations.as_ref().and_then(|a| a.get(BY)) != Some(&by) {
+        let patch = serde_json::json!({ "metadata": { "annotations": { BY: by } } });
+        ctx.api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    ctx.log.lock().unwrap().push(Ran {
+        who: ctx.who.clone(),
+        token: ctx.token,
+        start,
+        end: Instant::now(),
+    });
+    Ok(Action::await_change())
+}
+
+fn error_policy(_: Arc<ConfigMap>, error: &kube::Error, _: Arc<Ctx>) -> Action {
+    eprintln!("reconcile failed: {error}");
+    Action::requeue(Duration::from_millis(200))
+}
+
+/// Who reconciled each labelled ConfigMap last, by its annotation.
+async fn reconciled_by(api: &Api<ConfigMap>, label: &str) -> BTreeMap<String, String> {
+    let list = api
+        .list(&kube::api::ListParams::default().labels(&format!("app={label}")))
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .filter_map(|cm| {
+            let by = cm.metadata.annotations?.get(BY)?.clone();
+            Some((cm.metadata.name?, by))
+        })
+        .collect()
+}
+
+async fn all_by(api: &Api<ConfigMap>, label: &str, who: impl Fn(&str) -> bool) -> Instant {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let by = reconciled_by(api, label).await;
+        if by.len() == OBJECTS && by.values().all(|b| who(b)) {
+            return Instant::now();
+        }
+        assert!(Instant::now() < until, "not converged: {by:?}");
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_reconciles_and_a_new_leader_starts_from_a_warm_store() {
+    let server = harness::shared().await;
+    let client: ApiClient =
+        leasehold::backend::kubernetes::client(Some(&server.kubeconfig("admin")))
+            .await
+            .unwrap();
+    let kube = client.kube().clone();
+    let api: Api<ConfigMap> = Api::namespaced(kube.clone(), "default");
+    let label = unique("rt");
+    for i in 0..OBJECTS {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(format!("{label}-{i}")),
+                labels: Some([("app".to_owned(), label.clone())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &cm).await.unwrap();
+    }
+
+    let lease = unique("rt-lease");
+    let timing = Timing {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(500),
+        release_on_cancel: true,
+    };
+    let log: Arc<Mutex<Vec<Ran>>> = Arc::default();
+    let mut replicas = Vec::new();
+    for r in 0..3 {
+        let who = format!("r{r}");
+        let informer = Informer::spawn(
+            api.clone(),
+            watcher::Config::default().labels(&format!("app={label}")),
+        );
+        let elector = Elector::with_config(
+            LeaseLock::new(client.clone(), "default", &lease),
+            Config::new(who.clone()).timing(timing.clone()),
+        )
+        .unwrap();
+        let handle = elector.handle();
+        let cancel = CancellationToken::new();
+        let (api, log, who_c) = (api.clone(), log.clone(), who.clone());
+        let task = tokio::spawn(run_controller_while_leading(
+            elector,
+            cancel.clone(),
+            informer,
+            reconcile,
+            error_policy,
+            move |term| {
+                Arc::new(Ctx {
+                    who: who_c.clone(),
+                    token: term.fencing_token().0,
+                    api: api.clone(),
+                    log: log.clone(),
+                })
+            },
+            kube::runtime::controller::Config::default(),
+        ));
+        replicas.push((who, handle, cancel, task));
+    }
+
+    // The first leader reconciles everything.
+    all_by(&api, &label, |_| true).await;
+    let (leader, first_token, cancel) = replicas
+        .iter()
+        .find(|(_, h, ..)| h.is_leader())
+        .map(|(w, h, c, _)| (w.clone(), h.status().fencing_token.unwrap().0, c.clone()))
+        .expect("a leader");
+    // Let the standbys' stores settle, then hand over gracefully.
+    sleep(Duration::from_millis(500)).await;
+    let handed_over = Instant::now();
+    cancel.cancel();
+    let first_new = loop {
+        let ran = log.lock().unwrap().clone();
+        if let Some(r) = ran
+            .iter()
+            .find(|r| r.who != leader && r.start >= handed_over)
+        {
+            break r.end;
+        }
+        assert!(
+            handed_over.elapsed() < Duration::from_secs(10),
+            "no new leader reconciled"
+        );
+        sleep(Duration::from_millis(1)).await;
+    };
+    let converged = all_by(&api, &label, |b| {
+        !b.starts_with(&format!("{leader}/"))
+            && b.rsplit('/').next() > Some(&*first_token.to_string())
+    })
+    .await;
+    eprintln!(
+        "graceful handover to the first reconcile by the new leader: {:?}; every object reconciled by it: {:?} ({OBJECTS} objects)",
+        first_new - handed_over,
+        converged - handed_over
+    );
+
+    // Never two replicas reconciling at once: the old leader's reconciles all ended before
+    // any of its successor's began.
+    let ran = log.lock().unwrap().clone();
+    for a in &ran {
+        for b in &ran {
+            if a.who != b.who {
+                assert!(
+                    a.end <= b.start || b.end <= a.start,
+                    "{a:?} and {b:?} overlap"
+                );
+            }
+        }
+    }
+    let mut tokens: Vec<(String, u64)> = ran.iter().map(|r| (r.who.clone(), r.token)).collect();
+    tokens.dedup();
+    assert_eq!(
+        tokens.len(),
+        2,
+        "two terms reconciled, one after the other: {tokens:?}"
+    );
+    assert!(tokens[1].1 > tokens[0].1, "{tokens:?}");
+
+    for (_, _, cancel, task) in replicas {
+        cancel.cancel();
+        task.await.unwrap();
+    }
+    for i in 0..OBJECTS {
+        let _ = api
+            .delete(&format!("{label}-{i}"), &Default::default())
+            .await;
+    }
+}
