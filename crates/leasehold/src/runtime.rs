@@ -250,7 +250,25 @@ async fn reconcile_until<K, Ctx, ReconcilerFut, E>(
         .take_until(async move { stop_queue.cancelled().await });
     let handle = tokio::runtime::Handle::current();
     let results = applier(
-        move |object, ctx| CancelableJoinHandle::spawn(reconcile(object, ctx), &handle),
+        move |object, ctx| {
+            // Each reconcile on a task of its own, as `Controller::run` does, and a panic in it
+            // caught here: kube-runtime would carry it up and end this replica's run.
+            let name = ObjectRef::from_obj(&*object).to_string();
+            let inner = AbortOnDrop(handle.spawn(reconcile(object, ctx)));
+            CancelableJoinHandle::spawn(
+                async move {
+                    let mut inner = inner;
+                    match (&mut inner.0).await {
+                        Ok(result) => result,
+                        Err(error) => {
+                            tracing::error!(object = %name, %error, "reconcile panicked; trying it again in {PANIC_RETRY:?}");
+                            Ok(Action::requeue(PANIC_RETRY))
+                        }
+                    }
+                },
+                &handle,
+            )
+        },
         error_policy,
         ctx,
         store,
@@ -275,6 +293,19 @@ async fn reconcile_until<K, Ctx, ReconcilerFut, E>(
             ?grace,
             "reconciles still running past the end of the term; aborting them"
         ),
+    }
+}
+
+/// How long after a reconcile panicked it is tried again.
+const PANIC_RETRY: Duration = Duration::from_secs(5);
+
+/// A task aborted when its handle is dropped: a reconcile does not outlive the controller that
+/// started it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

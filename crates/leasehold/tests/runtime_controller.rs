@@ -39,11 +39,18 @@ struct Ctx {
     token: u64,
     api: Api<ConfigMap>,
     log: Arc<Mutex<Vec<Ran>>>,
+    panics: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
     let start = Instant::now();
     let name = cm.metadata.name.clone().unwrap_or_default();
+    if name.ends_with("-panic") {
+        // A reconcile with a bug: the controller must carry on, and the election too.
+        ctx.panics
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        panic!("cannot reconcile {name}");
+    }
     // The fencing token rides on the write, as an operator's writes should carry it.
     let by = format!("{}/{}", ctx.who, ctx.token);
     if cm.metadata.annotations.as_ref().and_then(|a| a.get(BY)) != Some(&by) {
@@ -103,7 +110,10 @@ async fn only_the_leader_reconciles_and_a_new_leader_starts_from_a_warm_store() 
     let kube = client.kube().clone();
     let api: Api<ConfigMap> = Api::namespaced(kube.clone(), "default");
     let label = unique("rt");
-    for i in 0..OBJECTS {
+    let names = (0..OBJECTS)
+        .map(|i| i.to_string())
+        .chain(["panic".to_owned()]);
+    for i in names {
         let cm = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(format!("{label}-{i}")),
@@ -123,6 +133,7 @@ async fn only_the_leader_reconciles_and_a_new_leader_starts_from_a_warm_store() 
         release_on_cancel: true,
     };
     let log: Arc<Mutex<Vec<Ran>>> = Arc::default();
+    let panics: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
     let mut replicas = Vec::new();
     for r in 0..3 {
         let who = format!("r{r}");
@@ -137,7 +148,7 @@ async fn only_the_leader_reconciles_and_a_new_leader_starts_from_a_warm_store() 
         .unwrap();
         let handle = elector.handle();
         let cancel = CancellationToken::new();
-        let (api, log, who_c) = (api.clone(), log.clone(), who.clone());
+        let (api, log, who_c, panics) = (api.clone(), log.clone(), who.clone(), panics.clone());
         let task = tokio::spawn(run_controller_while_leading(
             elector,
             cancel.clone(),
@@ -150,6 +161,7 @@ async fn only_the_leader_reconciles_and_a_new_leader_starts_from_a_warm_store() 
                     token: term.fencing_token().0,
                     api: api.clone(),
                     log: log.clone(),
+                    panics: panics.clone(),
                 })
             },
             kube::runtime::controller::Config::default(),
@@ -215,11 +227,16 @@ async fn only_the_leader_reconciles_and_a_new_leader_starts_from_a_warm_store() 
     );
     assert!(tokens[1].1 > tokens[0].1, "{tokens:?}");
 
+    assert!(
+        panics.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "the panicking reconcile was tried in both terms, and neither run ended"
+    );
+
     for (_, _, cancel, task) in replicas {
         cancel.cancel();
         task.await.unwrap();
     }
-    for i in 0..OBJECTS {
+    for i in (0..OBJECTS).map(|i| i.to_string()).chain(["panic".to_owned()]) {
         let _ = api
             .delete(&format!("{label}-{i}"), &Default::default())
             .await;

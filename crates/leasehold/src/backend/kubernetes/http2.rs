@@ -420,7 +420,15 @@ impl Inner {
         // answers to one grid tick's renewals are about that much, and a watch per standby
         // shares the connection, so a small window would make the server wait for our
         // WINDOW_UPDATE in the middle of a burst or a handover.
+        //
+        // At most 100 streams before the server's SETTINGS arrive. h2 assumes no limit until
+        // then, as HTTP/2 allows, but the API server (Go's HTTP/2 server) refuses streams past
+        // 100 until the client has acknowledged its settings: at 1,000 elections started at
+        // once, 900 first reads came back `REFUSED_STREAM` and waited a retry period (20 s in
+        // the benchmark) to try again. 100 is the least a server should allow (RFC 9113,
+        // 6.5.2); once its SETTINGS arrive, its own limit applies.
         let (sender, mut conn) = h2::client::Builder::new()
+            .initial_max_send_streams(100)
             .initial_window_size(2 * 1024 * 1024)
             .initial_connection_window_size(5 * 1024 * 1024)
             .enable_push(false)
