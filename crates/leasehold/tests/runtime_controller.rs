@@ -236,7 +236,10 @@ async fn only_the_leader_reconciles_and_a_new_leader_starts_from_a_warm_store() 
         cancel.cancel();
         task.await.unwrap();
     }
-    for i in (0..OBJECTS).map(|i| i.to_string()).chain(["panic".to_owned()]) {
+    for i in (0..OBJECTS)
+        .map(|i| i.to_string())
+        .chain(["panic".to_owned()])
+    {
         let _ = api
             .delete(&format!("{label}-{i}"), &Default::default())
             .await;
