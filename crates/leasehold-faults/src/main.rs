@@ -14,13 +14,12 @@
 //! (latency, stall, cut-off, dropped connections) between each candidate process and the server.
 
 mod checker;
-mod proxy;
 mod store;
 
 use checker::FaultRecord;
 use leasehold::{Elector, Timing};
 use leasehold_testing::harness::{ADMIN_TOKEN, KubeServer};
-use proxy::{Mode, Proxy};
+use leasehold_testing::proxy::{Mode, Proxy};
 use rustix::process::{Pid, Signal, kill_process};
 use std::{
     collections::HashMap,

@@ -6,7 +6,8 @@
 //! - [`harness`]: real servers on 127.0.0.1 (etcd, kube-apiserver) and the client-go peers, built
 //!   from their Go modules by `scripts/build-servers.sh` and cached;
 //! - [`mem`]: an in-memory backend with fault injection for paused-time driver tests;
-//! - [`history`]: a recorder of leadership intervals and the checker of their invariants.
+//! - [`history`]: a recorder of leadership intervals and the checker of their invariants;
+//! - [`proxy`]: a TCP proxy that adds latency, stalls or cuts one client's connections.
 
 pub mod client_config;
 pub mod conformance;
@@ -14,3 +15,4 @@ pub mod fake_api;
 pub mod harness;
 pub mod history;
 pub mod mem;
+pub mod proxy;

@@ -43,6 +43,8 @@ pub mod backend;
 pub mod compat;
 mod config;
 mod elector;
+#[cfg(feature = "kube")]
+pub mod fence;
 pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod runtime;

@@ -1,4 +1,4 @@
-//! A TCP proxy on 127.0.0.1 between one candidate and the API server, which can add latency,
+//! A TCP proxy on 127.0.0.1 between one client and a server (the API server), which can add latency,
 //! stall traffic, cut the candidate off, or drop all its connections.
 
 use std::time::Duration;
