@@ -6,11 +6,15 @@
 #   kube-apiserver   k8s.io/kubernetes            (KUBE_VERSION; staging modules mapped to v0.X.Y)
 #   leader-election  k8s.io/client-go/examples/leader-election, as shipped
 #   go-elector       our client-go peer with durations as flags (for interop and benchmarks)
+#   cr-operator      our controller-runtime example operator (sigs.k8s.io/controller-runtime
+#                    CR_VERSION, the release built on k8s.io/* of KUBE_VERSION; benchmarks)
 # Prints the cache directory on its last line.
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.8}
+# controller-runtime v0.24.x requires k8s.io/* v0.36.x (kube 1.36); change both together.
+CR_VERSION=${CR_VERSION:-v0.24.1}
 STAGING_VERSION="v0.${KUBE_VERSION#v1.}"
 here=$(cd "$(dirname "$0")/.." && pwd)
 go_src="$here/crates/leasehold-testing/go"
@@ -107,6 +111,23 @@ if [ ! -x "$bin/leader-election" ] || [ ! -x "$bin/go-elector" ] || [ "$(cat "$b
   mv "$bin/leader-election.tmp" "$bin/leader-election"
   mv "$bin/go-elector.tmp" "$bin/go-elector"
   echo "$peer_sum" >"$bin/go-elector.sha256"
+  rm -rf "$w"
+fi
+
+# The controller-runtime operator, rebuilt when its source or CR_VERSION changes.
+cr_sum=$( (sha256sum "$go_src/controller-runtime-peer/main.go"; echo "$CR_VERSION $STAGING_VERSION") | sha256sum | cut -d' ' -f1)
+if [ ! -x "$bin/cr-operator" ] || [ "$(cat "$bin/cr-operator.sha256" 2>/dev/null)" != "$cr_sum" ]; then
+  log "building cr-operator (sigs.k8s.io/controller-runtime $CR_VERSION, k8s.io/* $STAGING_VERSION)"
+  w=$(mktemp -d)
+  build_module "$w" leasehold.test/controller-runtime-peer "	sigs.k8s.io/controller-runtime $CR_VERSION
+	k8s.io/client-go $STAGING_VERSION
+	k8s.io/api $STAGING_VERSION
+	k8s.io/apimachinery $STAGING_VERSION" "" "	_ \"sigs.k8s.io/controller-runtime\""
+  mkdir -p "$w/croperator"
+  cp "$go_src/controller-runtime-peer/main.go" "$w/croperator/main.go"
+  (cd "$w" && go mod tidy && go build -trimpath -ldflags=-s -o "$bin/cr-operator.tmp" ./croperator)
+  mv "$bin/cr-operator.tmp" "$bin/cr-operator"
+  echo "$cr_sum" >"$bin/cr-operator.sha256"
   rm -rf "$w"
 fi
 

@@ -5,6 +5,8 @@
 //! cargo run --release -p leasehold-bench -- all [--runs N] [--window SECS] [--footprint SECS]
 //!                                              [--scale 100,1000,10000] [--scale-window SECS]
 //!                                              [--out docs/benchmarks.md] [--only lh-lib,..]
+//! cargo run --release -p leasehold-bench -- operators [--objects 1000,10000] [--runs N]
+//!                                              [--window SECS] [--out docs/benchmarks-operators.md]
 //! cargo run --release -p leasehold-bench -- serve   # just the API server, for profiling
 //! cargo run --release -p leasehold-bench -- floor   # the server's own PUT and handover, 5 rounds
 //! ```
@@ -12,6 +14,7 @@
 //! Targets are printed as PASS/MISS beside the numbers, never asserted: the machine is noisy.
 
 mod cand;
+mod operator;
 mod report;
 
 use cand::{Cand, Durations, Ev, Impl, Paths, cpu_secs};
@@ -46,7 +49,7 @@ struct Opts {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "leasehold-bench: {msg}\nusage: leasehold-bench all [--runs N] [--window SECS] [--footprint SECS] [--scale M,M,..] [--scale-window SECS] [--out FILE] [--only lh-lib,go-elector,..]\n       leasehold-bench serve\n       leasehold-bench floor"
+        "leasehold-bench: {msg}\nusage: leasehold-bench all [--runs N] [--window SECS] [--footprint SECS] [--scale M,M,..] [--scale-window SECS] [--out FILE] [--only lh-lib,go-elector,..]\n       leasehold-bench operators [--objects N,N,..] [--runs N] [--window SECS] [--out FILE]\n       leasehold-bench serve\n       leasehold-bench floor"
     );
     std::process::exit(64);
 }
@@ -54,7 +57,7 @@ fn usage(msg: &str) -> ! {
 fn parse_opts() -> Opts {
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some("all") {
-        usage("expected the subcommand `all`, `serve` or `floor`");
+        usage("expected the subcommand `all`, `operators`, `serve` or `floor`");
     }
     let mut out_given = false;
     let mut o = Opts {
@@ -106,7 +109,13 @@ fn main() {
         .build()
         .expect("runtime");
     let mut args = std::env::args().skip(1);
-    if let Some(cmd @ ("serve" | "floor")) = args.next().as_deref() {
+    let cmd = args.next();
+    if cmd.as_deref() == Some("operators") {
+        let opts = parse_operator_opts(args);
+        rt.block_on(operators(opts));
+        return;
+    }
+    if let Some(cmd @ ("serve" | "floor")) = cmd.as_deref() {
         if let Some(extra) = args.next() {
             usage(&format!("`{cmd}` takes no arguments, got {extra:?}"));
         }
@@ -119,6 +128,55 @@ fn main() {
     }
     let opts = parse_opts();
     rt.block_on(run(opts));
+}
+
+fn parse_operator_opts(mut args: impl Iterator<Item = String>) -> operator::Opts {
+    let mut o = operator::Opts {
+        objects: vec![1000, 10_000],
+        runs: 5,
+        window: Duration::from_secs(30),
+        out: Some(harness::workspace_root().join("docs/benchmarks-operators.md")),
+    };
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .unwrap_or_else(|_| usage(&format!("{flag}: `{v}` is not a number")))
+        };
+        match flag.as_str() {
+            "--objects" => o.objects = value.split(',').map(|v| num(v) as usize).collect(),
+            "--runs" => o.runs = num(&value).max(1) as usize,
+            "--window" => o.window = Duration::from_secs(num(&value).max(1)),
+            "--out" => o.out = (value != "none").then(|| PathBuf::from(value)),
+            other => usage(&format!("unknown flag {other}")),
+        }
+    }
+    o
+}
+
+/// `leasehold-bench operators`: see [`operator`].
+async fn operators(opts: operator::Opts) {
+    let root = harness::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = std::process::Command::new(&cargo)
+        .args(["build", "--release", "-p", "leasehold-example-operator"])
+        .current_dir(&root)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !built {
+        eprintln!("leasehold-bench: `cargo build --release -p leasehold-example-operator` failed");
+        std::process::exit(1);
+    }
+    let binaries = operator::Binaries {
+        example: root.join("target/release/example-operator"),
+        cr_operator: harness::bins().cr_operator,
+    };
+    let _ = std::fs::create_dir_all(cand::logs());
+    eprintln!("leasehold-bench: starting etcd + kube-apiserver");
+    let server = KubeServer::start().await;
+    operator::run(&server, &binaries, &opts).await;
 }
 
 /// `leasehold-bench serve`: the bench's API server, left running for profiling by hand

@@ -27,6 +27,9 @@ pub struct Bins {
     pub leader_election: PathBuf,
     /// Our client-go peer with durations as flags (`crates/leasehold-testing/go/client-go-peer`).
     pub go_elector: PathBuf,
+    /// Our controller-runtime operator, the example operator's peer in the benchmark
+    /// (`crates/leasehold-testing/go/controller-runtime-peer`).
+    pub cr_operator: PathBuf,
 }
 
 /// Builds (first time) or finds (cached) the server binaries.
@@ -59,12 +62,14 @@ pub fn bins() -> Bins {
             kube_apiserver: dir.join("kube-apiserver"),
             leader_election: dir.join("leader-election"),
             go_elector: dir.join("go-elector"),
+            cr_operator: dir.join("cr-operator"),
         };
         for b in [
             &bins.etcd,
             &bins.kube_apiserver,
             &bins.leader_election,
             &bins.go_elector,
+            &bins.cr_operator,
         ] {
             assert!(b.exists(), "{} missing after build-servers.sh", b.display());
         }

@@ -62,6 +62,7 @@ where
     K::DynamicType: Eq + Hash + Clone,
 {
     store: Store<K>,
+    ready: Ready,
     subscribers: Subscribers<K>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -79,15 +80,13 @@ where
         let (store, writer) = reflector::store::<K>();
         let subscribers: Subscribers<K> = Arc::default();
         let subs = Arc::clone(&subscribers);
+        let (ready_tx, ready) = watch::channel(false);
         let task = tokio::spawn(async move {
-            let events = watcher(api, config)
-                .default_backoff()
-                .reflect(writer)
-                .applied_objects();
+            let events = watcher(api, config).default_backoff().reflect(writer);
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
                 match event {
-                    Ok(object) => {
+                    Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
                         // Already in the store: tell each running controller which object
                         // changed, without ever waiting for one.
                         let changed = ObjectRef::from_obj(&object);
@@ -95,6 +94,10 @@ where
                             .unwrap_or_else(PoisonError::into_inner)
                             .retain(|tx| tx.send(changed.clone()).is_ok());
                     }
+                    Ok(watcher::Event::InitDone) => {
+                        ready_tx.send_replace(true);
+                    }
+                    Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(%error, "the informer's watch failed; retrying with backoff")
                     }
@@ -103,14 +106,26 @@ where
         });
         Self {
             store,
+            ready: Ready(ready),
             subscribers,
             task,
         }
     }
 
     /// The store: every object the watch has delivered, as a standby sees it too.
+    ///
+    /// Wait for it to be filled with [`ready`](Self::ready), not with the store's own
+    /// `wait_until_ready`: in kube-runtime 5.0 that wakes only the last of several concurrent
+    /// waiters, so reconciles that each await it can hang for good (seen here: 3 of 4
+    /// concurrent reconciles never returned, and held up the drain at the end of the term).
     pub fn store(&self) -> Store<K> {
         self.store.clone()
+    }
+
+    /// Whether the store has been filled by the first list, as a handle any number of tasks can
+    /// wait on.
+    pub fn ready(&self) -> Ready {
+        self.ready.clone()
     }
 
     /// References to the objects that change from now on.
@@ -130,6 +145,26 @@ where
 {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Whether an [`Informer`]'s store has been filled by its first list; cheap to clone, and any
+/// number of tasks may wait on it at once.
+#[derive(Clone, Debug)]
+pub struct Ready(watch::Receiver<bool>);
+
+impl Ready {
+    /// Waits until the store is filled. Returns `false` if the informer was dropped first.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn wait(&self) -> bool {
+        self.0.clone().wait_for(|ready| *ready).await.is_ok()
+    }
+
+    /// Whether the store is filled now.
+    pub fn is_ready(&self) -> bool {
+        *self.0.borrow()
     }
 }
 
@@ -232,8 +267,9 @@ async fn reconcile_until<K, Ctx, ReconcilerFut, E>(
     // Subscribed before the store is read: a change in between is reconciled twice (the
     // scheduler folds the two), never missed.
     let mut changes = informer.subscribe();
+    let filled = informer.ready();
     let ready = tokio::select! {
-        r = store.wait_until_ready() => r.is_ok(),
+        r = filled.wait() => r,
         () = stop.cancelled() => return,
     };
     if !ready {
@@ -322,7 +358,8 @@ async fn stop_before_deadline(
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep_until(start_draining) => break,
-            r = deadline.changed() => if r.is_err() { break },
+            // The term has ended: its token stops the controller, no warning needed.
+            r = deadline.changed() => if r.is_err() { return },
         }
     }
     tracing::warn!("renewals are failing: draining the controller before the term's deadline");

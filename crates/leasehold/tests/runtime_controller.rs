@@ -245,3 +245,30 @@ async fn only_the_leader_reconciles_and_a_new_leader_starts_from_a_warm_store() 
             .await;
     }
 }
+
+/// kube-runtime 5.0's `Store::wait_until_ready` wakes only the last of several concurrent
+/// waiters; `Informer::ready` must wake them all (four reconciles waiting on a second
+/// informer's store, as the example operator's do, used to hang and hold up the drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_waiting_for_an_informer_to_fill_is_woken() {
+    let server = harness::shared().await;
+    let client = server.client("admin").await;
+    let informer = Informer::spawn(
+        Api::<ConfigMap>::namespaced(client, "default"),
+        watcher::Config::default(),
+    );
+    let ready = informer.ready();
+    let waiters: Vec<_> = (0..8)
+        .map(|_| {
+            let ready = ready.clone();
+            tokio::spawn(async move { ready.wait().await })
+        })
+        .collect();
+    let all = futures_util::future::join_all(waiters);
+    let woken = tokio::time::timeout(Duration::from_secs(20), all)
+        .await
+        .expect("every waiter is woken once the store is filled");
+    assert!(woken.into_iter().all(|w| w.unwrap()));
+    assert!(ready.is_ready());
+    println!("8 tasks woken when the informer's store was filled");
+}

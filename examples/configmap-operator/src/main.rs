@@ -43,7 +43,7 @@ use leasehold::{
     Config, Elector, Leadership, Timing,
     backend::kubernetes::LeaseLock,
     fence::{self, Fence},
-    runtime::{Informer, run_controller_while_leading},
+    runtime::{Informer, Ready, run_controller_while_leading},
 };
 use std::{
     io::Write as _,
@@ -61,6 +61,7 @@ struct Ctx {
     id: String,
     api: Api<ConfigMap>,
     derived: Store<ConfigMap>,
+    derived_ready: Ready,
     first: AtomicBool,
 }
 
@@ -74,17 +75,20 @@ enum Error {
 }
 
 async fn reconcile(source: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    tracing::debug!(configmap = %source.name_any(), "reconcile");
     let desired = Derived::from_source(&source)?;
     // A cold controller's derived cache fills while the sources are listed; a warm one is ready.
-    let _ = ctx.derived.wait_until_ready().await;
+    ctx.derived_ready.wait().await;
     let current = ctx
         .derived
         .get(&ObjectRef::new(desired.name()).within(&ctx.api_namespace()));
     if !desired.is_current(current.as_deref()) {
+        tracing::debug!(configmap = %source.name_any(), derived = desired.name(), "writing");
         ctx.fence
             .replace(&ctx.api, current.as_deref(), desired.into_object(&ctx.id))
             .await?;
     }
+    tracing::debug!(configmap = %source.name_any(), "reconciled");
     if !ctx.first.swap(true, Ordering::Relaxed) {
         emit(&format!("first-reconcile {} {}", ctx.id, source.name_any()));
     }
@@ -111,12 +115,18 @@ fn error_policy(source: Arc<ConfigMap>, error: &Error, _: Arc<Ctx>) -> Action {
 }
 
 impl Ctx {
-    fn new(term: &Leadership, id: &str, api: &Api<ConfigMap>, derived: Store<ConfigMap>) -> Self {
+    fn new(
+        term: &Leadership,
+        id: &str,
+        api: &Api<ConfigMap>,
+        derived: &Informer<ConfigMap>,
+    ) -> Self {
         Self {
             fence: Fence::new(term),
             id: id.to_owned(),
             api: api.clone(),
-            derived,
+            derived: derived.store(),
+            derived_ready: derived.ready(),
             first: AtomicBool::new(false),
         }
     }
@@ -273,7 +283,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             sources,
             reconcile,
             error_policy,
-            move |term| Arc::new(Ctx::new(term, &id, &api, derived.store())),
+            move |term| Arc::new(Ctx::new(term, &id, &api, &derived)),
             controller,
         )
         .await;
@@ -292,7 +302,7 @@ async fn cold_term(
     config: controller::Config,
 ) {
     let derived = Informer::spawn(api.clone(), derived);
-    let ctx = Arc::new(Ctx::new(&term, &id, &api, derived.store()));
+    let ctx = Arc::new(Ctx::new(&term, &id, &api, &derived));
     let stop = term.token();
     Controller::new(api, sources)
         .with_config(config)

@@ -261,6 +261,7 @@ async fn three_replicas_lose_their_leader_four_ways_and_no_stale_write_lands() {
     let started = Instant::now();
     let mut next = 3;
     let mut lines = Vec::new();
+    let mut terminated = None;
     for fault in [Fault::Sigterm, Fault::Sigkill, Fault::Sigstop, Fault::Stall] {
         // The current leader: the replica with the largest token, once it has reconciled.
         let (leader, token) = loop {
@@ -284,7 +285,10 @@ async fn three_replicas_lose_their_leader_four_ways_and_no_stale_write_lands() {
         sleep(Duration::from_millis(300)).await;
         let at = Instant::now();
         match fault {
-            Fault::Sigterm => replicas[leader].proc.signal(Signal::TERM),
+            Fault::Sigterm => {
+                terminated = Some(leader);
+                replicas[leader].proc.signal(Signal::TERM);
+            }
             Fault::Sigkill => replicas[leader].proc.signal(Signal::KILL),
             Fault::Sigstop => replicas[leader].proc.signal(Signal::STOP),
             Fault::Stall => replicas[leader].proxy.set(Mode::Stall),
@@ -337,6 +341,15 @@ async fn three_replicas_lose_their_leader_four_ways_and_no_stale_write_lands() {
     };
     sleep(Duration::from_millis(500)).await;
     let logs: String = replicas.iter().map(Replica::log_text).collect();
+    // On SIGTERM the reconciles drained inside the term and the Lease was released: nothing was
+    // left running past the term, and the lock was not left to expire.
+    let drained = terminated
+        .map(|i| replicas[i].log_text())
+        .unwrap_or_default();
+    assert!(
+        !drained.contains("has not returned") && !drained.contains("past the end of the term"),
+        "the SIGTERM'd leader's work overran its term:\n{drained}"
+    );
     for r in &replicas {
         r.proc.kill();
     }
