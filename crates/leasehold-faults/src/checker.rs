@@ -39,7 +39,82 @@ pub struct Report {
     pub stale_accepted: usize,
     /// Terms whose token did not increase.
     pub token_regressions: usize,
+    /// Leaderless intervals longer than their bound plus the noise allowance.
+    pub liveness_violations: usize,
 }
+
+/// How far past its bound a leaderless interval may run before the run fails: the machine has
+/// 2 cores shared by an API server, etcd, five candidates and the nemesis. The larger of 1 s and
+/// half the bound.
+pub fn allowance(bound: Duration) -> Duration {
+    Duration::from_secs(1).max(bound / 2)
+}
+
+/// One leaderless interval: no write accepted between `start` and `end`.
+struct Gap<'a> {
+    start: Duration,
+    end: Duration,
+    /// The fault that began last before the interval (within its effect), if any.
+    cause: Option<&'a FaultRecord>,
+    /// Faults that began during the interval: each may keep it open for its own bound.
+    during: Vec<&'a FaultRecord>,
+}
+
+impl Gap<'_> {
+    fn len(&self) -> Duration {
+        self.end - self.start
+    }
+
+    /// The interval's bound: the cause's, or, when a later fault began during it, as long as
+    /// that fault's own bound from its start.
+    fn bound(&self, lease: Duration) -> Duration {
+        let own = bound(self.cause.map_or(NO_FAULT, |f| f.kind), lease).0;
+        self.during
+            .iter()
+            .map(|f| (f.start + bound(f.kind, lease).0).saturating_sub(self.start))
+            .fold(own, Duration::max)
+    }
+
+    fn describe(&self, lease: Duration) -> String {
+        let mut text = format!(
+            "{:.3}-{:.3} s ({:.3} s) after {}",
+            self.start.as_secs_f64(),
+            self.end.as_secs_f64(),
+            self.len().as_secs_f64(),
+            self.cause.map_or_else(
+                || NO_FAULT.to_owned(),
+                |f| format!(
+                    "{}{} at {:.3} s",
+                    f.kind,
+                    f.target
+                        .as_ref()
+                        .map(|t| format!(" ({t})"))
+                        .unwrap_or_default(),
+                    f.start.as_secs_f64()
+                )
+            )
+        );
+        for f in &self.during {
+            let _ = write!(
+                text,
+                "; {} began {:.3} s into it",
+                f.kind,
+                (f.start - self.start).as_secs_f64()
+            );
+        }
+        let b = self.bound(lease);
+        let _ = write!(
+            text,
+            ": bound {:.3} s + allowance {:.3} s",
+            b.as_secs_f64(),
+            allowance(b).as_secs_f64()
+        );
+        text
+    }
+}
+
+/// The attribution of an interval that follows no fault.
+const NO_FAULT: &str = "(none: no fault active)";
 
 /// The bound leasehold promises for the leaderless time after each fault, and its text.
 fn bound(kind: &str, lease: Duration) -> (Duration, String) {
@@ -123,18 +198,35 @@ pub fn check(log: &[Entry], faults: &[FaultRecord], lease: Duration, run: Durati
     }
 
     // Leaderless gaps between accepted writes, attributed to the fault that began last before
-    // the gap.
+    // the gap, with every fault that began during it.
     let accepted: Vec<Duration> = log.iter().filter(|e| e.accepted).map(|e| e.at).collect();
     let mut gaps: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    let mut over: Vec<Gap> = Vec::new();
+    let mut within_allowance = 0;
     for w in accepted.windows(2) {
-        let gap = w[1] - w[0];
-        if gap > Duration::from_millis(200) {
-            let kind = faults
+        let gap = Gap {
+            start: w[0],
+            end: w[1],
+            cause: faults
                 .iter()
                 .filter(|f| f.start <= w[0] + Duration::from_millis(50) && w[0] < f.end + lease * 2)
-                .max_by_key(|f| f.start)
-                .map_or("(none: no fault active)", |f| f.kind);
-            gaps.entry(kind).or_default().push(gap);
+                .max_by_key(|f| f.start),
+            during: faults
+                .iter()
+                .filter(|f| f.start > w[0] + Duration::from_millis(50) && f.start < w[1])
+                .collect(),
+        };
+        if gap.len() <= Duration::from_millis(200) {
+            continue;
+        }
+        gaps.entry(gap.cause.map_or(NO_FAULT, |f| f.kind))
+            .or_default()
+            .push(gap.len());
+        let b = gap.bound(lease);
+        if gap.len() > b + allowance(b) {
+            over.push(gap);
+        } else if gap.len() > b {
+            within_allowance += 1;
         }
     }
 
@@ -153,7 +245,7 @@ pub fn check(log: &[Entry], faults: &[FaultRecord], lease: Duration, run: Durati
     );
     let _ = writeln!(
         table,
-        "| fault | injected | leaderless max | leaderless median | bound | |"
+        "| fault | injected | leaderless max | leaderless median | bound | over bound + allowance |"
     );
     let _ = writeln!(table, "|---|---|---|---|---|---|");
     let mut kinds: Vec<&str> = counts.keys().copied().collect();
@@ -165,23 +257,39 @@ pub fn check(log: &[Entry], faults: &[FaultRecord], lease: Duration, run: Durati
     for kind in kinds {
         let mut g = gaps.get(kind).cloned().unwrap_or_default();
         g.sort();
-        let (b, text) = bound(kind, lease);
-        let (max, median, ok) = if g.is_empty() {
-            ("-".to_owned(), "-".to_owned(), true)
+        let (_, text) = bound(kind, lease);
+        let (max, median) = if g.is_empty() {
+            ("-".to_owned(), "-".to_owned())
         } else {
-            let max = *g.last().expect("non-empty");
             (
-                format!("{:.3} s", max.as_secs_f64()),
+                format!("{:.3} s", g[g.len() - 1].as_secs_f64()),
                 format!("{:.3} s", g[g.len() / 2].as_secs_f64()),
-                max <= b,
             )
         };
+        let n_over = over
+            .iter()
+            .filter(|o| o.cause.map_or(NO_FAULT, |f| f.kind) == kind)
+            .count();
         let _ = writeln!(
             table,
             "| {kind} | {} | {max} | {median} | {text} | {} |",
             counts.get(kind).copied().unwrap_or(0),
-            if ok { "ok" } else { "OVER" }
+            if n_over == 0 {
+                "0".to_owned()
+            } else {
+                format!("{n_over} OVER")
+            }
         );
+    }
+    let _ = writeln!(table);
+    let _ = writeln!(
+        table,
+        "leaderless intervals over their bound + allowance (max(1 s, bound/2)): {} ({} more over the bound but within the allowance)",
+        over.len(),
+        within_allowance
+    );
+    for gap in &over {
+        let _ = writeln!(table, "  OVER {}", gap.describe(lease));
     }
     let _ = writeln!(table);
     let _ = writeln!(
@@ -224,5 +332,6 @@ pub fn check(log: &[Entry], faults: &[FaultRecord], lease: Duration, run: Durati
         unexplained_overlaps: unexplained.len(),
         stale_accepted,
         token_regressions,
+        liveness_violations: over.len(),
     }
 }

@@ -98,6 +98,14 @@ fn parse_duration(s: &str) -> Option<Duration> {
 
 /// The two library electors of the run, in one process (`leasehold-faults electors ...`).
 async fn electors(args: &[String]) -> i32 {
+    // Timestamped lines in the candidate's log, to explain a leaderless interval afterwards.
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEASEHOLD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
     let ids: Vec<String> = flag(args, "--ids")
         .unwrap_or("c3,c4")
         .split(',')
@@ -297,17 +305,20 @@ async fn run(args: &[String]) -> i32 {
         if report.unexplained_overlaps > 0
             || report.stale_accepted > 0
             || report.token_regressions > 0
+            || report.liveness_violations > 0
         {
             failed = true;
         }
     }
     if failed {
         println!(
-            "FAULT RUN FAILED: unexplained overlaps, stale writes accepted or tokens out of order"
+            "FAULT RUN FAILED: unexplained overlaps, stale writes accepted, tokens out of order, or leaderless intervals over their bound (each listed above)"
         );
         1
     } else {
-        println!("fault run: 0 unexplained overlaps, 0 stale writes accepted");
+        println!(
+            "fault run: 0 unexplained overlaps, 0 stale writes accepted, no leaderless interval over its bound + allowance"
+        );
         0
     }
 }
@@ -399,7 +410,7 @@ async fn one_run(
                 .open(&log)
                 .expect("log");
             cmd.env("STORE", &store_addr)
-                .env("LEASEHOLD_LOG", "info")
+                .env("LEASEHOLD_LOG", "info,leasehold=debug,leasehold_core=debug")
                 .stdin(Stdio::null())
                 .stdout(out.try_clone().expect("log"))
                 .stderr(out);
@@ -635,6 +646,16 @@ async fn one_run(
     let run_time = origin.elapsed();
     let report = checker::check(&store.log(), &faults, LEASE, run_time);
     drop(server.take());
-    let _ = std::fs::remove_dir_all(&dir);
+    if report.unexplained_overlaps
+        + report.stale_accepted
+        + report.token_regressions
+        + report.liveness_violations
+        == 0
+    {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        // Each candidate's log (`c0.log` ..), to explain what the checker found.
+        println!("candidates' logs kept in {}", dir.display());
+    }
     report
 }

@@ -272,3 +272,185 @@ async fn every_task_waiting_for_an_informer_to_fill_is_woken() {
     assert!(ready.is_ready());
     println!("8 tasks woken when the informer's store was filled");
 }
+
+/// Log lines, captured for the bad-input tests (one subscriber for the whole test binary).
+fn captured() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let writer = logs.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Capture(writer.clone()))
+            .try_init();
+        logs
+    })
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        std::io::stderr().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logs_containing(all: &[&str]) -> Option<String> {
+    let logs = String::from_utf8_lossy(&captured().lock().unwrap()).into_owned();
+    logs.lines()
+        .find(|l| all.iter().all(|s| l.contains(s)))
+        .map(str::to_owned)
+}
+
+fn short_timing() -> Timing {
+    Timing {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(500),
+        release_on_cancel: true,
+    }
+}
+
+/// A replica whose informer may not list or watch (RBAC): the failure is logged naming the
+/// resource, the replica still elects (and leads), and it reconciles nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_watch_is_named_and_the_election_goes_on() {
+    captured();
+    let server = harness::shared().await;
+    let admin = server.client("admin").await;
+    let nobody = server.client("nobody").await;
+    let lease = unique("rt-403");
+    let informer = Informer::spawn(
+        Api::<ConfigMap>::namespaced(nobody, "default"),
+        watcher::Config::default(),
+    );
+    let elector = Elector::with_config(
+        LeaseLock::new(admin, "default", &lease),
+        Config::new("r-403").timing(short_timing()),
+    )
+    .unwrap();
+    let handle = elector.handle();
+    let cancel = CancellationToken::new();
+    let reconciled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = reconciled.clone();
+    let task = tokio::spawn(run_controller_while_leading(
+        elector,
+        cancel.clone(),
+        informer,
+        |_: Arc<ConfigMap>, ctx: Arc<Arc<std::sync::atomic::AtomicUsize>>| async move {
+            ctx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, kube::Error>(Action::await_change())
+        },
+        |_, _: &kube::Error, _| Action::await_change(),
+        move |_| Arc::new(count.clone()),
+        kube::runtime::controller::Config::default(),
+    ));
+    let start = Instant::now();
+    let line = loop {
+        if let Some(line) = logs_containing(&["informer", "forbidden", "configmaps"]) {
+            break line;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no log line names the denial"
+        );
+        sleep(Duration::from_millis(50)).await;
+    };
+    println!("{line}");
+    assert!(handle.acquired().await.is_some(), "the election goes on");
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(reconciled.load(std::sync::atomic::Ordering::Relaxed), 0);
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the run ends at once: nothing was reconciling")
+        .unwrap();
+}
+
+/// A reconcile that never returns: the overrun is logged and counted at the term's deadline,
+/// the controller is aborted half the safety margin later (still before the lease can expire
+/// for anyone else), and only then is the lock released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_that_never_returns_is_cut_off_before_the_release() {
+    captured();
+    let server = harness::shared().await;
+    let admin = server.client("admin").await;
+    let api: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
+    let label = unique("rt-hang");
+    api.create(
+        &PostParams::default(),
+        &ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(label.clone()),
+                labels: Some([("app".to_owned(), label.clone())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let lease = unique("rt-hang-lease");
+    let elector = Elector::with_config(
+        LeaseLock::new(admin.clone(), "default", &lease),
+        Config::new("r-hang").timing(short_timing()),
+    )
+    .unwrap();
+    let handle = elector.handle();
+    let cancel = CancellationToken::new();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let notify = started.clone();
+    let task = tokio::spawn(run_controller_while_leading(
+        elector,
+        cancel.clone(),
+        Informer::spawn(
+            api.clone(),
+            watcher::Config::default().labels(&format!("app={label}")),
+        ),
+        |_: Arc<ConfigMap>, ctx: Arc<Arc<tokio::sync::Notify>>| async move {
+            ctx.notify_one();
+            std::future::pending::<()>().await;
+            Ok::<_, kube::Error>(Action::await_change())
+        },
+        |_, _: &kube::Error, _| Action::await_change(),
+        move |_| Arc::new(notify.clone()),
+        kube::runtime::controller::Config::default(),
+    ));
+    let term = handle.acquired().await.expect("leads");
+    started.notified().await;
+    let stop = Instant::now();
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the run ends")
+        .unwrap();
+    let took = stop.elapsed();
+    let deadline = term.valid_until().saturating_duration_since(stop);
+    println!("cancelled with the deadline {deadline:?} away; the run ended after {took:?}");
+    // Half the margin (lease − renew deadline = 1 s) past the term's deadline, and no later.
+    assert!(
+        took <= deadline + Duration::from_millis(500) + Duration::from_millis(300),
+        "{took:?}"
+    );
+    assert!(handle.metrics().work_overruns() >= 1);
+    let line = logs_containing(&["reconciles still running past the end of the term"])
+        .expect("the abort is logged");
+    println!("{line}");
+    // Released once the aborted work had returned, before the lease could expire.
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin, "default")
+        .get(&lease)
+        .await
+        .unwrap();
+    let spec = lease.spec.unwrap_or_default();
+    assert_eq!(
+        spec.holder_identity.as_deref().unwrap_or(""),
+        "",
+        "released"
+    );
+    let released = spec.renew_time.map(|t| t.0);
+    println!("released at {released:?}, after the work was aborted");
+}

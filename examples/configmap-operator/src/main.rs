@@ -231,16 +231,15 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // `--kubeconfig`, else `$KUBECONFIG`, `~/.kube/config` or the Pod's service account.
-    let client = match &args.kubeconfig {
+    let config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
             let options = kube::config::KubeConfigOptions::default();
-            kube::Client::try_from(
-                kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?,
-            )?
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
         }
-        None => kube::Client::try_default().await?,
+        None => kube::Config::infer().await?,
     };
+    let client = client(config)?;
     let ns = args
         .namespace
         .clone()
@@ -289,6 +288,31 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .await;
     }
     Ok(())
+}
+
+/// kube's client, built as `kube::Client::try_from(config)` builds it but with `TCP_NODELAY`.
+///
+/// kube's own builder leaves Nagle's algorithm on (kube-rs issue 2056): a request written in two
+/// pieces then waits for the server's delayed ACK, about 40 ms here, on every write, the
+/// Lease's acquisition included. Measured with this operator: from the old leader's release to
+/// the new leader's acquisition 48 ms with kube's default client, a few ms with this one.
+fn client(config: kube::Config) -> Result<kube::Client, Box<dyn std::error::Error>> {
+    use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioExecutor};
+    use kube::client::ConfigExt as _;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout);
+    let https = config.rustls_https_connector_with_connector(http)?;
+    let hyper = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build::<_, kube::client::Body>(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .layer(config.extra_headers_layer()?)
+        .option_layer(config.auth_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(hyper);
+    Ok(kube::Client::new(service, config.default_namespace))
 }
 
 /// One term of the cold variant: watches started on acquisition, kube-runtime's `Controller`
