@@ -271,7 +271,20 @@ pub async fn run(server: &KubeServer, p: &Binaries, opts: &Opts) {
     let table = table(opts, &cells);
     println!("{table}");
     if let Some(out) = &opts.out {
-        match std::fs::write(out, &table) {
+        // What people wrote about a run (from `report::READING` on) is kept.
+        let old = std::fs::read_to_string(out).unwrap_or_default();
+        let text = match old.find(crate::report::READING) {
+            Some(at) => {
+                eprintln!(
+                    "leasehold-bench: kept the hand-written `{}` of {}: bring it up to date with this run",
+                    crate::report::READING,
+                    out.display()
+                );
+                format!("{}\n{}", table.trim_end(), &old[at..])
+            }
+            None => table.clone(),
+        };
+        match std::fs::write(out, text) {
             Ok(()) => eprintln!("wrote {}", out.display()),
             Err(e) => eprintln!("leasehold-bench: cannot write {}: {e}", out.display()),
         }
@@ -488,7 +501,7 @@ fn table(opts: &Opts, cells: &BTreeMap<(usize, &'static str), Cell>) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "### Time to the first reconcile after a handover\n\nDurations: lease {:?}, renew deadline {:?}, retry period {:?}, for every variant. \
+        "# Operators: time to the first reconcile after a handover\n\n`cargo run --release -p leasehold-bench -- operators` (this file is written by it; the part from \"## Reading the results\" on is kept).\n\nDurations: lease {:?}, renew deadline {:?}, retry period {:?}, for every variant. \
          From the signal to the old leader to the new leader's first completed reconcile (its output line, read through a pipe).\n",
         FAST.lease, FAST.renew, FAST.retry
     );
