@@ -54,7 +54,7 @@ type Subscribers<K> = Arc<Mutex<Vec<mpsc::UnboundedSender<ObjectRef<K>>>>>;
 /// One watch of the objects a controller reconciles, and its store, kept warm on every replica,
 /// leading or not.
 ///
-/// It runs kube-runtime's [`watcher`] into a [`reflector`](reflector::reflector) store, with
+/// It runs kube-runtime's [`watcher()`] into a [`reflector`](reflector::reflector) store, with
 /// kube-runtime's default backoff, until it is dropped. A standby pays for the watch and the
 /// memory of the objects, as every replica of a controller-runtime operator with warm-up does.
 pub struct Informer<K: Resource + 'static>
