@@ -258,6 +258,9 @@ enum Inflight {
 /// The wait before opening a watch after one that delivered has ended.
 const WATCH_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How many request latencies the request budget looks back on.
+const LATENCIES: usize = 8;
+
 /// How many of its own recent writes a candidate remembers, to recognise them when they come
 /// back through the watch (possibly out of order with write responses).
 const OWN_WRITES: usize = 8;
@@ -281,6 +284,12 @@ pub struct Machine {
     /// After an error: do nothing before this time.
     retry_at: Option<Tick>,
     inflight: Option<Inflight>,
+    /// When the request in flight was sent.
+    inflight_sent: Option<Tick>,
+    /// How long the last [`LATENCIES`] requests took (a timed-out one: until it was abandoned),
+    /// newest at `latency_next - 1`: the request timeout grows with them on a slow network.
+    latencies: [Duration; LATENCIES],
+    latency_next: usize,
     reported_leader: Option<String>,
     /// Records this candidate wrote, newest last.
     own_writes: VecDeque<LeaderRecord>,
@@ -359,6 +368,9 @@ impl Machine {
             last_heard: Duration::ZERO,
             retry_at: None,
             inflight: None,
+            inflight_sent: None,
+            latencies: [Duration::ZERO; LATENCIES],
+            latency_next: 0,
             reported_leader: None,
             own_writes: VecDeque::with_capacity(OWN_WRITES),
             duplicate_reported_at: None,
@@ -722,6 +734,7 @@ impl Machine {
             Event::ReadDone(result) => {
                 if matches!(self.inflight, Some(Inflight::Read)) {
                     self.inflight = None;
+                    self.note_latency(now);
                 }
                 match result {
                     Ok(v) => {
@@ -744,9 +757,23 @@ impl Machine {
         }
         self.check_step_down(now, &mut out);
         self.check_drain(now, &mut out);
+        if self.inflight.is_none() {
+            self.inflight_sent = None;
+        }
         self.drive(now, wall, &mut out);
+        if self.inflight.is_some() && self.inflight_sent.is_none() {
+            self.inflight_sent = Some(now);
+        }
         self.drive_watch(now, &mut out);
         out
+    }
+
+    /// Notes how long the request in flight took, answered at `now`.
+    fn note_latency(&mut self, now: Tick) {
+        if let Some(sent) = self.inflight_sent.take() {
+            self.latencies[self.latency_next % LATENCIES] = now.saturating_sub(sent);
+            self.latency_next = self.latency_next.wrapping_add(1);
+        }
     }
 
     /// When the routine renewal after a success at `now` (sent at `sent_at`) is due, and the
@@ -779,9 +806,24 @@ impl Machine {
     }
 
     /// A quarter of the renew deadline: a renewal sent at half the renew deadline that hangs
-    /// is abandoned in time for a retry before the step-down.
+    /// is abandoned in time for a retry before the step-down. The schedule of renewals and
+    /// retries is planned with it.
     fn request_timeout(&self) -> Duration {
         (self.timing.renew_deadline / 4).max(Duration::from_millis(100))
+    }
+
+    /// How long a request may take before it is abandoned: [`request_timeout`]
+    /// (Self::request_timeout), or four times the slowest of the last [`LATENCIES`] requests
+    /// (a timed-out one counts as long as it was given), up to half the renew deadline.
+    ///
+    /// On a network whose round trip exceeds the base timeout (300 ms each way against 500 ms
+    /// with a 2 s renew deadline), no request could ever succeed, and no candidate could lead
+    /// until the network recovered. After one timeout the next attempt gets twice as long.
+    fn request_budget(&self) -> Duration {
+        let base = self.request_timeout();
+        let slowest = self.latencies.iter().copied().max().unwrap_or_default();
+        base.max(slowest * 4)
+            .min((self.timing.renew_deadline / 2).max(base))
     }
 
     /// Whether `r` is one of this candidate's recent writes. Times are compared at whole
@@ -1002,6 +1044,7 @@ impl Machine {
             None => return,
             Some(op) => op,
         };
+        self.note_latency(now);
         let version = match result {
             Ok(version) => version,
             Err(ErrorKind::Conflict) => {
@@ -1194,7 +1237,7 @@ impl Machine {
         if self.inflight.is_some() {
             return;
         }
-        let timeout = self.request_timeout();
+        let timeout = self.request_budget();
         // Cloned only for a request: most calls find nothing due.
         let version = || self.seen.as_ref().and_then(|s| s.version.clone());
         match &self.state {
@@ -1784,6 +1827,80 @@ mod tests {
             matches!(a.as_slice(), [Action::Read { deadline }] if *deadline == 40 * S),
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn on_a_slow_network_the_request_budget_grows_and_comes_back() {
+        // 3 s / 2 s / 0.5 s, as the fault run: the base request timeout is 500 ms, and 300 ms
+        // of latency each way makes every round trip at least 600 ms.
+        let timing = Timing {
+            lease_duration: 3 * S,
+            renew_deadline: 2 * S,
+            retry_period: ms(500),
+            release_on_cancel: true,
+        };
+        let mut m = Machine::new("me", timing.clone(), 3).unwrap();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(Event::ReadDone(Ok(None)), Duration::ZERO, wall());
+        m.handle(Event::WriteDone(Ok(ver("1"))), Duration::ZERO, wall());
+        let deadline_of = |a: &[Action]| match a {
+            [Action::Update { deadline, .. }] | [Action::Read { deadline }] => *deadline,
+            other => panic!("{other:?}"),
+        };
+        // The renewal times out at its 500 ms budget.
+        let at = m.deadline().unwrap();
+        let a = m.handle(Event::Timer, at, wall());
+        assert_eq!(deadline_of(&a), at + ms(500));
+        m.handle(
+            Event::WriteDone(Err(ErrorKind::Timeout)),
+            at + ms(500),
+            wall(),
+        );
+        // The retry gets 4 × 500 ms, capped at half the renew deadline (and at the step-down).
+        let next = m.deadline().unwrap();
+        let a = m.handle(Event::Timer, next, wall());
+        assert_eq!(deadline_of(&a), (next + S).min(2 * S), "{a:?}");
+        // A standby's acquisition on the same network has the full second: after the step-down,
+        // a new term answered in 600 ms.
+        let mut m = Machine::new("me", timing, 3).unwrap();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(Event::ReadDone(Err(ErrorKind::Timeout)), ms(500), wall());
+        let t = m.deadline().unwrap();
+        let a = m.handle(Event::Timer, t, wall());
+        assert_eq!(
+            deadline_of(&a),
+            t + S,
+            "a read after a timed-out one: {a:?}"
+        );
+        let a = m.handle(Event::ReadDone(Ok(None)), t + ms(600), wall());
+        let [Action::Create { deadline, .. }] = a.as_slice() else {
+            panic!("{a:?}")
+        };
+        assert_eq!(*deadline, t + ms(600) + S);
+        let a = m.handle(Event::WriteDone(Ok(ver("1"))), t + ms(1200), wall());
+        assert!(
+            a.contains(&Action::StartedLeading {
+                token: FencingToken(0)
+            }),
+            "{a:?}"
+        );
+        // Eight fast answers later the budget is back to 500 ms.
+        let mut now = t + ms(1200);
+        for n in 0..9 {
+            let at = m.deadline().unwrap();
+            let a = m.handle(Event::Timer, at, wall());
+            let d = deadline_of(&a);
+            if n == 8 {
+                assert_eq!(d, at + ms(500), "{a:?}");
+            }
+            now = at + ms(5);
+            m.handle(
+                Event::WriteDone(Ok(ver(&format!("{}", n + 2)))),
+                now,
+                wall(),
+            );
+        }
+        let _ = now;
     }
 
     #[test]
