@@ -3,10 +3,10 @@
 //! log names exactly what is missing.
 
 use k8s_openapi::api::{
-    core::v1::{Event, Namespace, Pod},
+    core::v1::{Event, Pod},
     rbac::v1::Role,
 };
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use leasehold_testing::harness::{self, unique};
 use std::{
     path::Path,
@@ -24,19 +24,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-async fn raw(client: &kube::Client, method: &str, url: &str, ctype: &str, body: Vec<u8>) -> String {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", ctype)
-        .body(body)
-        .unwrap();
-    client
-        .request_text(req)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
 
 /// Applies every document of a multi-document YAML file into `ns`, as the API server parses it.
@@ -57,7 +44,7 @@ async fn apply_yaml(client: &kube::Client, ns: &str, path: &Path) -> Vec<String>
             }
             other => panic!("unexpected kind {other}"),
         };
-        raw(
+        harness::request_text(
             client,
             "POST",
             &url,
@@ -122,19 +109,7 @@ async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
     let server = harness::shared().await;
     let admin = server.client("admin").await;
     let ns = unique("rbac");
-    Api::<Namespace>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    harness::create_namespace(&admin, &ns).await;
     let kinds = apply_yaml(
         &admin,
         &ns,
@@ -144,7 +119,7 @@ async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
     assert_eq!(kinds, ["ServiceAccount", "Role", "RoleBinding"]);
 
     // The ServiceAccount's own token (TokenRequest), as a Pod would mount it.
-    let tr = raw(
+    let tr = harness::request_text(
         &admin,
         "POST",
         &format!("/api/v1/namespaces/{ns}/serviceaccounts/leasehold/token"),

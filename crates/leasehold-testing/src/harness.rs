@@ -708,6 +708,48 @@ pub async fn shared() -> &'static KubeServer {
     SERVER.get_or_init(KubeServer::start).await
 }
 
+/// Sends `method url` with `body` of `content_type` (JSON or YAML, as the API server accepts
+/// both) through `client`, and returns the answer's text.
+///
+/// # Panics
+/// If the request fails: test support.
+pub async fn request_text(
+    client: &kube::Client,
+    method: &str,
+    url: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> String {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", content_type)
+        .body(body)
+        .expect("request");
+    client
+        .request_text(req)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Creates the namespace `name`.
+///
+/// # Panics
+/// If it cannot be created: test support.
+pub async fn create_namespace(client: &kube::Client, name: &str) {
+    let ns = k8s_openapi::api::core::v1::Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+}
+
 /// A name no other test uses: `prefix-<pid>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

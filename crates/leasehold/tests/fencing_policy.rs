@@ -4,7 +4,7 @@
 //! ConfigMaps, and after each handover the deposed candidate's writes are refused by the API
 //! server itself. Prints how long after the new leader's acquisition the switch took effect.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::{
     Api,
     api::{ObjectMeta, PostParams},
@@ -17,19 +17,6 @@ use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
 const LEASE: &str = "fenced";
-
-async fn raw(client: &kube::Client, method: &str, url: &str, ctype: &str, body: Vec<u8>) -> String {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", ctype)
-        .body(body)
-        .unwrap();
-    client
-        .request_text(req)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
-}
 
 /// The manifest as a user applies it: the placeholders replaced, every document POSTed.
 async fn apply_policy(admin: &kube::Client, ns: &str) {
@@ -94,7 +81,7 @@ async fn pod_client(
             "boundObjectRef": { "apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod.metadata.uid },
         },
     });
-    let answer = raw(
+    let answer = harness::request_text(
         admin,
         "POST",
         &format!("/api/v1/namespaces/{ns}/serviceaccounts/leasehold/token"),
@@ -177,19 +164,7 @@ async fn the_fencing_policy_admits_only_the_lease_holders_pod() {
     let server = harness::shared().await;
     let admin = server.client("admin").await;
     let ns = unique("fence");
-    Api::<Namespace>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.clone()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await
-        .unwrap();
+    harness::create_namespace(&admin, &ns).await;
     // The ServiceAccount and its rights: deploy/rbac.yaml's Lease rules, plus the guarded
     // ConfigMaps the leader writes.
     let rbac = format!(
@@ -206,7 +181,7 @@ async fn the_fencing_policy_admits_only_the_lease_holders_pod() {
         format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles"),
         format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"),
     ]) {
-        raw(
+        harness::request_text(
             &admin,
             "POST",
             &url,

@@ -6,7 +6,7 @@
 //! that every write carries a fencing token, that no write of an earlier term landed after a
 //! later term's first write, and that every source converges.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, ResourceExt as _,
     api::{ObjectMeta, PostParams},
@@ -217,17 +217,7 @@ async fn three_replicas_lose_their_leader_four_ways_and_no_stale_write_lands() {
     let server = harness::shared().await;
     let admin = server.client("admin").await;
     let ns = unique("operator");
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(ns.clone()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(admin.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap();
+    harness::create_namespace(&admin, &ns).await;
     let api = Api::<ConfigMap>::namespaced(admin.clone(), &ns);
     for i in 0..SOURCES {
         api.create(&PostParams::default(), &source(&format!("s{i}"), 0))
