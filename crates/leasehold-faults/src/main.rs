@@ -1,14 +1,20 @@
 //! `leasehold-faults`: the fault-injection run.
 //!
 //! ```text
-//! leasehold-faults run [--duration 60s] [--backend kube|file|both] [--seed N]
+//! leasehold-faults run [--duration 60s] [--backend kube|file|both] [--seed N] [--keep-logs]
 //! ```
 //! Five candidates contend for one lock: three `leasehold run -- leasehold-faults recorder`
 //! sidecars (one of them with its wall clock five minutes off) and two library electors in one
 //! process. Each leader's work is a recorder that writes to a fenced store every 10 ms. A nemesis
 //! injects faults at random for the given time; then the checker reads the store's history and
 //! prints a table: faults by type, overlapping terms, stale writes accepted, leaderless time. It
-//! exits 1 on any overlap no whole-tree freeze explains, or any stale write accepted.
+//! exits 1 on any overlap no whole-tree freeze explains, any stale write accepted, or any
+//! leaderless interval over its bound plus the noise allowance.
+//!
+//! Each candidate logs with timestamps to `c0.log` .. in a directory under the temp dir, beside
+//! `faults.txt` and `terms.txt` (times in seconds since the run's origin, whose wall-clock time
+//! the run prints). The directory is kept when any leaderless interval is over its bound (within
+//! the allowance or not) or anything else failed, and always with `--keep-logs`.
 //!
 //! Against Kubernetes it starts the harness's real etcd + kube-apiserver, and puts a TCP proxy
 //! (latency, stall, cut-off, dropped connections) between each candidate process and the server.
@@ -23,6 +29,7 @@ use leasehold_testing::proxy::{Mode, Proxy};
 use rustix::process::{Pid, Signal, kill_process};
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -285,6 +292,7 @@ async fn run(args: &[String]) -> i32 {
             return 64;
         }
     };
+    let keep_logs = args.iter().any(|a| a == "--keep-logs");
     let me = std::env::current_exe().expect("exe");
     let leasehold = me.with_file_name("leasehold");
     if !leasehold.exists() {
@@ -300,7 +308,7 @@ async fn run(args: &[String]) -> i32 {
             "\n== fault run on the {backend} backend: {} s, seed {seed}",
             duration.as_secs()
         );
-        let report = one_run(backend, duration, seed, &me, &leasehold).await;
+        let report = one_run(backend, duration, seed, keep_logs, &me, &leasehold).await;
         println!("{}", report.table);
         if report.unexplained_overlaps > 0
             || report.stale_accepted > 0
@@ -327,10 +335,15 @@ async fn one_run(
     backend: &str,
     duration: Duration,
     seed: u64,
+    keep_logs: bool,
     me: &Path,
     leasehold: &Path,
 ) -> checker::Report {
     let origin = Instant::now();
+    println!(
+        "origin (0 s in the tables below): {} UTC",
+        jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3f")
+    );
     let store = Store::start(origin).await;
     let mut server = if backend == "kube" {
         Some(KubeServer::start().await)
@@ -410,7 +423,7 @@ async fn one_run(
                 .open(&log)
                 .expect("log");
             cmd.env("STORE", &store_addr)
-                .env("LEASEHOLD_LOG", "info,leasehold=debug,leasehold_core=debug")
+                .env("LEASEHOLD_LOG", "info,leasehold=trace,leasehold_core=debug")
                 .stdin(Stdio::null())
                 .stdout(out.try_clone().expect("log"))
                 .stderr(out);
@@ -646,16 +659,33 @@ async fn one_run(
     let run_time = origin.elapsed();
     let report = checker::check(&store.log(), &faults, LEASE, run_time);
     drop(server.take());
-    if report.unexplained_overlaps
+    let failed = report.unexplained_overlaps
         + report.stale_accepted
         + report.token_regressions
         + report.liveness_violations
-        == 0
-    {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        // Each candidate's log (`c0.log` ..), to explain what the checker found.
+        > 0;
+    if failed || report.over_bound > 0 || keep_logs {
+        // Each candidate's log (`c0.log` ..) and the run's own records, to explain every
+        // interval over its bound from what the candidates saw.
+        let mut text = String::new();
+        for f in &faults {
+            let _ = writeln!(
+                text,
+                "{:.3}-{:.3} s {}{}",
+                f.start.as_secs_f64(),
+                f.end.as_secs_f64(),
+                f.kind,
+                f.target
+                    .as_ref()
+                    .map(|t| format!(" ({t})"))
+                    .unwrap_or_default()
+            );
+        }
+        let _ = std::fs::write(dir.join("faults.txt"), text);
+        let _ = std::fs::write(dir.join("terms.txt"), checker::terms_text(&store.log()));
         println!("candidates' logs kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
     }
     report
 }

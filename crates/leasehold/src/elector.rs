@@ -502,7 +502,12 @@ impl<B: LockBackend> Elector<B> {
                         tracing::info!(lock = %describe, "lock requests succeed again");
                     }
                 }
+                // Every event and action, for explaining a failover afterwards from the log.
+                tracing::trace!(lock = %describe, tick = ?(now - origin), event = ?ev, "machine event");
                 let actions = self.machine.handle(ev, now - origin, wall);
+                if !actions.is_empty() {
+                    tracing::trace!(lock = %describe, ?actions, "machine actions");
+                }
                 if actions
                     .iter()
                     .any(|a| matches!(a, Action::Update { .. } | Action::Create { .. }))
