@@ -503,10 +503,10 @@ impl<B: LockBackend> Elector<B> {
                     }
                 }
                 // Every event and action, for explaining a failover afterwards from the log.
-                tracing::trace!(lock = %describe, tick = ?(now - origin), event = ?ev, "machine event");
+                tracing::trace!(lock = %describe, identity = %self.identity, tick = ?(now - origin), event = ?ev, "machine event");
                 let actions = self.machine.handle(ev, now - origin, wall);
                 if !actions.is_empty() {
-                    tracing::trace!(lock = %describe, ?actions, "machine actions");
+                    tracing::trace!(lock = %describe, identity = %self.identity, ?actions, "machine actions");
                 }
                 if actions
                     .iter()
