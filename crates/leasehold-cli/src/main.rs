@@ -16,6 +16,7 @@ mod child;
 mod http;
 mod run;
 mod status;
+mod supervisor;
 mod watchdog;
 
 use std::process::ExitCode;

@@ -3,10 +3,11 @@
 use crate::{
     args::{Backend, LockArgs, RunArgs},
     child::{self, Watchdog},
+    supervisor::{Action, Event, Failure, Supervisor, Term, kill_grace},
 };
-use leasehold::{Elector, Leadership, LockBackend, backend::file::FileLock};
+use leasehold::{Elector, FencingToken, Leadership, LockBackend, backend::file::FileLock};
 use std::{
-    os::unix::process::ExitStatusExt as _,
+    ops::ControlFlow,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -245,22 +246,6 @@ enum Note {
     Leader(String),
 }
 
-enum Ended {
-    Child(std::io::Result<std::process::ExitStatus>),
-    Watchdog(std::io::Result<std::process::ExitStatus>),
-}
-
-struct Running {
-    child: tokio::process::Child,
-    pgid: u32,
-    watchdog: Watchdog,
-    leadership: Leadership,
-    /// Set once SIGTERM was sent: when to send SIGKILL.
-    kill_at: Option<Instant>,
-    /// The watchdog has exited (after its deadline it kills the group and exits).
-    watchdog_exited: bool,
-}
-
 /// Runs the election, and the command while leading. Returns the exit code.
 ///
 /// # Errors
@@ -353,9 +338,7 @@ async fn run_on(
 ) -> Result<i32, Error> {
     let timing = args.timing.clone();
     let timing_c = timing.clone();
-    // SIGKILL lands before others could take over: the step-down happens at renew deadline,
-    // others wait a full lease duration; SIGKILL comes halfway through that margin.
-    let grace = (timing.lease_duration.saturating_sub(timing.renew_deadline)) / 2;
+    let grace = kill_grace(&timing);
     tracing::info!(
         lock = %backend.describe(), identity = %identity,
         lease_duration = ?timing.lease_duration, renew_deadline = ?timing.renew_deadline,
@@ -365,7 +348,7 @@ async fn run_on(
         pod_label = ?args.sidecar.pod_name.as_ref().map(|p| format!("{p}: {}", args.sidecar.label_key)),
         events = !args.sidecar.no_events, "leasehold starting"
     );
-    let mut labeler = match (&kube, &args.sidecar.pod_name) {
+    let labeler = match (&kube, &args.sidecar.pod_name) {
         (Some((client, ns)), Some(pod)) => Some(Labeler::start(
             client.clone(),
             ns.clone(),
@@ -375,8 +358,8 @@ async fn run_on(
         _ => None,
     };
 
-    let (lead_tx, mut lead_rx) = mpsc::unbounded_channel::<Leadership>();
-    let (note_tx, mut note_rx) = mpsc::unbounded_channel::<Note>();
+    let (lead_tx, lead_rx) = mpsc::unbounded_channel::<Leadership>();
+    let (note_tx, note_rx) = mpsc::unbounded_channel::<Note>();
     let config = leasehold::Config::new(identity.clone()).timing(timing_c);
     let elector = Elector::with_config(backend, config)
         .map_err(|e| Error::Usage(format!("{e}: {}", leasehold_error_source(&e))))?
@@ -414,262 +397,39 @@ async fn run_on(
         }
         None => None,
     };
-    let mut elector_task = tokio::spawn(elector.run(cancel.clone()));
-    // Set when the lease should be released: the Pod label goes to standby first.
-    let mut want_release = false;
+    let elector_task = tokio::spawn(elector.run(cancel.clone()));
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    let sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
 
-    let name = args.lock.name.clone();
-    let mut running: Option<Running> = None;
-    // The current child's term deadline, as it moves; one receiver per child (a fresh clone
-    // would report the value as changed every time).
-    let mut until_rx: Option<tokio::sync::watch::Receiver<leasehold::Deadline>> = None;
-    let mut current: Option<Leadership> = None;
-    let mut shutting_down = false;
-    let mut exit_code = 0;
-    // An error to return once the lease is released.
-    let mut fatal: Option<Error> = None;
-    let far = || Instant::now() + Duration::from_secs(86_400);
-
+    let mut supervisor = Supervisor::new(identity.clone(), !args.command.is_empty(), grace);
+    let mut shell = Shell {
+        name: args.lock.name.clone(),
+        identity,
+        command: args.command,
+        grace,
+        labeler,
+        cancel,
+        elector_task,
+        http_task,
+        elector_dead,
+        term,
+        sigterm,
+        sigint,
+        lead_rx,
+        note_rx,
+        current: None,
+        lost: None,
+        until: None,
+        child: None,
+        outcome: None,
+    };
     loop {
-        if want_release && !cancel.is_cancelled() {
-            // Unlabel before releasing, so a Service on the label never selects two Pods
-            // during a graceful handover.
-            if let Some(l) = labeler.as_mut() {
-                l.flush("standby", Duration::from_secs(2)).await;
+        let event = shell.next(supervisor.deadline()).await;
+        for action in supervisor.handle(event, Instant::now()) {
+            if let ControlFlow::Break(result) = shell.execute(action).await {
+                return result;
             }
-            cancel.cancel();
-        }
-        // Start the command when leading and no earlier child is left.
-        if running.is_none()
-            && !shutting_down
-            && !args.command.is_empty()
-            && let Some(l) = current
-                .as_ref()
-                .filter(|l| !l.is_lost() && l.valid_until() > Instant::now())
-        {
-            let env = [
-                ("LEASEHOLD_NAME", name.clone()),
-                ("LEASEHOLD_IDENTITY", identity.clone()),
-                ("LEASEHOLD_FENCING_TOKEN", l.fencing_token().to_string()),
-            ];
-            let child = match child::spawn(&args.command, &env) {
-                Ok(child) => child,
-                Err(source) => {
-                    // Nobody acts on this term: release it now rather than make the others
-                    // wait a lease duration, then report why.
-                    fatal = Some(Error::Spawn {
-                        command: args.command[0].to_string_lossy().into_owned(),
-                        source,
-                    });
-                    shutting_down = true;
-                    want_release = true;
-                    continue;
-                }
-            };
-            let pgid = child.id().unwrap_or_default();
-            // Subscribe before reading the deadline, and hand the watchdog the value read: a
-            // renewal that lands in between is then seen as a change, never swallowed.
-            let mut rx = l.subscribe_deadline();
-            let deadline = *rx.borrow_and_update();
-            let watchdog = match Watchdog::start(pgid, grace, deadline).await {
-                Ok(w) => w,
-                Err(e) => {
-                    // Never leave a child running without its guard.
-                    let mut child = child;
-                    kill_group(pgid, rustix::process::Signal::KILL);
-                    let _ = child.wait().await;
-                    if !child::wait_group_gone(pgid, grace.max(Duration::from_secs(1))).await {
-                        // As below: survivors may still act, so no release; the lease expires.
-                        tracing::error!(
-                            pgid,
-                            "processes of the command's group survive SIGKILL; not releasing the lease"
-                        );
-                        elector_task.abort();
-                    }
-                    cancel.cancel();
-                    let _ = (&mut elector_task).await;
-                    return Err(Error::Watchdog(e));
-                }
-            };
-            tracing::info!(pid = pgid, fencing_token = %l.fencing_token(), "started command");
-            until_rx = Some(rx);
-            running = Some(Running {
-                child,
-                pgid,
-                watchdog,
-                leadership: l.clone(),
-                kill_at: None,
-                watchdog_exited: false,
-            });
-        }
-        let lost = running.as_ref().map(|r| r.leadership.token());
-        let kill_at = running.as_ref().and_then(|r| r.kill_at).unwrap_or_else(far);
-
-        tokio::select! {
-            biased;
-            _ = async { sigterm.recv().await }, if true => on_signal(&mut shutting_down, &mut running, &mut want_release, &cancel, grace, "SIGTERM"),
-            _ = sigint.recv() => on_signal(&mut shutting_down, &mut running, &mut want_release, &cancel, grace, "SIGINT"),
-            Some(l) = lead_rx.recv() => {
-                say!("leading: {identity} (fencing token {})", l.fencing_token());
-                if let Some(lb) = &labeler {
-                    lb.set("leader");
-                    // Back to standby the moment this term ends, however it ends.
-                    let want = lb.want.clone();
-                    let ended = l.clone();
-                    tokio::spawn(async move {
-                        ended.lost().await;
-                        want.send_replace("standby");
-                    });
-                }
-                if let Ok(mut t) = term.lock() {
-                    *t = Some(l.clone());
-                }
-                current = Some(l);
-            }
-            Some(Note::Leader(who)) = note_rx.recv() => {
-                if who.is_empty() {
-                    say!("released: no leader");
-                } else if who != identity {
-                    say!("leader: {who}");
-                }
-            }
-            _ = async { lost.as_ref().expect("guarded").cancelled().await }, if lost.is_some() && running.as_ref().is_some_and(|r| r.kill_at.is_none()) => {
-                if let Some(r) = running.as_mut() {
-                    tracing::warn!(pid = r.pgid, "leadership ended; stopping command (SIGTERM)");
-                    terminate(r, grace);
-                }
-            }
-            Ok(()) = async { until_rx.as_mut().expect("guarded").changed().await }, if until_rx.is_some() => {
-                if let Some(r) = running.as_mut() {
-                    let until = *until_rx.as_mut().expect("guarded").borrow_and_update();
-                    if let Err(e) = r.watchdog.extend(until).await {
-                        // Without a working watchdog a frozen leasehold could not stop the
-                        // child in time: stop it now, and exit.
-                        tracing::error!(error = %e, "watchdog is gone or unresponsive; stopping command");
-                        kill(r);
-                        shutting_down = true;
-                        exit_code = 1;
-                    }
-                }
-            }
-            _ = sleep_until(kill_at), if running.as_ref().is_some_and(|r| r.kill_at.is_some()) => {
-                if let Some(r) = running.as_mut() {
-                    tracing::warn!(pid = r.pgid, "command still running after SIGTERM; SIGKILL");
-                    kill(r);
-                    r.kill_at = Some(far());
-                }
-            }
-            ended = async {
-                let r = running.as_mut().expect("guarded");
-                tokio::select! {
-                    biased;
-                    status = r.child.wait() => Ended::Child(status),
-                    status = r.watchdog.exited(), if !r.watchdog_exited => Ended::Watchdog(status),
-                }
-            }, if running.is_some() => {
-                let status = match ended {
-                    Ended::Child(status) => status,
-                    Ended::Watchdog(status) => {
-                        let Some(r) = running.as_mut() else { continue };
-                        r.watchdog_exited = true;
-                        kill(r);
-                        if matches!(&status, Ok(s) if s.code() == Some(crate::watchdog::DEADLINE_EXIT)) {
-                            // Its deadline passed while this process could not act (frozen or
-                            // stalled): it killed the group, as designed.
-                            tracing::warn!("watchdog stopped the command at the term's deadline");
-                        } else {
-                            // The watchdog must outlive the child; without it the frozen-elector
-                            // guarantee is gone, so stop the child and exit.
-                            tracing::error!(?status, "watchdog exited unexpectedly; stopped the command");
-                            if !shutting_down {
-                                shutting_down = true;
-                                exit_code = 1;
-                            }
-                        }
-                        continue;
-                    }
-                };
-                let mut r = running.take().expect("guarded");
-                until_rx = None;
-                // The term was over if the watchdog fired or its deadline passed, even if this
-                // process (frozen until now) has not heard of the step-down yet.
-                let term_over = r.leadership.is_lost()
-                    || r.watchdog.fired()
-                    || Instant::now() >= r.leadership.valid_until();
-                // Nothing of the group may be left before anyone else may start, or a new child.
-                kill_group(r.pgid, rustix::process::Signal::KILL);
-                if !child::wait_group_gone(r.pgid, grace.max(Duration::from_secs(1))).await {
-                    // They may still finish a write (uninterruptible sleep): never hand the
-                    // lease over early. Without a release the others wait out the lease, by
-                    // which time the step-down's margin has passed as well.
-                    // Nor may a new term start a second child beside them: stop contending.
-                    // Ending the election task (not cancelling it) skips the release.
-                    tracing::error!(pgid = r.pgid, "processes of the command's group survive SIGKILL (uninterruptible sleep?); not releasing the lease (it expires instead) and exiting");
-                    elector_task.abort();
-                    cancel.cancel();
-                    shutting_down = true;
-                    exit_code = 1;
-                    r.watchdog.finish().await;
-                    continue;
-                }
-                r.watchdog.finish().await;
-                let code = match &status {
-                    Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
-                    Err(_) => 1,
-                };
-                if r.kill_at.is_some() || term_over || shutting_down {
-                    tracing::info!(code, "command stopped");
-                    say!("stopped leading: {identity}");
-                    if shutting_down {
-                        want_release = true;
-                    }
-                } else {
-                    // It ended by itself: release and exit with its code.
-                    tracing::info!(code, "command exited; releasing the lease");
-                    exit_code = code;
-                    shutting_down = true;
-                    want_release = true;
-                }
-            }
-            _ = &mut elector_task => {
-                if !cancel.is_cancelled() {
-                    elector_dead.store(true, Ordering::Relaxed);
-                    tracing::error!("the election task ended unexpectedly");
-                    exit_code = 1;
-                }
-                if let Some(mut r) = running.take() {
-                    kill(&mut r);
-                    let _ = r.child.wait().await;
-                    r.watchdog.finish().await;
-                }
-                if let Some(mut l) = labeler.take() {
-                    l.flush("standby", Duration::from_secs(2)).await;
-                    l.task.abort();
-                }
-                if let Some(t) = &http_task {
-                    t.abort();
-                }
-                if let Some(l) = current.as_ref().filter(|_| args.command.is_empty()) {
-                    say!("stopped leading: {identity} (fencing token {})", l.fencing_token());
-                }
-                if let Some(e) = fatal {
-                    return Err(e);
-                }
-                return Ok(exit_code);
-            }
-        }
-        // Without a command, report the end of a term as it happens.
-        if args.command.is_empty()
-            && let Some(l) = current.as_ref().filter(|l| l.is_lost())
-        {
-            say!(
-                "stopped leading: {identity} (fencing token {})",
-                l.fencing_token()
-            );
-            current = None;
         }
     }
 }
@@ -679,33 +439,287 @@ fn leasehold_error_source(e: &leasehold::Error) -> String {
     e.source().map(ToString::to_string).unwrap_or_default()
 }
 
-fn on_signal(
-    shutting_down: &mut bool,
-    running: &mut Option<Running>,
-    want_release: &mut bool,
-    cancel: &CancellationToken,
-    grace: Duration,
-    name: &str,
-) {
-    if *shutting_down {
-        // A second signal: SIGKILL now. The release still waits until the command's group is
-        // gone (the child-exit path does it).
-        tracing::warn!(signal = name, "second signal: killing the command");
-        match running.as_mut() {
-            Some(r) => kill(r),
-            None => cancel.cancel(),
+/// Which of the command's two processes ended.
+enum Ended {
+    Child(std::io::Result<std::process::ExitStatus>),
+    Watchdog(std::io::Result<std::process::ExitStatus>),
+}
+
+/// The running command: its process, group and watchdog.
+struct ChildProc {
+    process: tokio::process::Child,
+    pgid: u32,
+    /// `None` only when the watchdog could not be started; the child is then reaped at once.
+    watchdog: Option<Watchdog>,
+    /// The watchdog has exited (after its deadline it kills the group and exits).
+    watchdog_exited: bool,
+}
+
+// === impl ChildProc ===
+
+impl ChildProc {
+    /// Completes when the child exits, or its watchdog does first.
+    async fn ended(&mut self) -> Ended {
+        let Self {
+            process,
+            watchdog,
+            watchdog_exited,
+            ..
+        } = self;
+        let watching = !*watchdog_exited && watchdog.is_some();
+        tokio::select! {
+            biased;
+            status = process.wait() => Ended::Child(status),
+            status = async { watchdog.as_mut().expect("guarded").exited().await }, if watching => Ended::Watchdog(status),
         }
-        return;
     }
-    *shutting_down = true;
-    tracing::info!(
-        signal = name,
-        "shutting down: stopping the command, then releasing the lease"
-    );
-    match running.as_mut() {
-        // Stop the child while still leading; release only once it has exited.
-        Some(r) => terminate(r, grace),
-        None => *want_release = true,
+}
+
+/// The current term's deadline as it moves, and the value last reported to the supervisor
+/// (the one the watchdog is given).
+struct Until {
+    token: FencingToken,
+    rx: tokio::sync::watch::Receiver<leasehold::Deadline>,
+    last: leasehold::Deadline,
+}
+
+/// The run loop's side of the [`Supervisor`]: the sources its events come from and what its
+/// actions act on. It decides nothing.
+struct Shell {
+    name: String,
+    identity: String,
+    command: Vec<std::ffi::OsString>,
+    grace: Duration,
+    labeler: Option<Labeler>,
+    cancel: CancellationToken,
+    elector_task: tokio::task::JoinHandle<()>,
+    http_task: Option<tokio::task::JoinHandle<()>>,
+    elector_dead: Arc<AtomicBool>,
+    /// The current term, for the HTTP state.
+    term: Arc<Mutex<Option<Leadership>>>,
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+    lead_rx: mpsc::UnboundedReceiver<Leadership>,
+    note_rx: mpsc::UnboundedReceiver<Note>,
+    /// The latest term.
+    current: Option<Leadership>,
+    /// The latest term's end, until reported.
+    lost: Option<(FencingToken, CancellationToken)>,
+    until: Option<Until>,
+    child: Option<ChildProc>,
+    /// The outcome of the last action (spawned, reaped...), to hand over next.
+    outcome: Option<Event>,
+}
+
+// === impl Shell ===
+
+impl Shell {
+    /// Waits for the next event. A change to the current term comes first, then the outcome
+    /// of the last action: the supervisor so decides on facts as fresh as a live read.
+    async fn next(&mut self, timer: Option<Instant>) -> Event {
+        let Self {
+            lost,
+            until,
+            outcome,
+            sigterm,
+            sigint,
+            lead_rx,
+            note_rx,
+            child,
+            elector_task,
+            current,
+            term,
+            ..
+        } = self;
+        tokio::select! {
+            biased;
+            _ = async { lost.as_ref().expect("guarded").1.cancelled().await }, if lost.is_some() => {
+                let (token, _) = lost.take().expect("guarded");
+                Event::TermLost { token }
+            }
+            Ok(()) = async { until.as_mut().expect("guarded").rx.changed().await }, if until.is_some() => {
+                let u = until.as_mut().expect("guarded");
+                u.last = *u.rx.borrow_and_update();
+                Event::DeadlineMoved { token: u.token, valid_until: u.last.at }
+            }
+            Some(event) = async { outcome.take() }, if outcome.is_some() => event,
+            _ = sigterm.recv() => Event::Signal("SIGTERM"),
+            _ = sigint.recv() => Event::Signal("SIGINT"),
+            Some(l) = lead_rx.recv() => {
+                if let Ok(mut t) = term.lock() {
+                    *t = Some(l.clone());
+                }
+                // One receiver per term (a fresh clone would report the value as changed every
+                // time), read as it is subscribed: a renewal after this is seen as a change.
+                let mut rx = l.subscribe_deadline();
+                let last = *rx.borrow_and_update();
+                let token = l.fencing_token();
+                let reported = Term { token, valid_until: last.at, lost: l.is_lost() };
+                *lost = Some((token, l.token()));
+                *until = Some(Until { token, rx, last });
+                *current = Some(l);
+                Event::Leading(reported)
+            }
+            Some(Note::Leader(who)) = note_rx.recv() => Event::NewLeader(who),
+            () = async { sleep_until(timer.expect("guarded")).await }, if timer.is_some() => Event::Timer,
+            ended = async { child.as_mut().expect("guarded").ended().await }, if child.is_some() => {
+                let c = child.as_mut().expect("guarded");
+                match ended {
+                    Ended::Child(status) => Event::ChildExited {
+                        status,
+                        watchdog_fired: c.watchdog.as_mut().is_some_and(Watchdog::fired),
+                    },
+                    Ended::Watchdog(status) => {
+                        c.watchdog_exited = true;
+                        Event::WatchdogExited(status)
+                    }
+                }
+            }
+            _ = elector_task => Event::ElectorEnded,
+        }
+    }
+
+    /// Executes one action; `Break` with the run's result at its end.
+    async fn execute(&mut self, action: Action) -> ControlFlow<Result<i32, Error>> {
+        use rustix::process::Signal;
+        match action {
+            Action::Spawn { token } => self.outcome = Some(self.spawn(token).await),
+            Action::Terminate => self.signal_child(Signal::TERM),
+            Action::Kill => self.signal_child(Signal::KILL),
+            Action::ExtendWatchdog(at) => {
+                if let (Some(w), Some(u)) = (
+                    self.child.as_mut().and_then(|c| c.watchdog.as_mut()),
+                    &self.until,
+                ) {
+                    debug_assert_eq!(u.last.at, at);
+                    if let Err(e) = w.extend(u.last).await {
+                        self.outcome = Some(Event::ExtendFailed(e));
+                    }
+                }
+            }
+            Action::Reap => self.outcome = Some(self.reap().await),
+            Action::StopChild => {
+                if let Some(mut c) = self.child.take() {
+                    kill_group(c.pgid, Signal::KILL);
+                    let _ = c.process.wait().await;
+                    if !child::wait_group_gone(c.pgid, self.grace.max(Duration::from_secs(1))).await
+                    {
+                        tracing::error!(
+                            pgid = c.pgid,
+                            "processes of the command's group survive SIGKILL (uninterruptible sleep?)"
+                        );
+                    }
+                    if let Some(w) = c.watchdog {
+                        w.finish().await;
+                    }
+                }
+            }
+            Action::LabelLeader { token } => {
+                if let Some(lb) = &self.labeler
+                    && let Some(l) = self.current.as_ref().filter(|l| l.fencing_token() == token)
+                {
+                    lb.set("leader");
+                    let want = lb.want.clone();
+                    let ended = l.clone();
+                    tokio::spawn(async move {
+                        ended.lost().await;
+                        want.send_replace("standby");
+                    });
+                }
+            }
+            Action::Unlabel => {
+                if let Some(l) = self.labeler.as_mut() {
+                    l.flush("standby", Duration::from_secs(2)).await;
+                }
+            }
+            Action::Cancel => self.cancel.cancel(),
+            Action::AbortElector => {
+                self.elector_task.abort();
+                self.cancel.cancel();
+            }
+            Action::AwaitElector => {
+                let _ = (&mut self.elector_task).await;
+            }
+            Action::ElectorDead => self.elector_dead.store(true, Ordering::Relaxed),
+            Action::StopTasks => {
+                if let Some(l) = self.labeler.take() {
+                    l.task.abort();
+                }
+                if let Some(t) = &self.http_task {
+                    t.abort();
+                }
+            }
+            Action::Say(line) => say!("{line}"),
+            Action::Exit(code) => return ControlFlow::Break(Ok(code)),
+            Action::Fail(Failure::Spawn(source)) => {
+                let command = self.command[0].to_string_lossy().into_owned();
+                return ControlFlow::Break(Err(Error::Spawn { command, source }));
+            }
+            Action::Fail(Failure::Watchdog(e)) => {
+                return ControlFlow::Break(Err(Error::Watchdog(e)));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn signal_child(&self, sig: rustix::process::Signal) {
+        if let Some(c) = &self.child {
+            kill_group(c.pgid, sig);
+        }
+    }
+
+    /// [`Action::Spawn`]: the command with its leadership in its environment, then its
+    /// watchdog with the term's deadline last reported to the supervisor (a later one reaches
+    /// the watchdog as [`Event::DeadlineMoved`]).
+    async fn spawn(&mut self, token: FencingToken) -> Event {
+        let Some(until) = self
+            .until
+            .as_ref()
+            .filter(|u| u.token == token)
+            .map(|u| u.last)
+        else {
+            return Event::SpawnFailed(std::io::Error::other("the term is not the current one"));
+        };
+        let env = [
+            ("LEASEHOLD_NAME", self.name.clone()),
+            ("LEASEHOLD_IDENTITY", self.identity.clone()),
+            ("LEASEHOLD_FENCING_TOKEN", token.to_string()),
+        ];
+        let process = match child::spawn(&self.command, &env) {
+            Ok(process) => process,
+            Err(e) => return Event::SpawnFailed(e),
+        };
+        let pgid = process.id().unwrap_or_default();
+        let (watchdog, event) = match Watchdog::start(pgid, self.grace, until).await {
+            Ok(w) => (Some(w), Event::Spawned { pgid }),
+            Err(error) => (None, Event::WatchdogFailed { pgid, error }),
+        };
+        self.child = Some(ChildProc {
+            process,
+            pgid,
+            watchdog,
+            watchdog_exited: false,
+        });
+        event
+    }
+
+    /// [`Action::Reap`]: SIGKILL the group, wait for the child, then until nothing of the
+    /// group is left (its own children share it and may outlive it), then finish the watchdog.
+    async fn reap(&mut self) -> Event {
+        let Some(mut c) = self.child.take() else {
+            return Event::GroupGone;
+        };
+        kill_group(c.pgid, rustix::process::Signal::KILL);
+        let _ = c.process.wait().await;
+        let gone = child::wait_group_gone(c.pgid, self.grace.max(Duration::from_secs(1))).await;
+        if let Some(w) = c.watchdog {
+            w.finish().await;
+        }
+        if gone {
+            Event::GroupGone
+        } else {
+            Event::GroupSurvives
+        }
     }
 }
 
@@ -715,21 +729,5 @@ fn kill_group(pgid: u32, sig: rustix::process::Signal) {
         .and_then(rustix::process::Pid::from_raw)
     {
         let _ = rustix::process::kill_process_group(pid, sig);
-    }
-}
-
-fn terminate(r: &mut Running, grace: Duration) {
-    if r.kill_at.is_none() {
-        kill_group(r.pgid, rustix::process::Signal::TERM);
-        // Never later than the watchdog's own SIGKILL for this term.
-        let by_term = r.leadership.valid_until() + grace;
-        r.kill_at = Some((Instant::now() + grace).min(by_term.max(Instant::now())));
-    }
-}
-
-fn kill(r: &mut Running) {
-    kill_group(r.pgid, rustix::process::Signal::KILL);
-    if r.kill_at.is_none() {
-        r.kill_at = Some(Instant::now() + Duration::from_secs(86_400));
     }
 }
