@@ -52,6 +52,8 @@ pub enum ReadyWhen {
 pub struct SidecarArgs {
     /// `--http ADDR`.
     pub http: Option<std::net::SocketAddr>,
+    /// `--control ADDR`: a loopback address serving requests that move leadership.
+    pub control: Option<std::net::SocketAddr>,
     /// `--ready-when`.
     pub ready_when: ReadyWhen,
     /// The Pod to label (`--pod-name`, `ELECTOR_POD_NAME`, `$HOSTNAME`), when labels are on.
@@ -90,6 +92,17 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `leasehold step-down`.
+#[derive(Clone, Debug)]
+pub struct StepDownArgs {
+    /// `--control ADDR`: the sidecar's control address.
+    pub control: std::net::SocketAddr,
+    /// `--hold-off DUR`; `None`: the sidecar's lease duration.
+    pub hold_off: Option<Duration>,
+    /// `--name NAME`: the election the sidecar must be in, if given.
+    pub name: Option<String>,
+}
+
 /// A parsed command line.
 #[derive(Debug)]
 pub enum Cli {
@@ -97,6 +110,8 @@ pub enum Cli {
     Run(Box<RunArgs>),
     /// `leasehold status ...`
     Status(StatusArgs),
+    /// `leasehold step-down ...`
+    StepDown(StepDownArgs),
     /// The hidden watchdog process (`leasehold __watchdog PGID GRACE_MS`).
     Watchdog {
         /// The child's process group.
@@ -119,9 +134,10 @@ USAGE:
                 [--kubeconfig PATH] [--lock-type TYPE] [--lease-duration DUR]
                 [--renew-deadline DUR] [--retry-period DUR] [--ttl DUR] [--http ADDR]
                 [--ready-when observed|leader] [--label-pod] [--pod-name POD]
-                [--label-key KEY] [--no-events] [-- COMMAND [ARGS...]]
+                [--label-key KEY] [--no-events] [--control ADDR] [-- COMMAND [ARGS...]]
   leasehold status --name NAME [--namespace NS] [--backend kube|file] [--file PATH]
                 [--kubeconfig PATH] [--lock-type TYPE] [--json]
+  leasehold step-down --control ADDR [--hold-off DUR] [--name NAME]
 
 OPTIONS:
   --name NAME           election name: the Lease's name, or the file's stem (required)
@@ -150,11 +166,20 @@ OPTIONS:
                         also turns labels on, then $HOSTNAME)
   --label-key KEY       the Pod label key (default k8s-elector/status)
   --no-events           do not record Kubernetes Events on the lock object
+  --control ADDR        (run) serve POST /step-down on ADDR, which must be a loopback address
+                        (127.0.0.1:PORT, [::1]:PORT): requests there move leadership and carry
+                        no authentication, so they are never served on --http
+  --hold-off DUR        (step-down) do not contend again for this long (default: the sidecar's
+                        lease duration)
   --json                (status) print JSON
   -h, --help            this help
   -V, --version         version
 
 DURATIONS: 500ms, 2s, 1m, 1m30s, 1h.
+
+`step-down` asks the sidecar at --control to step down: its command is stopped, then the lease
+is released so that a standby takes over at once. With --name, only if the sidecar is in that
+election.
 
 With a COMMAND, leasehold starts it when it becomes leader (own process group, env
 LEASEHOLD_NAME, LEASEHOLD_IDENTITY, LEASEHOLD_FENCING_TOKEN), stops it (SIGTERM, then SIGKILL)
@@ -262,9 +287,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             return Ok(Cli::Watchdog { pgid, grace });
         }
         "run" | "status" => {}
+        "step-down" => return parse_step_down(&mut parser),
         other => {
             return Err(usage(format!(
-                "unknown subcommand `{other}` (expected run or status)"
+                "unknown subcommand `{other}` (expected run, status or step-down)"
             )));
         }
     }
@@ -283,6 +309,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     let mut json = false;
     let mut lock_type = None;
     let mut http = None;
+    let mut control = None;
     let mut ready_when = ReadyWhen::default();
     let mut label_pod = false;
     let mut pod_name = None;
@@ -355,6 +382,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--ttl",
             "--x-clock-offset",
             "--http",
+            "--control",
             "--ready-when",
             "--pod-name",
             "--label-key",
@@ -413,6 +441,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--http" => {
                 http = Some(parse_addr(&value?).map_err(|e| usage(format!("--http: {e}")))?);
             }
+            "--control" => control = Some(parse_control(&value?)?),
             "--ready-when" => {
                 ready_when = match value?.as_str() {
                     "observed" => ReadyWhen::Observed,
@@ -572,12 +601,77 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
         clock_offset,
         sidecar: SidecarArgs {
             http,
+            control,
             ready_when,
             pod_name,
             label_key: label_key.unwrap_or_else(|| "k8s-elector/status".to_owned()),
             no_events,
         },
     })))
+}
+
+/// `--control ADDR`: a loopback address only.
+fn parse_control(value: &str) -> Result<std::net::SocketAddr, UsageError> {
+    let addr = parse_addr(value).map_err(|e| UsageError(format!("--control: {e}")))?;
+    if !addr.ip().is_loopback() {
+        return Err(UsageError(format!(
+            "--control: `{value}` is not a loopback address (127.0.0.1:PORT or [::1]:PORT): requests there move leadership and carry no authentication"
+        )));
+    }
+    Ok(addr)
+}
+
+/// `leasehold step-down --control ADDR [--hold-off DUR] [--name NAME]`.
+fn parse_step_down(parser: &mut lexopt::Parser) -> Result<Cli, UsageError> {
+    use lexopt::Arg::{Long, Short, Value};
+    let usage = |m: String| UsageError(m);
+    let (mut control, mut hold_off, mut name) = (None, None, None);
+    while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
+        let flag = match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help),
+            Long(l @ ("control" | "hold-off" | "name")) => format!("--{l}"),
+            Value(v) => {
+                return Err(usage(format!(
+                    "unexpected argument `{}` for `step-down`",
+                    v.to_string_lossy()
+                )));
+            }
+            other => {
+                return Err(usage(format!(
+                    "unknown flag `{}` for `step-down`; see --help",
+                    flag_name(&other)
+                )));
+            }
+        };
+        let value = parser
+            .value()
+            .map_err(|_| usage(format!("{flag} needs a value")))?
+            .into_string()
+            .map_err(|v| {
+                usage(format!(
+                    "{flag}: `{}` is not valid UTF-8",
+                    v.to_string_lossy()
+                ))
+            })?;
+        let slot_taken = match flag.as_str() {
+            "--control" => control.replace(parse_control(&value)?).is_some(),
+            "--hold-off" => hold_off
+                .replace(parse_duration(&value).map_err(|e| usage(format!("{flag}: {e}")))?)
+                .is_some(),
+            _ => name.replace(value).is_some(),
+        };
+        if slot_taken {
+            return Err(usage(format!("{flag} is given twice")));
+        }
+    }
+    let control = control.ok_or_else(|| {
+        usage("--control is required: the address the sidecar serves with `run --control`".into())
+    })?;
+    Ok(Cli::StepDown(StepDownArgs {
+        control,
+        hold_off,
+        name,
+    }))
 }
 
 /// The library's timing error in the CLI's words: flags instead of field names, and where a

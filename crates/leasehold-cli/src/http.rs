@@ -1,5 +1,6 @@
 //! The sidecar's HTTP endpoints (the classic `election` sidecar's status server, client-go's
-//! healthz adaptor): `GET /` (JSON status), `/healthz`, `/readyz`, `/metrics`.
+//! healthz adaptor): `GET /` (JSON status), `/healthz`, `/readyz`, `/metrics`; and on the
+//! control listener only (`--control`, loopback), `POST /step-down`.
 //!
 //! Served by hyper's HTTP/1.1 server, one request per connection, within [`Limits`]: a bounded
 //! number of connections, each with a deadline for its request head and for the whole
@@ -41,6 +42,12 @@ pub struct State {
     pub ready_when: ReadyWhen,
     /// How long past its step-down time a leader that still believes it leads is unhealthy.
     pub healthz_grace: Duration,
+    /// This listener serves requests that move leadership (`--control`, a loopback address).
+    /// Never the `--http` one, which probes and scrapers reach without authentication.
+    pub control: bool,
+    /// The hold-off of a step-down that names none: the lease duration, by which every
+    /// client-go candidate, polling, has seen the release.
+    pub default_hold_off: Duration,
 }
 
 // === impl State ===
@@ -126,13 +133,72 @@ impl State {
         out
     }
 
-    /// Answers one request path: (status code, content type, body).
-    fn route(&self, method: &str, path: &str) -> (u16, &'static str, String) {
+    /// `POST /step-down[?hold-off=DUR]`: steps down (if leading) and sits out the hold-off.
+    fn step_down(&self, query: Option<&str>) -> (u16, &'static str, String) {
         const TEXT: &str = "text/plain; charset=utf-8";
-        if method != "GET" && method != "HEAD" {
-            return (405, TEXT, "only GET\n".into());
+        if !self.control {
+            return (
+                403,
+                TEXT,
+                "step-down is served only on the --control address (loopback), not on --http\n"
+                    .into(),
+            );
         }
-        let path = path.split('?').next().unwrap_or(path);
+        let mut hold_off = self.default_hold_off;
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            match pair.split_once('=') {
+                Some(("hold-off", v)) => match crate::args::parse_duration(v) {
+                    Ok(d) => hold_off = d,
+                    Err(e) => return (400, TEXT, format!("hold-off: {e}\n")),
+                },
+                _ => {
+                    let shown: String = pair.chars().take(64).collect();
+                    return (
+                        400,
+                        TEXT,
+                        format!("unknown parameter `{shown}` (expected hold-off=DUR)\n"),
+                    );
+                }
+            }
+        }
+        let term = self.handle.leadership();
+        let was_leading = self.handle.step_down(hold_off);
+        tracing::info!(
+            was_leading,
+            ?hold_off,
+            "step-down requested on the control address"
+        );
+        let body = serde_json::json!({
+            "name": self.name,
+            "identity": self.identity,
+            "was_leading": was_leading,
+            "fencing_token": term.filter(|_| was_leading).map(|t| t.fencing_token().0),
+            "hold_off_ms": u64::try_from(hold_off.as_millis()).unwrap_or(u64::MAX),
+        });
+        (200, "application/json", body.to_string() + "\n")
+    }
+
+    /// Answers one request: (status code, content type, body).
+    fn route(&self, method: &str, path_and_query: &str) -> (u16, &'static str, String) {
+        const TEXT: &str = "text/plain; charset=utf-8";
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        if method == "POST" && path == "/step-down" {
+            return self.step_down(query);
+        }
+        if method != "GET" && method != "HEAD" {
+            return (
+                405,
+                TEXT,
+                "only GET (and POST /step-down on --control)\n".into(),
+            );
+        }
         let check = |r: Result<String, String>| match r {
             Ok(m) => (200, TEXT, m + "\n"),
             Err(m) => (503, TEXT, m + "\n"),
@@ -152,7 +218,11 @@ impl State {
 
     /// Answers `req`.
     fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let (code, ctype, body) = self.route(req.method().as_str(), req.uri().path());
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path(), |p| p.as_str());
+        let (code, ctype, body) = self.route(req.method().as_str(), target);
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() =
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -326,6 +396,8 @@ mod tests {
             identity: "a".into(),
             ready_when: ReadyWhen::Observed,
             healthz_grace: Duration::from_secs(1),
+            control: false,
+            default_hold_off: Duration::from_secs(15),
         }
     }
 

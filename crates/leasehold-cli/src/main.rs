@@ -16,6 +16,7 @@ mod child;
 mod http;
 mod run;
 mod status;
+mod step_down;
 mod supervisor;
 mod watchdog;
 
@@ -45,6 +46,11 @@ fn main() -> ExitCode {
         args::Cli::Watchdog { pgid, grace } => watchdog::run(pgid, grace),
         args::Cli::Run(a) => block_on(run::run(*a)),
         args::Cli::Status(a) => block_on(status::status(a)),
+        args::Cli::StepDown(a) => block_on(async move {
+            step_down::step_down(a)
+                .await
+                .map_err(|e| run::Error::StepDown(Box::new(e)))
+        }),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -77,6 +77,9 @@ pub enum Error {
     /// The lock could not be read (`status`; exit 1).
     #[error("cannot read the lock")]
     Lock(#[source] leasehold::LockError),
+    /// `step-down` failed (exit 1).
+    #[error("step-down failed")]
+    StepDown(#[source] Box<crate::step_down::Error>),
 }
 
 // === impl Error ===
@@ -374,29 +377,35 @@ async fn run_on(
     let cancel = CancellationToken::new();
     let term: Arc<Mutex<Option<Leadership>>> = Arc::default();
     let elector_dead = Arc::new(AtomicBool::new(false));
-    let http_task = match args.sidecar.http {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Listen { addr, source })?;
+    let mut http_tasks = Vec::new();
+    let listeners = [(args.sidecar.http, false), (args.sidecar.control, true)];
+    for (addr, control) in listeners {
+        let Some(addr) = addr else { continue };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen { addr, source })?;
+        if control {
+            tracing::info!(%addr, "serving POST /step-down (and the status endpoints)");
+        } else {
             tracing::info!(%addr, "serving /, /healthz, /readyz, /metrics");
-            let state = crate::http::State {
-                handle: handle.clone(),
-                term: Arc::clone(&term),
-                elector_dead: Arc::clone(&elector_dead),
-                name: args.lock.name.clone(),
-                namespace: kube.as_ref().map(|(_, ns)| ns.clone()).unwrap_or_default(),
-                identity: identity.clone(),
-                ready_when: args.sidecar.ready_when,
-                healthz_grace: timing
-                    .lease_duration
-                    .saturating_sub(timing.renew_deadline)
-                    .max(Duration::from_secs(1)),
-            };
-            Some(tokio::spawn(crate::http::serve(listener, state)))
         }
-        None => None,
-    };
+        let state = crate::http::State {
+            handle: handle.clone(),
+            term: Arc::clone(&term),
+            elector_dead: Arc::clone(&elector_dead),
+            name: args.lock.name.clone(),
+            namespace: kube.as_ref().map(|(_, ns)| ns.clone()).unwrap_or_default(),
+            identity: identity.clone(),
+            ready_when: args.sidecar.ready_when,
+            healthz_grace: timing
+                .lease_duration
+                .saturating_sub(timing.renew_deadline)
+                .max(Duration::from_secs(1)),
+            control,
+            default_hold_off: timing.lease_duration,
+        };
+        http_tasks.push(tokio::spawn(crate::http::serve(listener, state)));
+    }
     let elector_task = tokio::spawn(elector.run(cancel.clone()));
 
     let sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
@@ -411,7 +420,7 @@ async fn run_on(
         labeler,
         cancel,
         elector_task,
-        http_task,
+        http_tasks,
         elector_dead,
         term,
         sigterm,
@@ -493,7 +502,7 @@ struct Shell {
     labeler: Option<Labeler>,
     cancel: CancellationToken,
     elector_task: tokio::task::JoinHandle<()>,
-    http_task: Option<tokio::task::JoinHandle<()>>,
+    http_tasks: Vec<tokio::task::JoinHandle<()>>,
     elector_dead: Arc<AtomicBool>,
     /// The current term, for the HTTP state.
     term: Arc<Mutex<Option<Leadership>>>,
@@ -645,7 +654,7 @@ impl Shell {
                 if let Some(l) = self.labeler.take() {
                     l.task.abort();
                 }
-                if let Some(t) = &self.http_task {
+                for t in &self.http_tasks {
                     t.abort();
                 }
             }

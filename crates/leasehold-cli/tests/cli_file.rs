@@ -329,6 +329,25 @@ fn bad_input_exits_64_naming_the_problem() {
         ),
         (&["bogus"], "bogus"),
         (
+            &["run", "--name", "a", "--control", "0.0.0.0:9091"],
+            "--control: `0.0.0.0:9091` is not a loopback address",
+        ),
+        (&["step-down"], "--control is required"),
+        (
+            &[
+                "step-down",
+                "--control",
+                "127.0.0.1:1",
+                "--hold-off",
+                "soon",
+            ],
+            "--hold-off",
+        ),
+        (
+            &["step-down", "--control", "127.0.0.1:1", "--to", "x"],
+            "--to",
+        ),
+        (
             &["run", "--name", "a", "--name", "b"],
             "--name is given twice",
         ),
@@ -626,6 +645,121 @@ fn a_symlinked_file_is_followed_and_a_loop_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(
         err.contains(&format!("--file {}: ", a.display())) && err.contains("symbolic links"),
+        "{err}"
+    );
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn step_down(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .arg("step-down")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn step_down_stops_the_command_releases_and_a_standby_takes_over_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ctl_a, http_a) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut a = leasehold(
+        d,
+        "a",
+        &["--control", &ctl_a, "--http", &http_a],
+        &["sh", "-c", RECORDER],
+    );
+    assert!(wait_for(Duration::from_secs(10), || starts(d).len() == 1));
+    let mut b = leasehold(d, "b", &[], &["sh", "-c", RECORDER]);
+    std::thread::sleep(Duration::from_millis(500)); // b stands by, watching the file
+
+    // Refused: on the status port; for another election; with a bad parameter.
+    let post = |addr: &str, target: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
+        resp
+    };
+    let resp = post(&http_a, "/step-down");
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(resp.contains("only on the --control address"), "{resp}");
+    let resp = post(&ctl_a, "/step-down?hold-off=soon");
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let (code, _, err) = step_down(&["--control", &ctl_a, "--name", "other"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is in election `t`, not `other`"), "{err}");
+    assert_eq!(starts(d).len(), 1, "nothing moved");
+
+    let asked = now_nanos();
+    let (code, out, err) = step_down(&["--control", &ctl_a, "--name", "t", "--hold-off", "30s"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("stepping down: a (fencing token 0); not contending for 30s"),
+        "{out}"
+    );
+    assert!(wait_for(Duration::from_secs(5), || starts(d).len() == 2));
+    let log = std::fs::read_to_string(d.join("log")).unwrap();
+    let intervals = history::parse_log(&log).unwrap();
+    history::check(&intervals).unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let (who, token) = starts(d)[1].clone();
+    assert_eq!((who.as_str(), token), ("b", 1), "{log}");
+    let b_started: u128 = log
+        .lines()
+        .find(|l| l.starts_with("start b "))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let took = Duration::from_nanos((b_started - asked) as u64);
+    // a's command stops at once (the recorder exits on SIGTERM); then the release; b, watching,
+    // takes over: well under the 2 s lease a crash would cost.
+    assert!(
+        took < Duration::from_millis(1500),
+        "b took over {took:?} after the request"
+    );
+    eprintln!("step-down to b's command running: {took:?}");
+
+    // a, asked again while standing by, says so.
+    let (code, out, _) = step_down(&["--control", &ctl_a]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.starts_with("not leading: a; not contending for 2s"),
+        "{out}"
+    );
+
+    for p in [&a, &b] {
+        signal(p, rustix::process::Signal::TERM);
+    }
+    assert_eq!(a.wait().unwrap().code(), Some(0));
+    assert_eq!(b.wait().unwrap().code(), Some(0));
+    // Nothing listens any more: a clear error naming the address.
+    let (code, _, err) = step_down(&["--control", &ctl_a]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!(
+            "cannot reach the sidecar's control address {ctl_a}"
+        )),
         "{err}"
     );
 }

@@ -47,6 +47,15 @@ pub enum Event {
     Timer,
     /// Shutdown was requested: step down, release if configured, then finish.
     Cancel,
+    /// Step down on request, and do not contend before `hold_off` has passed: a leader stops
+    /// (its work drains first, with [`Machine::with_drain`]), releases the lock so that another
+    /// candidate takes over at once, and stays a standby; a standby sits out. Unlike
+    /// [`Event::Cancel`], the candidate keeps running and contends again afterwards.
+    StepDown {
+        /// How long not to contend, from now. Zero: contend again at once, which another
+        /// candidate watching the lock usually wins, being already told of the release.
+        hold_off: Duration,
+    },
     /// The watch ([`Action::Watch`]) ended or failed: changes may have been missed, so the next
     /// step reads again, and another watch is opened after a backoff.
     WatchLost,
@@ -165,6 +174,8 @@ pub enum StepDown {
     Unreadable,
     /// Shutdown was requested.
     Cancelled,
+    /// A step-down was requested ([`Event::StepDown`]).
+    Requested,
 }
 
 /// Whether this candidate leads.
@@ -296,6 +307,8 @@ pub struct Machine {
     /// When a duplicate identity was last reported.
     duplicate_reported_at: Option<Tick>,
     cancelling: bool,
+    /// After [`Event::StepDown`]: no acquisition before this time.
+    hold_off_until: Option<Tick>,
     rng: u64,
     /// The highest `leaderTransitions` ever observed: a re-created lock continues from it, so
     /// tokens never go backwards even if the object is deleted.
@@ -375,6 +388,7 @@ impl Machine {
             own_writes: VecDeque::with_capacity(OWN_WRITES),
             duplicate_reported_at: None,
             cancelling: false,
+            hold_off_until: None,
             rng: seed | 1,
             max_transitions: None,
             deleted_lease: None,
@@ -655,6 +669,10 @@ impl Machine {
                     // No acquisition before the work returns: only the periodic read is due.
                     return Some(read_at);
                 }
+                if let Some(until) = self.hold_off_until {
+                    // Sitting out after a step-down: look again when it ends.
+                    return Some(read_at.min(until));
+                }
                 match &seen.record {
                     Some(r) if !r.is_released() => {
                         Some(read_at.min(self.expires_at(r, seen.since)))
@@ -705,6 +723,9 @@ impl Machine {
         // MicroTime: the finest precision any backend stores.
         let wall = Timestamp::from_microsecond(wall.as_microsecond()).unwrap_or(wall);
         self.last_clock = (now, wall);
+        if self.hold_off_until.is_some_and(|at| now >= at) {
+            self.hold_off_until = None;
+        }
         match event {
             Event::Start => {}
             Event::Timer => {}
@@ -720,6 +741,7 @@ impl Machine {
                 }
             }
             Event::Cancel => self.on_cancel(now, &mut out),
+            Event::StepDown { hold_off } => self.on_step_down_request(hold_off, now, &mut out),
             Event::Drained => {
                 self.draining = None;
                 if let State::Releasing { retry_at, .. } = &mut self.state {
@@ -980,7 +1002,7 @@ impl Machine {
                 self.set_seen(v, now, out);
                 if !own {
                     // Someone else wrote, or it is released or deleted: nothing left to release.
-                    self.finish(out);
+                    self.released(out);
                 }
             }
             State::Standby | State::Finished => self.set_seen(v, now, out),
@@ -990,7 +1012,7 @@ impl Machine {
     fn on_unreadable(&mut self, version: Version, now: Tick, out: &mut Vec<Action>) {
         match &self.state {
             State::Leading(_) => self.step_down(StepDown::Unreadable, out),
-            State::Releasing { .. } => self.finish(out),
+            State::Releasing { .. } => self.released(out),
             _ => {}
         }
         let since = match &self.seen {
@@ -1099,7 +1121,7 @@ impl Machine {
             Inflight::Read => {}
             Inflight::Release { record } => {
                 self.set_seen(Some(Versioned::new(record, version)), now, out);
-                self.finish(out);
+                self.released(out);
             }
             Inflight::Renew { sent_at, record } => {
                 let credited = match &mut self.state {
@@ -1129,8 +1151,9 @@ impl Machine {
                 };
                 self.retry_at = None;
                 self.set_seen(Some(Versioned::new(record, version)), now, out);
-                if self.cancelling {
-                    // Acquired, but shutdown was requested meanwhile: never start; release.
+                if self.cancelling || self.holding_off(now) {
+                    // Acquired, but shutdown or a step-down was requested meanwhile: never
+                    // start; release.
                     self.begin_release(term, now, out);
                 } else if now >= sent_at + self.timing.renew_deadline {
                     // The answer came too late to act on; the next read decides.
@@ -1171,8 +1194,43 @@ impl Machine {
         }
     }
 
+    /// A leader's step-down on request: as a shutdown's, but the candidate stays.
+    fn on_step_down_request(&mut self, hold_off: Duration, now: Tick, out: &mut Vec<Action>) {
+        if self.cancelling {
+            return;
+        }
+        self.hold_off_until = Some(now + hold_off);
+        if let State::Leading(term) = std::mem::replace(&mut self.state, State::Standby) {
+            out.push(Action::StoppedLeading {
+                token: term.token,
+                reason: StepDown::Requested,
+            });
+            // A renewal in flight is left to land; the release follows it (the machine sends
+            // one request at a time), and its version is then the one released.
+            self.begin_drain(&term);
+            self.begin_release(term, now, out);
+        }
+    }
+
+    /// Whether a step-down's hold-off keeps this candidate from acquiring at `now`.
+    fn holding_off(&self, now: Tick) -> bool {
+        self.hold_off_until.is_some_and(|at| now < at)
+    }
+
+    /// The release has ended (written, found unnecessary, or given up on): finish after a
+    /// shutdown, or stay a standby after a step-down.
+    fn released(&mut self, out: &mut Vec<Action>) {
+        if self.cancelling {
+            self.finish(out);
+        } else {
+            self.state = State::Standby;
+        }
+    }
+
     fn begin_release(&mut self, term: Term, now: Tick, out: &mut Vec<Action>) {
-        if !self.timing.release_on_cancel {
+        // A step-down releases whatever the configuration says: handing over at once is the
+        // point of it.
+        if !self.timing.release_on_cancel && self.cancelling {
             self.finish(out);
             return;
         }
@@ -1228,7 +1286,7 @@ impl Machine {
                     out.push(Action::Abandon);
                 }
             }
-            State::Releasing { give_up, .. } if now >= *give_up => self.finish(out),
+            State::Releasing { give_up, .. } if now >= *give_up => self.released(out),
             _ => {}
         }
     }
@@ -1333,6 +1391,14 @@ impl Machine {
                     out.push(Action::Read { deadline });
                     return;
                 };
+                if self.holding_off(now) {
+                    // Sitting out after a step-down: keep the view of the lock fresh only.
+                    if now >= self.last_heard + self.timing.lease_duration {
+                        self.inflight = Some(Inflight::Read);
+                        out.push(Action::Read { deadline });
+                    }
+                    return;
+                }
                 // The token after the highest ever seen: a deleted or unreadable lock continues
                 // from it, and so does a takeover of a lock that was deleted and re-created with
                 // a smaller count (by a client-go candidate, say) since. The record's own count
@@ -2238,6 +2304,154 @@ mod tests {
         assert!(record.is_released());
         let a = m.handle(Event::WriteDone(Ok(ver("2"))), 4 * S + ms(7), wall());
         assert_eq!(a.last(), Some(&Action::Finished));
+    }
+
+    #[test]
+    fn a_step_down_drains_releases_and_sits_out_the_hold_off_then_contends_again() {
+        let mut m = draining_leader();
+        let a = m.handle(Event::StepDown { hold_off: 20 * S }, S, wall());
+        assert_eq!(
+            a,
+            vec![Action::StoppedLeading {
+                token: FencingToken(0),
+                reason: StepDown::Requested
+            }],
+            "the work is told to stop; nothing is written yet"
+        );
+        let a = m.handle(Event::Drained, S + ms(5), wall());
+        let [
+            Action::Update {
+                record, version, ..
+            },
+        ] = &a[..]
+        else {
+            panic!("released once drained: {a:?}")
+        };
+        assert!(record.is_released());
+        assert_eq!(version, &ver("1"));
+        // Released: a standby again, still running, watching the lock.
+        let a = m.handle(Event::WriteDone(Ok(ver("2"))), S + ms(7), wall());
+        assert_eq!(
+            a,
+            vec![
+                Action::NewLeader {
+                    identity: String::new()
+                },
+                Action::Watch {
+                    from: Some(ver("2"))
+                }
+            ]
+        );
+        assert!(m.is_standby());
+        // The lock stays free for the others: no acquisition during the hold-off, only a look
+        // when it ends.
+        assert_eq!(
+            m.deadline(),
+            Some(15 * S),
+            "a read a lease after the last news"
+        );
+        let a = m.handle(Event::Watched(seen(released(0), "2")), 10 * S, wall());
+        assert!(a.is_empty(), "{a:?}");
+        assert_eq!(m.deadline(), Some(21 * S));
+        let a = m.handle(Event::Timer, 21 * S - ms(1), wall());
+        assert!(a.is_empty(), "{a:?}");
+        let a = m.handle(Event::Timer, 21 * S, wall());
+        let [Action::Update { record, .. }, Action::Unwatch] = &a[..] else {
+            panic!("contends once the hold-off is over: {a:?}")
+        };
+        assert_eq!(record.holder_identity, "me");
+        assert_eq!(record.leader_transitions, 1, "a new term, a new token");
+    }
+
+    #[test]
+    fn a_step_down_without_work_releases_at_once_and_a_standby_just_sits_out() {
+        let mut m = leader();
+        let a = m.handle(Event::StepDown { hold_off: 5 * S }, S, wall());
+        let [
+            Action::StoppedLeading {
+                reason: StepDown::Requested,
+                ..
+            },
+            Action::Update { record, .. },
+        ] = &a[..]
+        else {
+            panic!("{a:?}")
+        };
+        assert!(record.is_released());
+        // Another candidate takes the released lock; this one follows it as a standby.
+        m.handle(Event::WriteDone(Ok(ver("2"))), S, wall());
+        let a = m.handle(Event::Watched(seen(other("y", 1, 0), "3")), 2 * S, wall());
+        assert_eq!(
+            a,
+            vec![Action::NewLeader {
+                identity: "y".into()
+            }]
+        );
+        // A standby asked to step down sits out: the expired lock is not taken before the
+        // hold-off ends.
+        let (mut m, _) = observing(other("x", 1, 0));
+        assert!(
+            m.handle(Event::StepDown { hold_off: 30 * S }, S, wall())
+                .is_empty()
+        );
+        assert_eq!(
+            m.deadline(),
+            Some(15 * S),
+            "a look a lease after the last news"
+        );
+        let a = m.handle(Event::Timer, 15 * S, wall());
+        assert!(matches!(a.as_slice(), [Action::Read { .. }]), "{a:?}");
+        let a = m.handle(
+            Event::ReadDone(Ok(seen(other("x", 1, 0), "1"))),
+            15 * S,
+            wall(),
+        );
+        assert!(a.is_empty(), "expired, but sitting out: {a:?}");
+        assert_eq!(m.deadline(), Some(30 * S), "the next look");
+        m.handle(Event::Timer, 30 * S, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("x", 1, 0), "1"))),
+            30 * S,
+            wall(),
+        );
+        assert_eq!(m.deadline(), Some(31 * S), "the end of the hold-off");
+        let a = m.handle(Event::Timer, 31 * S, wall());
+        assert!(
+            matches!(a.first(), Some(Action::Update { record, .. }) if record.holder_identity == "me"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn an_acquisition_that_lands_after_a_step_down_was_asked_is_released_not_started() {
+        let mut m = machine();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        let a = m.handle(Event::ReadDone(Ok(None)), Duration::ZERO, wall());
+        assert!(matches!(a.as_slice(), [Action::Create { .. }]), "{a:?}");
+        assert!(
+            m.handle(Event::StepDown { hold_off: 5 * S }, ms(1), wall())
+                .is_empty()
+        );
+        let a = m.handle(Event::WriteDone(Ok(ver("1"))), ms(2), wall());
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::StartedLeading { .. })),
+            "{a:?}"
+        );
+        let Some(Action::Update { record, .. }) = a.last() else {
+            panic!("{a:?}")
+        };
+        assert!(record.is_released());
+        m.handle(Event::WriteDone(Ok(ver("2"))), ms(3), wall());
+        assert!(m.is_standby());
+    }
+
+    #[test]
+    fn a_cancel_during_a_step_downs_release_finishes() {
+        let mut m = leader();
+        m.handle(Event::StepDown { hold_off: 5 * S }, S, wall());
+        assert!(m.handle(Event::Cancel, S, wall()).is_empty());
+        let a = m.handle(Event::WriteDone(Ok(ver("2"))), S, wall());
+        assert_eq!(a.last(), Some(&Action::Finished), "{a:?}");
     }
 
     #[test]

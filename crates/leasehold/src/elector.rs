@@ -132,6 +132,15 @@ pub struct ElectorHandle {
     term_until: watch::Receiver<Option<Instant>>,
     /// The current term; `None` while not leading.
     term: watch::Receiver<Option<Leadership>>,
+    /// Step-down requests, to the run loop.
+    step_down: Arc<watch::Sender<StepDownRequest>>,
+}
+
+/// The latest step-down request: a counter, so that two alike requests are two requests.
+#[derive(Clone, Copy, Debug, Default)]
+struct StepDownRequest {
+    seq: u64,
+    hold_off: Duration,
 }
 
 // === impl ElectorHandle ===
@@ -192,6 +201,36 @@ impl ElectorHandle {
         self.term.clone()
     }
 
+    /// Steps down if leading, and does not contend again before `hold_off` has passed: the
+    /// term ends (its [`Leadership`] token is cancelled, the stopped-leading callback runs),
+    /// the work of [`run_while_leading`](Elector::run_while_leading) drains, and then the lock
+    /// is released, so that a standby takes over at once rather than after a lease duration.
+    /// The elector keeps running, as a standby. A standby asked to step down sits out the
+    /// hold-off all the same (to keep a node being drained from taking over, say).
+    ///
+    /// Returns whether this candidate was leading when asked. Nothing happens if the elector
+    /// is not running.
+    ///
+    /// A hold-off shorter than the others' reaction time (a retry period for client-go
+    /// candidates, which poll) may let this candidate take the lock straight back: this one
+    /// learns of its own release first.
+    ///
+    /// ```no_run
+    /// # fn f(handle: leasehold::ElectorHandle) {
+    /// // Before draining this node: hand over, and keep out for a minute.
+    /// handle.step_down(std::time::Duration::from_secs(60));
+    /// # }
+    /// ```
+    #[doc(alias = "Release")]
+    pub fn step_down(&self, hold_off: Duration) -> bool {
+        let leading = self.leadership().is_some();
+        self.step_down.send_modify(|r| {
+            r.seq += 1;
+            r.hold_off = hold_off;
+        });
+        leading
+    }
+
     /// Waits until this candidate leads and returns the term; at once if it leads already.
     /// `None` once the elector has finished without leading again.
     ///
@@ -239,6 +278,8 @@ pub struct Elector<B> {
     term_until: watch::Sender<Option<Instant>>,
     /// The current term, shared with handles for [`ElectorHandle::leadership`].
     term: watch::Sender<Option<Leadership>>,
+    /// Step-down requests from handles ([`ElectorHandle::step_down`]).
+    step_down: Arc<watch::Sender<StepDownRequest>>,
     /// The leader work of [`run_while_leading`](Self::run_while_leading), started each term.
     work: Option<WorkFn>,
 }
@@ -287,6 +328,7 @@ impl<B: LockBackend> Elector<B> {
             boot_clock: boottime,
             term_until: watch::channel(None).0,
             term: watch::channel(None).0,
+            step_down: Arc::new(watch::channel(StepDownRequest::default()).0),
             work: None,
         })
     }
@@ -349,6 +391,7 @@ impl<B: LockBackend> Elector<B> {
             metrics: Arc::clone(&self.metrics),
             term_until: self.term_until.subscribe(),
             term: self.term.subscribe(),
+            step_down: Arc::clone(&self.step_down),
         }
     }
 
@@ -486,6 +529,8 @@ impl<B: LockBackend> Elector<B> {
 
         let mut event = Some(Event::Start);
         let mut cancelled = std::pin::pin!(cancel.cancelled());
+        let mut step_downs = self.step_down.subscribe();
+        step_downs.mark_unchanged();
         let mut sleep = std::pin::pin!(tokio::time::sleep_until(origin));
         loop {
             if let Some(ev) = event.take() {
@@ -709,6 +754,11 @@ impl<B: LockBackend> Elector<B> {
                     // Stop acting first, whatever the machine is waiting for.
                     drop(leadership.take());
                     event = Some(Event::Cancel);
+                }
+                Ok(()) = step_downs.changed(), if !cancel_sent => {
+                    let hold_off = step_downs.borrow_and_update().hold_off;
+                    tracing::info!(lock = %describe, ?hold_off, "step-down requested");
+                    event = Some(Event::StepDown { hold_off });
                 }
                 (ev, error) = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
                     pending = None;
@@ -968,6 +1018,9 @@ fn log_step_down(describe: &str, token: FencingToken, reason: &StepDown) {
     match reason {
         StepDown::Cancelled => {
             tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: shutting down")
+        }
+        StepDown::Requested => {
+            tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: step-down requested; releasing")
         }
         StepDown::DeadlineExceeded => {
             tracing::warn!(lock = %describe, fencing_token = %token, "stopped leading: no renewal succeeded within the renew deadline")

@@ -196,3 +196,55 @@ async fn a_work_that_returns_while_leading_ends_the_run_and_releases() {
     assert!(lock.current().unwrap().record.is_released());
     assert!(!cancel.is_cancelled(), "the caller's token is the caller's");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_step_down_drains_releases_and_a_watching_standby_takes_over_at_once() {
+    let lock = MemLock::new();
+    let log = Log::default();
+    let (cancel_a, task_a, a) = candidate(
+        lock.clone(),
+        "a",
+        Some(Duration::from_millis(300)),
+        log.clone(),
+    );
+    a.acquired().await.unwrap();
+    let (cancel_b, task_b, b) = candidate(lock.clone(), "b", Some(Duration::ZERO), log.clone());
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(b.leader(), "a", "b stands by, watching");
+
+    let asked = Instant::now();
+    assert!(a.step_down(Duration::from_secs(30)), "a was leading");
+    let term = b.acquired().await.unwrap();
+    let took_over = Instant::now();
+    let returned = when(&log, &Did::Returned(0)).expect("a's work returned");
+    assert_eq!(
+        returned - asked,
+        Duration::from_millis(300),
+        "a drained first"
+    );
+    assert!(took_over >= returned, "no overlap with a's work");
+    assert!(
+        took_over - asked < Duration::from_millis(400),
+        "b took over {:?} after the request, not a lease duration later",
+        took_over - asked
+    );
+    assert_eq!(term.fencing_token().0, 1, "a new term, a larger token");
+    assert!(a.leadership().is_none());
+
+    // a sits out its hold-off: b's crash leaves the lock to expire, and a does not take it
+    // before the 30 s are over.
+    cancel_b.cancel();
+    task_b.await.unwrap();
+    sleep(Duration::from_secs(20)).await;
+    assert!(a.leadership().is_none(), "still sitting out");
+    let term = tokio::time::timeout(Duration::from_secs(20), a.acquired())
+        .await
+        .expect("a contends again after its hold-off")
+        .unwrap();
+    assert!(asked.elapsed() >= Duration::from_secs(30));
+    assert_eq!(term.fencing_token().0, 2);
+    // Asked while standing by: false, and nothing else happens.
+    assert!(!b.step_down(Duration::ZERO));
+    cancel_a.cancel();
+    task_a.await.unwrap();
+}
