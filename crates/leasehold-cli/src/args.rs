@@ -81,6 +81,8 @@ pub struct RunArgs {
     pub clock_offset: Option<jiff::SignedDuration>,
     /// HTTP status, Pod label, Events.
     pub sidecar: SidecarArgs,
+    /// `--health-cmd` / `--health-url` and their settings, if given.
+    pub health: Option<crate::health::HealthArgs>,
 }
 
 /// `leasehold status`.
@@ -134,7 +136,9 @@ USAGE:
                 [--kubeconfig PATH] [--lock-type TYPE] [--lease-duration DUR]
                 [--renew-deadline DUR] [--retry-period DUR] [--ttl DUR] [--http ADDR]
                 [--ready-when observed|leader] [--label-pod] [--pod-name POD]
-                [--label-key KEY] [--no-events] [--control ADDR] [-- COMMAND [ARGS...]]
+                [--label-key KEY] [--no-events] [--control ADDR]
+                [--health-cmd CMD | --health-url URL] [--health-period DUR]
+                [--health-timeout DUR] [--health-failures N] [-- COMMAND [ARGS...]]
   leasehold status --name NAME [--namespace NS] [--backend kube|file] [--file PATH]
                 [--kubeconfig PATH] [--lock-type TYPE] [--json]
   leasehold step-down --control ADDR [--hold-off DUR] [--name NAME]
@@ -169,6 +173,13 @@ OPTIONS:
   --control ADDR        (run) serve POST /step-down on ADDR, which must be a loopback address
                         (127.0.0.1:PORT, [::1]:PORT): requests there move leadership and carry
                         no authentication, so they are never served on --http
+  --health-cmd CMD      contend only while this shell command (/bin/sh -c) exits 0; a leader
+                        whose probe fails --health-failures times in a row steps down
+  --health-url URL      the same with GET on an http:// URL (2xx is healthy)
+  --health-period DUR   how often the probe runs (default 5s)
+  --health-timeout DUR  a probe that takes longer fails and is killed (default 2s)
+  --health-failures N   failures in a row that make a healthy candidate unhealthy (default 3);
+                        a new candidate contends only once its first probe has passed
   --hold-off DUR        (step-down) do not contend again for this long (default: the sidecar's
                         lease duration)
   --json                (status) print JSON
@@ -310,6 +321,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     let mut lock_type = None;
     let mut http = None;
     let mut control = None;
+    let (mut health_cmd, mut health_url, mut health_period, mut health_timeout) =
+        (None, None, None, None);
+    let mut health_failures = None;
     let mut ready_when = ReadyWhen::default();
     let mut label_pod = false;
     let mut pod_name = None;
@@ -383,6 +397,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--x-clock-offset",
             "--http",
             "--control",
+            "--health-cmd",
+            "--health-url",
+            "--health-period",
+            "--health-timeout",
+            "--health-failures",
             "--ready-when",
             "--pod-name",
             "--label-key",
@@ -442,6 +461,28 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
                 http = Some(parse_addr(&value?).map_err(|e| usage(format!("--http: {e}")))?);
             }
             "--control" => control = Some(parse_control(&value?)?),
+            "--health-cmd" => {
+                let value = value?;
+                check_health_cmd(&value)?;
+                health_cmd = Some(value);
+            }
+            "--health-url" => {
+                let value = value?;
+                crate::health::check_url(&value).map_err(|e| usage(format!("{flag}: {e}")))?;
+                health_url = Some(value);
+            }
+            "--health-period" => health_period = Some(positive(&flag, dur(&value?)?)?),
+            "--health-timeout" => health_timeout = Some(positive(&flag, dur(&value?)?)?),
+            "--health-failures" => {
+                let value = value?;
+                health_failures = Some(value.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(
+                    || {
+                        usage(format!(
+                            "{flag}: `{value}` is not a whole number of at least 1"
+                        ))
+                    },
+                )?);
+            }
             "--ready-when" => {
                 ready_when = match value?.as_str() {
                     "observed" => ReadyWhen::Observed,
@@ -593,12 +634,44 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     } else {
         None
     };
+    let probe = match (health_cmd, health_url) {
+        (Some(_), Some(_)) => {
+            return Err(usage(
+                "--health-cmd and --health-url: give one probe, not both".into(),
+            ));
+        }
+        (Some(c), None) => Some(crate::health::Probe::Command(c)),
+        (None, Some(u)) => Some(crate::health::Probe::Url(u)),
+        (None, None) => None,
+    };
+    let health = match probe {
+        Some(probe) => Some(crate::health::HealthArgs {
+            probe,
+            period: health_period.unwrap_or(Duration::from_secs(5)),
+            timeout: health_timeout.unwrap_or(Duration::from_secs(2)),
+            failures: health_failures.unwrap_or(3),
+        }),
+        None => {
+            let set = [
+                ("--health-period", health_period.is_some()),
+                ("--health-timeout", health_timeout.is_some()),
+                ("--health-failures", health_failures.is_some()),
+            ];
+            if let Some((flag, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(usage(format!(
+                    "{flag} needs a probe: --health-cmd or --health-url"
+                )));
+            }
+            None
+        }
+    };
     Ok(Cli::Run(Box::new(RunArgs {
         lock,
         id,
         timing,
         command,
         clock_offset,
+        health,
         sidecar: SidecarArgs {
             http,
             control,
@@ -608,6 +681,32 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             no_events,
         },
     })))
+}
+
+/// A duration flag that must be above zero.
+fn positive(flag: &str, d: Duration) -> Result<Duration, UsageError> {
+    if d.is_zero() {
+        return Err(UsageError(format!("{flag} must be above zero")));
+    }
+    Ok(d)
+}
+
+/// `--health-cmd`: when its first word is a plain program name (no shell syntax), it must be
+/// found and executable now, so that a typo is an error at start, not a candidate that never
+/// contends.
+fn check_health_cmd(cmd: &str) -> Result<(), UsageError> {
+    let Some(first) = cmd.split_whitespace().next() else {
+        return Err(UsageError("--health-cmd must not be empty".into()));
+    };
+    let plain = first
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c));
+    if plain && !["exit", "test", "true", "false", "[", "command"].contains(&first) {
+        crate::child::check_program(std::ffi::OsStr::new(first)).map_err(|problem| {
+            UsageError(format!("--health-cmd: cannot run `{first}`: {problem}"))
+        })?;
+    }
+    Ok(())
 }
 
 /// `--control ADDR`: a loopback address only.

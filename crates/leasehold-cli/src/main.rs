@@ -13,6 +13,7 @@ macro_rules! say {
 
 mod args;
 mod child;
+mod health;
 mod http;
 mod run;
 mod status;

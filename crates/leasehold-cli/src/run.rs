@@ -377,7 +377,7 @@ async fn run_on(
     let cancel = CancellationToken::new();
     let term: Arc<Mutex<Option<Leadership>>> = Arc::default();
     let elector_dead = Arc::new(AtomicBool::new(false));
-    let mut http_tasks = Vec::new();
+    let mut tasks = Vec::new();
     let listeners = [(args.sidecar.http, false), (args.sidecar.control, true)];
     for (addr, control) in listeners {
         let Some(addr) = addr else { continue };
@@ -404,7 +404,14 @@ async fn run_on(
             control,
             default_hold_off: timing.lease_duration,
         };
-        http_tasks.push(tokio::spawn(crate::http::serve(listener, state)));
+        tasks.push(tokio::spawn(crate::http::serve(listener, state)));
+    }
+    if let Some(health) = args.health.clone() {
+        tracing::info!(
+            ?health,
+            "health-gated candidacy: contending only while the probe passes"
+        );
+        tasks.push(tokio::spawn(crate::health::run(health, handle.clone())));
     }
     let elector_task = tokio::spawn(elector.run(cancel.clone()));
 
@@ -420,7 +427,7 @@ async fn run_on(
         labeler,
         cancel,
         elector_task,
-        http_tasks,
+        tasks,
         elector_dead,
         term,
         sigterm,
@@ -502,7 +509,7 @@ struct Shell {
     labeler: Option<Labeler>,
     cancel: CancellationToken,
     elector_task: tokio::task::JoinHandle<()>,
-    http_tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     elector_dead: Arc<AtomicBool>,
     /// The current term, for the HTTP state.
     term: Arc<Mutex<Option<Leadership>>>,
@@ -654,7 +661,7 @@ impl Shell {
                 if let Some(l) = self.labeler.take() {
                     l.task.abort();
                 }
-                for t in &self.http_tasks {
+                for t in &self.tasks {
                     t.abort();
                 }
             }

@@ -348,6 +348,42 @@ fn bad_input_exits_64_naming_the_problem() {
             "--to",
         ),
         (
+            &["run", "--name", "a", "--health-cmd", "no-such-probe --ok"],
+            "--health-cmd: cannot run `no-such-probe`: not found",
+        ),
+        (
+            &["run", "--name", "a", "--health-url", "https://x/healthz"],
+            "only http://",
+        ),
+        (
+            &[
+                "run",
+                "--name",
+                "a",
+                "--health-cmd",
+                "true",
+                "--health-url",
+                "http://x/",
+            ],
+            "give one probe, not both",
+        ),
+        (
+            &["run", "--name", "a", "--health-period", "1s"],
+            "--health-period needs a probe",
+        ),
+        (
+            &[
+                "run",
+                "--name",
+                "a",
+                "--health-cmd",
+                "true",
+                "--health-failures",
+                "0",
+            ],
+            "--health-failures: `0` is not a whole number of at least 1",
+        ),
+        (
             &["run", "--name", "a", "--name", "b"],
             "--name is given twice",
         ),
@@ -762,4 +798,101 @@ fn step_down_stops_the_command_releases_and_a_standby_takes_over_at_once() {
         )),
         "{err}"
     );
+}
+
+#[test]
+fn an_unhealthy_candidate_never_contends_and_an_unhealthy_leader_hands_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let args = |id: &str| {
+        vec![
+            "--health-cmd".to_owned(),
+            format!("test -e {}/healthy-{id}", d.display()),
+            "--health-period".into(),
+            "200ms".into(),
+            "--health-failures".into(),
+            "2".into(),
+        ]
+    };
+    let (a_args, b_args) = (args("a"), args("b"));
+    let a_ref: Vec<&str> = a_args.iter().map(String::as_str).collect();
+    let b_ref: Vec<&str> = b_args.iter().map(String::as_str).collect();
+    // Neither is healthy at first: neither may lead, though the lock is free.
+    let mut b = leasehold(d, "b", &b_ref, &["sh", "-c", RECORDER]);
+    let mut a = leasehold(d, "a", &a_ref, &["sh", "-c", RECORDER]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(starts(d).is_empty(), "nobody healthy, nobody leads");
+    std::fs::write(d.join("healthy-a"), "").unwrap();
+    assert!(wait_for(Duration::from_secs(5), || starts(d).len() == 1));
+    assert_eq!(starts(d)[0].0, "a");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(starts(d).len(), 1, "b, unhealthy, never took over");
+
+    // a turns unhealthy, b healthy: a steps down after 2 failures and releases; b takes over.
+    std::fs::write(d.join("healthy-b"), "").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let turned = now_nanos();
+    std::fs::remove_file(d.join("healthy-a")).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || starts(d).len() == 2));
+    let log = std::fs::read_to_string(d.join("log")).unwrap();
+    let intervals = history::parse_log(&log).unwrap();
+    history::check(&intervals).unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(starts(d)[1], ("b".to_owned(), 1), "{log}");
+    let b_started: u128 = log
+        .lines()
+        .find(|l| l.starts_with("start b "))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let took = Duration::from_nanos((b_started - turned) as u64);
+    eprintln!("probe failing to the healthy standby's command running: {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "{took:?}: a released, not left to expire"
+    );
+    for p in [&a, &b] {
+        signal(p, rustix::process::Signal::TERM);
+    }
+    assert_eq!(a.wait().unwrap().code(), Some(0));
+    assert_eq!(b.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn a_probe_that_hangs_fails_at_its_timeout_and_is_named_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let child = leasehold_cmd(
+        d,
+        "h",
+        &[
+            "--health-cmd",
+            "sleep 31",
+            "--health-period",
+            "300ms",
+            "--health-timeout",
+            "200ms",
+        ],
+        &["sh", "-c", RECORDER],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, rustix::process::Signal::TERM);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("health probe failed: no result within 200ms; killed"),
+        "{err}"
+    );
+    assert!(err.contains("--health-cmd `sleep 31`"), "{err}");
+    assert!(starts(d).is_empty(), "never led");
+    let left = Command::new("pgrep")
+        .args(["-fx", "sleep 31"])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "the hung probe was killed");
 }

@@ -225,3 +225,71 @@ async fn an_rbac_denial_is_reported_naming_verb_and_resource() {
         "{err}"
     );
 }
+
+/// Health-gated candidacy on a real Lease: an unhealthy candidate never takes it, and a leader
+/// whose probe starts failing releases it to the healthy standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_leader_hands_the_lease_to_a_healthy_standby() {
+    let server = harness::shared().await;
+    let kc = server.kubeconfig("admin");
+    let name = unique("health");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let spawn = |id: &str| {
+        let probe = format!("test -e {}/healthy-{id}", dir.path().display());
+        let child = r#"echo "start $LEASEHOLD_IDENTITY $LEASEHOLD_FENCING_TOKEN" >> "$LOG"; trap 'exit 0' TERM; while true; do sleep 0.05; done"#;
+        Command::new(BIN)
+            .args(["run", "--backend", "kube", "--namespace", "default"])
+            .args(["--name", &name, "--id", id, "--kubeconfig"])
+            .arg(&kc)
+            .args(["--lease-duration", "2s", "--renew-deadline", "1s"])
+            .args(["--retry-period", "250ms", "--health-cmd", &probe])
+            .args(["--health-period", "200ms", "--health-failures", "2"])
+            .args(["--", "sh", "-c", child])
+            .env("LOG", &log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    std::fs::write(dir.path().join("healthy-a"), "").unwrap();
+    let mut a = spawn("a");
+    wait_starts(&log, 1, Duration::from_secs(20)).await;
+    let mut b = spawn("b");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        status_json(&kc, &name)["holder"],
+        "a",
+        "b, unhealthy, stands aside"
+    );
+    std::fs::write(dir.path().join("healthy-b"), "").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let t0 = Instant::now();
+    std::fs::remove_file(dir.path().join("healthy-a")).unwrap();
+    let at = wait_starts(&log, 2, Duration::from_secs(10)).await;
+    let starts: Vec<_> = lines(&log)
+        .into_iter()
+        .filter(|l| l[0] == "start")
+        .collect();
+    assert_eq!(
+        starts[1][1..],
+        ["b".to_owned(), "1".to_owned()],
+        "{starts:?}"
+    );
+    eprintln!(
+        "kube: probe failing to the healthy standby's command: {:?}",
+        at - t0
+    );
+    assert!(
+        at - t0 < Duration::from_secs(2),
+        "released, not left to expire"
+    );
+    for p in [&mut a, &mut b] {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(p.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        assert_eq!(p.wait().unwrap().code(), Some(0));
+    }
+}

@@ -56,6 +56,9 @@ pub enum Event {
         /// candidate watching the lock usually wins, being already told of the release.
         hold_off: Duration,
     },
+    /// End the hold-off of an earlier [`Event::StepDown`] now: contend again (a health probe
+    /// that passes again, say). Nothing else changes.
+    Resume,
     /// The watch ([`Action::Watch`]) ended or failed: changes may have been missed, so the next
     /// step reads again, and another watch is opened after a backoff.
     WatchLost,
@@ -742,6 +745,7 @@ impl Machine {
             }
             Event::Cancel => self.on_cancel(now, &mut out),
             Event::StepDown { hold_off } => self.on_step_down_request(hold_off, now, &mut out),
+            Event::Resume => self.hold_off_until = None,
             Event::Drained => {
                 self.draining = None;
                 if let State::Releasing { retry_at, .. } = &mut self.state {
@@ -2443,6 +2447,28 @@ mod tests {
         assert!(record.is_released());
         m.handle(Event::WriteDone(Ok(ver("2"))), ms(3), wall());
         assert!(m.is_standby());
+    }
+
+    #[test]
+    fn a_resume_ends_the_hold_off_at_once() {
+        let (mut m, _) = observing(other("x", 1, 0));
+        assert!(
+            m.handle(Event::StepDown { hold_off: 30 * S }, S, wall())
+                .is_empty()
+        );
+        let a = m.handle(Event::Watched(seen(released(1), "2")), 2 * S, wall());
+        assert_eq!(
+            a,
+            vec![Action::NewLeader {
+                identity: String::new()
+            }],
+            "released, but sitting out"
+        );
+        let a = m.handle(Event::Resume, 3 * S, wall());
+        assert!(
+            matches!(a.first(), Some(Action::Update { record, .. }) if record.holder_identity == "me"),
+            "takes the released lock at once: {a:?}"
+        );
     }
 
     #[test]

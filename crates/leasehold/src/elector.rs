@@ -137,10 +137,11 @@ pub struct ElectorHandle {
 }
 
 /// The latest step-down request: a counter, so that two alike requests are two requests.
+/// `hold_off` `None`: end the hold-off ([`ElectorHandle::resume`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct StepDownRequest {
     seq: u64,
-    hold_off: Duration,
+    hold_off: Option<Duration>,
 }
 
 // === impl ElectorHandle ===
@@ -208,8 +209,9 @@ impl ElectorHandle {
     /// The elector keeps running, as a standby. A standby asked to step down sits out the
     /// hold-off all the same (to keep a node being drained from taking over, say).
     ///
-    /// Returns whether this candidate was leading when asked. Nothing happens if the elector
-    /// is not running.
+    /// Returns whether this candidate was leading when asked. A request made before the
+    /// elector runs applies when it starts (it begins by sitting out); one made after it has
+    /// finished does nothing.
     ///
     /// A hold-off shorter than the others' reaction time (a retry period for client-go
     /// candidates, which poll) may let this candidate take the lock straight back: this one
@@ -226,9 +228,18 @@ impl ElectorHandle {
         let leading = self.leadership().is_some();
         self.step_down.send_modify(|r| {
             r.seq += 1;
-            r.hold_off = hold_off;
+            r.hold_off = Some(hold_off);
         });
         leading
+    }
+
+    /// Ends the hold-off of an earlier [`step_down`](Self::step_down) now: the candidate
+    /// contends again at once (a health check that passes again, say).
+    pub fn resume(&self) {
+        self.step_down.send_modify(|r| {
+            r.seq += 1;
+            r.hold_off = None;
+        });
     }
 
     /// Waits until this candidate leads and returns the term; at once if it leads already.
@@ -529,8 +540,12 @@ impl<B: LockBackend> Elector<B> {
 
         let mut event = Some(Event::Start);
         let mut cancelled = std::pin::pin!(cancel.cancelled());
+        // A request made before the run started still counts (a health gate that holds the
+        // candidate off until its first probe passes, say).
         let mut step_downs = self.step_down.subscribe();
-        step_downs.mark_unchanged();
+        if step_downs.borrow().seq > 0 {
+            step_downs.mark_changed();
+        }
         let mut sleep = std::pin::pin!(tokio::time::sleep_until(origin));
         loop {
             if let Some(ev) = event.take() {
@@ -757,8 +772,11 @@ impl<B: LockBackend> Elector<B> {
                 }
                 Ok(()) = step_downs.changed(), if !cancel_sent => {
                     let hold_off = step_downs.borrow_and_update().hold_off;
-                    tracing::info!(lock = %describe, ?hold_off, "step-down requested");
-                    event = Some(Event::StepDown { hold_off });
+                    tracing::debug!(lock = %describe, ?hold_off, "step-down requested (none: resume)");
+                    event = Some(match hold_off {
+                        Some(hold_off) => Event::StepDown { hold_off },
+                        None => Event::Resume,
+                    });
                 }
                 (ev, error) = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
                     pending = None;
