@@ -45,6 +45,8 @@ pub enum ReadyWhen {
     Observed,
     /// Only while leading.
     Leader,
+    /// Once any candidate leads (this one or another).
+    Elected,
 }
 
 /// The sidecar's extras: HTTP status, Pod role label, Events.
@@ -163,8 +165,8 @@ OPTIONS:
                         (lease = TTL, renew deadline = TTL*2/3, retry period = TTL*2/15)
   --http ADDR           serve GET / (JSON status), /healthz, /readyz, /metrics on ADDR
                         (e.g. 0.0.0.0:4040 or :4040)
-  --ready-when WHEN     /readyz is ready once the lock is observed (`observed`, default) or
-                        only while leading (`leader`)
+  --ready-when WHEN     /readyz is ready once the lock is observed (`observed`, default),
+                        once any candidate leads (`elected`), or only while leading (`leader`)
   --label-pod           label this Pod `KEY=leader|standby` on every transition (kube)
   --pod-name POD        the Pod to label (implies --label-pod; default $ELECTOR_POD_NAME, which
                         also turns labels on, then $HOSTNAME)
@@ -487,9 +489,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
                 ready_when = match value?.as_str() {
                     "observed" => ReadyWhen::Observed,
                     "leader" => ReadyWhen::Leader,
+                    "elected" => ReadyWhen::Elected,
                     other => {
                         return Err(usage(format!(
-                            "--ready-when: `{other}` is not observed or leader"
+                            "--ready-when: `{other}` is not observed, elected or leader"
                         )));
                     }
                 }

@@ -121,6 +121,19 @@ impl State {
             ReadyWhen::Leader => Err("not leading".into()),
             ReadyWhen::Observed if self.handle.status().observed => Ok("ok".into()),
             ReadyWhen::Observed => Err("lock not observed yet".into()),
+            ReadyWhen::Elected => {
+                let status = self.handle.status();
+                if self.is_leader() {
+                    Ok("ok: leading".into())
+                } else if status.observed
+                    && !status.leader.is_empty()
+                    && status.leader != leasehold::backend::UNKNOWN_LEADER
+                {
+                    Ok(format!("ok: {} leads", status.leader))
+                } else {
+                    Err("no leader yet".into())
+                }
+            }
         }
     }
 
@@ -399,6 +412,13 @@ mod tests {
             control: false,
             default_hold_off: Duration::from_secs(15),
         }
+    }
+
+    #[test]
+    fn ready_when_elected_waits_for_a_leader() {
+        let mut s = state();
+        s.ready_when = ReadyWhen::Elected;
+        assert_eq!(s.readyz(), Err("no leader yet".to_owned()));
     }
 
     /// `GET /healthz` as a new client: the response, or why there was none within 1 s.

@@ -896,3 +896,52 @@ fn a_probe_that_hangs_fails_at_its_timeout_and_is_named_in_the_log() {
         .unwrap();
     assert!(left.stdout.is_empty(), "the hung probe was killed");
 }
+
+/// `GET path` on `addr`: the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
+    resp
+}
+
+#[test]
+fn ready_when_elected_is_ready_on_every_candidate_once_one_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ha, hb) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let flags = |h: &str| {
+        [
+            "--http".to_owned(),
+            h.to_owned(),
+            "--ready-when".into(),
+            "elected".into(),
+        ]
+    };
+    let (fa, fb) = (flags(&ha), flags(&hb));
+    let fa: Vec<&str> = fa.iter().map(String::as_str).collect();
+    let fb: Vec<&str> = fb.iter().map(String::as_str).collect();
+    let mut a = leasehold(d, "a", &fa, &["sh", "-c", RECORDER]);
+    assert!(wait_for(Duration::from_secs(10), || starts(d).len() == 1));
+    let mut b = leasehold(d, "b", &fb, &["sh", "-c", RECORDER]);
+    assert!(wait_for(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(&hb).is_ok()
+            && http_get(&hb, "/readyz").contains("ok: a leads")
+    }));
+    let resp = http_get(&ha, "/readyz");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("ok: leading"), "{resp}");
+    for p in [&a, &b] {
+        signal(p, rustix::process::Signal::TERM);
+    }
+    assert_eq!(a.wait().unwrap().code(), Some(0));
+    assert_eq!(b.wait().unwrap().code(), Some(0));
+}
