@@ -154,6 +154,14 @@ pub enum Action {
         /// The token of the term whose work overran.
         token: FencingToken,
     },
+    /// The watch has delivered nothing for `silent_for` while a read shows the lock changed:
+    /// it is stuck without having ended (a connection a middlebox dropped without a reset,
+    /// say). The machine replaces it ([`Action::Unwatch`], then [`Action::Watch`]); the driver
+    /// logs it.
+    WatchStale {
+        /// How long the watch had been silent.
+        silent_for: Duration,
+    },
     /// The machine is done (after a cancel); the driver may return.
     Finished,
 }
@@ -667,7 +675,7 @@ impl Machine {
                     return Some(at);
                 }
                 let seen = self.seen.as_ref()?;
-                let read_at = self.last_heard + self.timing.lease_duration;
+                let read_at = self.last_heard + self.read_interval();
                 if self.draining.is_some() {
                     // No acquisition before the work returns: only the periodic read is due.
                     return Some(read_at);
@@ -764,6 +772,20 @@ impl Machine {
                 }
                 match result {
                     Ok(v) => {
+                        let silent_for = now.saturating_sub(self.last_heard);
+                        let changed = v.as_ref().map(|v| &v.version) != self.version().as_ref();
+                        if self.watching
+                            && self.is_standby()
+                            && changed
+                            && !self.stale
+                            && silent_for >= self.silence_limit()
+                        {
+                            // The watch missed a change: replace it (drive_watch opens the new
+                            // one from the version just read).
+                            self.watching = false;
+                            out.push(Action::WatchStale { silent_for });
+                            out.push(Action::Unwatch);
+                        }
                         self.last_heard = now;
                         self.stale = false;
                         self.on_observed(v, now, true, &mut out);
@@ -1383,7 +1405,7 @@ impl Machine {
                     // work would run at once. Only keep the view of the lock fresh.
                     let read_due = self.stale
                         || self.seen.is_none()
-                        || now >= self.last_heard + self.timing.lease_duration;
+                        || now >= self.last_heard + self.read_interval();
                     if read_due {
                         self.inflight = Some(Inflight::Read);
                         out.push(Action::Read { deadline });
@@ -1397,7 +1419,7 @@ impl Machine {
                 };
                 if self.holding_off(now) {
                     // Sitting out after a step-down: keep the view of the lock fresh only.
-                    if now >= self.last_heard + self.timing.lease_duration {
+                    if now >= self.last_heard + self.read_interval() {
                         self.inflight = Some(Inflight::Read);
                         out.push(Action::Read { deadline });
                     }
@@ -1413,7 +1435,7 @@ impl Machine {
                 let after_max = self
                     .max_transitions
                     .map_or(Some(0), |m| m.max(0).checked_add(1));
-                let read_due = now >= self.last_heard + self.timing.lease_duration;
+                let read_due = now >= self.last_heard + self.read_interval();
                 if let (true, Some(version)) = (seen.unreadable, seen.version.clone()) {
                     let unchanged_for = now.saturating_sub(seen.since);
                     if unchanged_for >= self.unreadable_wait() {
@@ -1456,6 +1478,32 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// How long a standby may go without news of the lock before it reads it.
+    ///
+    /// A live holder renews every renew interval, and the watch delivers each renewal, so a
+    /// watch silent for two renew intervals means the holder has stopped, or the watch has
+    /// (a stream can hang without ending). A read then tells the two apart at the cost of one
+    /// request per silence: without it, a standby with a stuck watch would learn of each
+    /// renewal only at its once-per-lease read, and, counting expiry from when it learns, could
+    /// wait up to two leases after a crash. Otherwise (no watch, or nothing held) once a lease.
+    fn read_interval(&self) -> Duration {
+        let held = self
+            .seen
+            .as_ref()
+            .and_then(|s| s.record.as_ref())
+            .is_some_and(|r| !r.is_released() && r.holder_identity != self.identity);
+        if self.watching && held {
+            self.silence_limit()
+        } else {
+            self.timing.lease_duration
+        }
+    }
+
+    /// Two renew intervals, at most a lease duration: see [`read_interval`](Self::read_interval).
+    fn silence_limit(&self) -> Duration {
+        (self.timing.renew_interval() * 2).min(self.timing.lease_duration)
     }
 
     /// How long a record that cannot be read must stay unchanged before it is replaced: the
@@ -1626,6 +1674,19 @@ mod tests {
     fn seen(record: LeaderRecord, v: &str) -> Option<Versioned> {
         Some(Versioned::new(record, ver(v)))
     }
+    /// The read a standby makes when its watch has been silent for two renew intervals (10 s
+    /// here), at its deadline: it finds `v` unchanged, which leaves the expiry where it was.
+    fn quiet_read(m: &mut Machine, v: Option<Versioned>) {
+        let at = m.deadline().unwrap();
+        let a = m.handle(Event::Timer, at, wall());
+        assert!(
+            matches!(a.as_slice(), [Action::Read { .. }]),
+            "a read at {at:?}: {a:?}"
+        );
+        let a = m.handle(Event::ReadDone(Ok(v)), at, wall());
+        assert!(a.is_empty(), "{a:?}");
+    }
+
     /// A fresh machine that reads `record` (version "1") at t=0; returns it and its actions.
     fn observing(record: LeaderRecord) -> (Machine, Vec<Action>) {
         let mut m = machine();
@@ -2036,6 +2097,12 @@ mod tests {
             );
             assert_eq!(
                 m.deadline(),
+                Some(t0 + 10 * S),
+                "a read after two renew intervals of silence"
+            );
+            quiet_read(&mut m, seen(other("x", 4, hours_off), "7"));
+            assert_eq!(
+                m.deadline(),
                 Some(t0 + 15 * S),
                 "expiry timer at observed + lease"
             );
@@ -2063,6 +2130,43 @@ mod tests {
     }
 
     #[test]
+    fn a_watch_that_hangs_is_found_by_the_read_after_its_silence_and_replaced() {
+        let (mut m, _) = observing(other("x", 1, 0));
+        // Renewals arrive through the watch at 5 s, then it hangs (the holder renews on).
+        let mut renewed = other("x", 1, 0);
+        renewed.renew_time = Some(
+            wall()
+                .checked_add(jiff::SignedDuration::from_secs(5))
+                .unwrap(),
+        );
+        m.handle(Event::Watched(seen(renewed.clone(), "2")), 5 * S, wall());
+        assert_eq!(m.deadline(), Some(15 * S), "a read after 10 s of silence");
+        let a = m.handle(Event::Timer, 15 * S, wall());
+        assert!(matches!(a.as_slice(), [Action::Read { .. }]), "{a:?}");
+        // The read finds a later renewal the watch did not deliver: the watch is stuck.
+        renewed.renew_time = Some(
+            wall()
+                .checked_add(jiff::SignedDuration::from_secs(10))
+                .unwrap(),
+        );
+        let a = m.handle(Event::ReadDone(Ok(seen(renewed, "9"))), 15 * S, wall());
+        assert_eq!(
+            a,
+            vec![
+                Action::WatchStale { silent_for: 10 * S },
+                Action::Unwatch,
+                Action::Watch {
+                    from: Some(ver("9"))
+                }
+            ]
+        );
+        // Expiry counts from the read that saw the change. Without the read, the stuck watch
+        // would have left the next look to 20 s (5 s + a lease), and a crash of the holder
+        // just after its unseen renewal would have cost up to two leases.
+        assert_eq!(m.deadline(), Some(25 * S));
+    }
+
+    #[test]
     fn a_changed_record_restarts_the_expiry_clock() {
         let (mut m, _) = observing(other("x", 1, 0));
         let mut renewed = other("x", 1, 0);
@@ -2072,10 +2176,12 @@ mod tests {
                 .unwrap(),
         );
         m.handle(Event::Watched(seen(renewed.clone(), "2")), 10 * S, wall());
-        assert_eq!(m.deadline(), Some(25 * S));
+        assert_eq!(m.deadline(), Some(20 * S), "a read after 10 s of silence");
         // The same record again (a re-read) does not restart it.
-        m.handle(Event::Watched(seen(renewed, "2")), 12 * S, wall());
-        assert_eq!(m.deadline(), Some(25 * S));
+        m.handle(Event::Watched(seen(renewed.clone(), "2")), 12 * S, wall());
+        assert_eq!(m.deadline(), Some(22 * S));
+        quiet_read(&mut m, seen(renewed, "2"));
+        assert_eq!(m.deadline(), Some(25 * S), "expiry from the change at 10 s");
     }
 
     #[test]
@@ -2129,6 +2235,8 @@ mod tests {
                 identity: "y".into()
             }]
         );
+        assert_eq!(m.deadline(), Some(ms(6) + 10 * S));
+        quiet_read(&mut m, seen(other("y", 4, 0), "2"));
         assert_eq!(m.deadline(), Some(ms(6) + 15 * S));
     }
 
@@ -2398,26 +2506,12 @@ mod tests {
             m.handle(Event::StepDown { hold_off: 30 * S }, S, wall())
                 .is_empty()
         );
-        assert_eq!(
-            m.deadline(),
-            Some(15 * S),
-            "a look a lease after the last news"
-        );
-        let a = m.handle(Event::Timer, 15 * S, wall());
-        assert!(matches!(a.as_slice(), [Action::Read { .. }]), "{a:?}");
-        let a = m.handle(
-            Event::ReadDone(Ok(seen(other("x", 1, 0), "1"))),
-            15 * S,
-            wall(),
-        );
-        assert!(a.is_empty(), "expired, but sitting out: {a:?}");
-        assert_eq!(m.deadline(), Some(30 * S), "the next look");
-        m.handle(Event::Timer, 30 * S, wall());
-        m.handle(
-            Event::ReadDone(Ok(seen(other("x", 1, 0), "1"))),
-            30 * S,
-            wall(),
-        );
+        // Reads while the watch is silent (at 10, 20 and 30 s); expired from 15 s, but
+        // sitting out.
+        for at in [10 * S, 20 * S, 30 * S] {
+            assert_eq!(m.deadline(), Some(at));
+            quiet_read(&mut m, seen(other("x", 1, 0), "1"));
+        }
         assert_eq!(m.deadline(), Some(31 * S), "the end of the hold-off");
         let a = m.handle(Event::Timer, 31 * S, wall());
         assert!(
@@ -2709,7 +2803,7 @@ mod tests {
     }
 
     #[test]
-    fn standby_rereads_no_more_often_than_the_lease_duration() {
+    fn a_standby_that_hears_renewals_never_reads_and_reads_after_two_renew_intervals_of_silence() {
         let (mut m, _) = observing(other("", 0, 0));
         m.handle(
             Event::WriteDone(Err(ErrorKind::Conflict)),
@@ -2728,7 +2822,16 @@ mod tests {
             let a = m.handle(Event::Watched(seen(r, "3")), S * (i + 1), wall());
             assert!(a.is_empty(), "{a:?}");
         }
-        assert_eq!(m.deadline(), Some(20 * S + 15 * S));
+        // Then silence: the holder died, or the watch hangs. One read tells them apart.
+        assert_eq!(m.deadline(), Some(20 * S + 10 * S));
+        let mut last = other("x", 1, 0);
+        last.renew_time = Some(
+            wall()
+                .checked_add(jiff::SignedDuration::from_secs(19))
+                .unwrap(),
+        );
+        quiet_read(&mut m, seen(last, "3"));
+        assert_eq!(m.deadline(), Some(20 * S + 15 * S), "then the expiry");
     }
 
     #[test]
@@ -3130,11 +3233,12 @@ mod tests {
             "{a:?}"
         );
         // Observed-time expiry (the default) waits a full lease from observation.
-        let (m, a) = observing(stale.clone());
+        let (mut m, a) = observing(stale.clone());
         assert!(
             !a.iter().any(|a| matches!(a, Action::Update { .. })),
             "{a:?}"
         );
+        quiet_read(&mut m, seen(stale.clone(), "1"));
         assert_eq!(m.deadline(), Some(15 * S));
         // Renewed 5 s ago by the record's clock: record-time expiry waits 10 s more.
         stale.renew_time = Some(wall() - jiff::SignedDuration::from_secs(5));
@@ -3389,6 +3493,7 @@ mod tests {
         let keyed = |k: &str, v: &str| Some(Versioned::new(r.clone(), ver(v)).with_change_key(k));
         m.handle(Event::Watched(keyed("a", "2")), 5 * S, wall());
         m.handle(Event::Watched(keyed("b", "3")), 10 * S, wall());
+        quiet_read(&mut m, keyed("b", "3"));
         assert_eq!(
             m.deadline(),
             Some(25 * S),

@@ -699,6 +699,9 @@ impl<B: LockBackend> Elector<B> {
                             let ago = told_to_stop.map(|(_, at)| at.elapsed()).unwrap_or_default();
                             tracing::error!(lock = %describe, fencing_token = %token, told_to_stop_ago = ?ago, "leader work has not returned after its term ended: it may act while another candidate leads; the lock is left to expire, not released under it");
                         }
+                        Action::WatchStale { silent_for } => {
+                            tracing::warn!(lock = %describe, ?silent_for, "the watch delivered nothing while the lock changed: it is stuck; replacing it");
+                        }
                         Action::Finished => finished = true,
                     }
                 }
