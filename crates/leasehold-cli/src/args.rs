@@ -64,6 +64,8 @@ pub struct SidecarArgs {
     pub label_key: String,
     /// `--no-events`.
     pub no_events: bool,
+    /// `--no-deletion-cost`: leave the Pod's `controller.kubernetes.io/pod-deletion-cost` alone.
+    pub no_deletion_cost: bool,
 }
 
 /// `leasehold run`.
@@ -172,6 +174,9 @@ OPTIONS:
                         also turns labels on, then $HOSTNAME)
   --label-key KEY       the Pod label key (default k8s-elector/status)
   --no-events           do not record Kubernetes Events on the lock object
+  --no-deletion-cost    with a Pod to label, do not set its controller.kubernetes.io/
+                        pod-deletion-cost (the leader's Pod gets the highest, so a rolling
+                        update or scale-down removes standbys first and moves leadership once)
   --control ADDR        (run) serve POST /step-down on ADDR, which must be a loopback address
                         (127.0.0.1:PORT, [::1]:PORT): requests there move leadership and carry
                         no authentication, so they are never served on --http
@@ -331,6 +336,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     let mut pod_name = None;
     let mut label_key = None;
     let mut no_events = false;
+    let mut no_deletion_cost = false;
     let mut command = Vec::new();
     let mut clock_offset = None;
     // Every flag once: with two values, which one wins is a guess the user should not have to
@@ -381,6 +387,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--json" if !is_run => Some(&mut json),
             "--label-pod" if is_run => Some(&mut label_pod),
             "--no-events" if is_run => Some(&mut no_events),
+            "--no-deletion-cost" if is_run => Some(&mut no_deletion_cost),
             _ => None,
         };
         if let Some(on) = switch {
@@ -553,6 +560,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             ("--label-pod", label_pod),
             ("--pod-name", pod_name.is_some()),
             ("--label-key", label_key.is_some()),
+            ("--no-deletion-cost", no_deletion_cost),
         ];
         if let Some((flag, _)) = kube_only.iter().find(|(_, set)| *set) {
             return Err(usage(format!("{flag} applies only to --backend kube")));
@@ -682,6 +690,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             pod_name,
             label_key: label_key.unwrap_or_else(|| "k8s-elector/status".to_owned()),
             no_events,
+            no_deletion_cost,
         },
     })))
 }

@@ -271,7 +271,8 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
     .await
 }
 
-/// Keeps the Pod's role label at the latest wanted value, retrying until it sticks.
+/// Keeps the Pod's role label (and, unless turned off, its deletion cost) at the latest wanted
+/// value, retrying until it sticks.
 struct Labeler {
     want: tokio::sync::watch::Sender<&'static str>,
     applied: tokio::sync::watch::Receiver<Option<&'static str>>,
@@ -281,7 +282,13 @@ struct Labeler {
 // === impl Labeler ===
 
 impl Labeler {
-    fn start(client: kube::Client, namespace: String, pod: String, key: String) -> Self {
+    fn start(
+        client: kube::Client,
+        namespace: String,
+        pod: String,
+        key: String,
+        deletion_cost: bool,
+    ) -> Self {
         let (want, mut want_rx) = tokio::sync::watch::channel("standby");
         let (applied_tx, applied) = tokio::sync::watch::channel(None);
         let task = tokio::spawn(async move {
@@ -289,13 +296,28 @@ impl Labeler {
             loop {
                 let value = *want_rx.borrow_and_update();
                 if *applied_tx.borrow() != Some(value) {
-                    match leasehold::backend::kubernetes::set_pod_label(
-                        &client, &namespace, &pod, &key, value,
+                    use leasehold::backend::kubernetes::{
+                        LEADER_DELETION_COST, POD_DELETION_COST, patch_pod_metadata,
+                    };
+                    // The leader's Pod goes last when its ReplicaSet scales down; a standby's
+                    // has no cost of its own (0).
+                    let cost = (value == "leader").then_some(LEADER_DELETION_COST);
+                    let annotations: &[(&str, Option<&str>)] = if deletion_cost {
+                        &[(POD_DELETION_COST, cost)]
+                    } else {
+                        &[]
+                    };
+                    match patch_pod_metadata(
+                        &client,
+                        &namespace,
+                        &pod,
+                        &[(key.as_str(), Some(value))],
+                        annotations,
                     )
                     .await
                     {
                         Ok(()) => {
-                            tracing::info!(pod = %pod, label = %format!("{key}={value}"), "labelled Pod");
+                            tracing::info!(pod = %pod, label = %format!("{key}={value}"), deletion_cost = ?annotations.first().and_then(|a| a.1), "labelled Pod");
                             last_error = None;
                             applied_tx.send_replace(Some(value));
                         }
@@ -357,6 +379,7 @@ async fn run_on(
             ns.clone(),
             pod.clone(),
             args.sidecar.label_key.clone(),
+            !args.sidecar.no_deletion_cost,
         )),
         _ => None,
     };

@@ -276,3 +276,120 @@ async fn pod_labels_follow_leadership_and_select_one_pod_at_a_time() {
     assert_eq!(lb["k8s-elector/status"], "standby");
     assert_eq!(lb["app"], app.as_str(), "other labels kept");
 }
+
+/// One simulated rolling update of `n` replicas, as the Deployment and ReplicaSet controllers
+/// run it (maxSurge 1, maxUnavailable 0): a Pod of the new revision is added, then one old Pod
+/// is removed, chosen as the ReplicaSet controller ranks Pods for deletion when all are alike
+/// otherwise: lower `controller.kubernetes.io/pod-deletion-cost` first, then the newer Pod
+/// first. The leader starts on the newest old Pod. Returns the holders in order, one entry per
+/// change of holder (empty holders, released leases, left out).
+async fn rollout(n: usize, extra: &[&str]) -> Vec<String> {
+    let server = harness::shared().await;
+    let kc = server.kubeconfig("admin");
+    let client = server.client("admin").await;
+    let app = unique("roll");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "default");
+    let start = |pod: &str| {
+        let mut args = vec!["--pod-name", pod];
+        args.extend_from_slice(extra);
+        sidecar(&kc, &app, pod, free_port(), &args)
+    };
+    // Old Pods, oldest first; the newest one's sidecar starts first, so it leads.
+    let mut old: Vec<(String, Proc)> = Vec::new();
+    let names: Vec<String> = (0..n).map(|i| format!("{app}-old-{i}")).collect();
+    for name in &names {
+        create_pod(&client, name, &app).await;
+    }
+    old.push((names[n - 1].clone(), start(&names[n - 1])));
+    let holder = {
+        let (leases, app) = (leases.clone(), app.clone());
+        move || {
+            let leases = leases.clone();
+            let app = app.clone();
+            async move {
+                leases
+                    .get_opt(&app)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|l| l.spec?.holder_identity)
+                    .unwrap_or_default()
+            }
+        }
+    };
+    let t0 = Instant::now();
+    while holder().await != names[n - 1] {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no first leader");
+        sleep(Duration::from_millis(20)).await;
+    }
+    for name in names.iter().take(n - 1) {
+        old.insert(old.len() - 1, (name.clone(), start(name)));
+    }
+    // The holders as they change, sampled every 10 ms in the background.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![names[n - 1].clone()]));
+    let sampler = {
+        let seen = seen.clone();
+        let holder = holder.clone();
+        tokio::spawn(async move {
+            loop {
+                let h = holder().await;
+                {
+                    let mut s = seen.lock().unwrap();
+                    if !h.is_empty() && s.last() != Some(&h) {
+                        s.push(h);
+                    }
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    sleep(Duration::from_millis(1500)).await; // labels and costs applied
+    let mut new: Vec<Proc> = Vec::new();
+    for i in 0..n {
+        let name = format!("{app}-new-{i}");
+        create_pod(&client, &name, &app).await;
+        new.push(start(&name));
+        sleep(Duration::from_millis(700)).await; // the new Pod's sidecar is up and watching
+        // The ReplicaSet controller's choice among the old Pods left.
+        let mut ranked = Vec::new();
+        for (idx, (name, _)) in old.iter().enumerate() {
+            let p = pods.get(name).await.unwrap();
+            let cost: i64 = p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost"))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            ranked.push((cost, std::cmp::Reverse(idx)));
+        }
+        let (_, std::cmp::Reverse(idx)) = *ranked.iter().min().unwrap();
+        let (name, mut proc) = old.remove(idx);
+        proc.term();
+        assert!(proc.wait().success(), "{name} exits 0 on SIGTERM");
+        pods.delete(&name, &Default::default()).await.unwrap();
+    }
+    sleep(Duration::from_millis(1500)).await;
+    sampler.abort();
+    for p in &new {
+        p.term();
+    }
+    for mut p in new {
+        p.wait();
+    }
+    let seen = seen.lock().unwrap().clone();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_moves_leadership_once_to_a_pod_of_the_new_revision() {
+    let holders = rollout(5, &[]).await;
+    eprintln!("with the deletion cost: {holders:?}");
+    assert_eq!(holders.len(), 2, "one move per rollout: {holders:?}");
+    assert!(holders[1].contains("-new-"), "{holders:?}");
+    let holders = rollout(5, &["--no-deletion-cost"]).await;
+    eprintln!("without it: {} moves: {holders:?}", holders.len() - 1);
+    assert!(holders.len() > 2, "the contrast: {holders:?}");
+}

@@ -836,8 +836,47 @@ pub async fn set_pod_label(
     key: &str,
     value: &str,
 ) -> Result<(), LockError> {
+    patch_pod_metadata(client, namespace, pod, &[(key, Some(value))], &[]).await
+}
+
+/// The Pod annotation the ReplicaSet controller ranks Pods by when it scales down: lower costs
+/// go first (Kubernetes 1.22+, on by default).
+pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// The [`POD_DELETION_COST`] a leader gives its Pod: the highest there is, so that a scale-down
+/// or a rolling update removes every standby of the ReplicaSet before the leader, and
+/// leadership moves once per rollout rather than once per old Pod removed.
+pub const LEADER_DELETION_COST: &str = "2147483647";
+
+/// Sets (`Some`) or removes (`None`) labels and annotations of the Pod `namespace/pod` in one
+/// JSON merge patch, leaving every other one as it is (see [`set_pod_label`]).
+///
+/// Needs `patch` on `pods`.
+///
+/// # Errors
+/// A [`LockError`] naming the Pod (`Forbidden` names the verb and resource).
+pub async fn patch_pod_metadata(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    labels: &[(&str, Option<&str>)],
+    annotations: &[(&str, Option<&str>)],
+) -> Result<(), LockError> {
     let object = format!("pod {namespace}/{pod}");
-    let patch = serde_json::json!({ "metadata": { "labels": { key: value } } });
+    let map = |pairs: &[(&str, Option<&str>)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let mut metadata = serde_json::Map::new();
+    if !labels.is_empty() {
+        metadata.insert("labels".into(), map(labels).into());
+    }
+    if !annotations.is_empty() {
+        metadata.insert("annotations".into(), map(annotations).into());
+    }
+    let patch = serde_json::json!({ "metadata": metadata });
     let req = http::Request::patch(format!("/api/v1/namespaces/{namespace}/pods/{pod}"))
         .header(http::header::CONTENT_TYPE, "application/merge-patch+json")
         .body(serde_json::to_vec(&patch).unwrap_or_default())
