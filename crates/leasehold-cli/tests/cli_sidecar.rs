@@ -379,8 +379,7 @@ async fn rollout(n: usize, extra: &[&str]) -> Vec<String> {
     for mut p in new {
         p.wait();
     }
-    let seen = seen.lock().unwrap().clone();
-    seen
+    seen.lock().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
