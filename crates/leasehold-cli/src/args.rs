@@ -66,6 +66,8 @@ pub struct SidecarArgs {
     pub no_events: bool,
     /// `--no-deletion-cost`: leave the Pod's `controller.kubernetes.io/pod-deletion-cost` alone.
     pub no_deletion_cost: bool,
+    /// `--route-service SVC` with this Pod's IP (`--pod-ip`, `$POD_IP`).
+    pub route: Option<(String, std::net::IpAddr)>,
 }
 
 /// `leasehold run`.
@@ -177,6 +179,10 @@ OPTIONS:
   --no-deletion-cost    with a Pod to label, do not set its controller.kubernetes.io/
                         pod-deletion-cost (the leader's Pod gets the highest, so a rolling
                         update or scale-down removes standbys first and moves leadership once)
+  --route-service SVC   (kube) each new leader points the selector-less Service SVC at its own
+                        Pod IP (EndpointSlice SVC-leader, one endpoint, fenced writes), so a
+                        leader cut off from the API server drops out without its cooperation
+  --pod-ip IP           this Pod's IP for --route-service (default $POD_IP)
   --control ADDR        (run) serve POST /step-down on ADDR, which must be a loopback address
                         (127.0.0.1:PORT, [::1]:PORT): requests there move leadership and carry
                         no authentication, so they are never served on --http
@@ -337,6 +343,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     let mut label_key = None;
     let mut no_events = false;
     let mut no_deletion_cost = false;
+    let (mut route_service, mut pod_ip) = (None, None);
     let mut command = Vec::new();
     let mut clock_offset = None;
     // Every flag once: with two values, which one wins is a guess the user should not have to
@@ -406,6 +413,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--x-clock-offset",
             "--http",
             "--control",
+            "--route-service",
+            "--pod-ip",
             "--health-cmd",
             "--health-url",
             "--health-period",
@@ -470,6 +479,23 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
                 http = Some(parse_addr(&value?).map_err(|e| usage(format!("--http: {e}")))?);
             }
             "--control" => control = Some(parse_control(&value?)?),
+            "--route-service" => {
+                let value = value?;
+                if !is_object_name(&value) {
+                    return Err(usage(format!(
+                        "--route-service: `{value}` is not a valid Service name"
+                    )));
+                }
+                route_service = Some(value);
+            }
+            "--pod-ip" => {
+                let value = value?;
+                pod_ip = Some(
+                    value
+                        .parse::<std::net::IpAddr>()
+                        .map_err(|_| usage(format!("--pod-ip: `{value}` is not an IP address")))?,
+                );
+            }
             "--health-cmd" => {
                 let value = value?;
                 check_health_cmd(&value)?;
@@ -561,6 +587,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             ("--pod-name", pod_name.is_some()),
             ("--label-key", label_key.is_some()),
             ("--no-deletion-cost", no_deletion_cost),
+            ("--route-service", route_service.is_some()),
+            ("--pod-ip", pod_ip.is_some()),
         ];
         if let Some((flag, _)) = kube_only.iter().find(|(_, set)| *set) {
             return Err(usage(format!("{flag} applies only to --backend kube")));
@@ -645,6 +673,27 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     } else {
         None
     };
+    let route = match (route_service, pod_ip) {
+        (Some(service), Some(ip)) => Some((service, ip)),
+        (Some(service), None) => {
+            let env = std::env::var("POD_IP").ok().filter(|v| !v.is_empty());
+            let Some(env) = env else {
+                return Err(usage(format!(
+                    "--route-service {service} needs this Pod's IP: set --pod-ip or POD_IP (the downward API's status.podIP)"
+                )));
+            };
+            let ip = env.parse().map_err(|_| {
+                usage(format!(
+                    "--route-service: POD_IP `{env}` is not an IP address"
+                ))
+            })?;
+            Some((service, ip))
+        }
+        (None, Some(_)) => {
+            return Err(usage("--pod-ip applies only with --route-service".into()));
+        }
+        (None, None) => None,
+    };
     let probe = match (health_cmd, health_url) {
         (Some(_), Some(_)) => {
             return Err(usage(
@@ -691,6 +740,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             label_key: label_key.unwrap_or_else(|| "k8s-elector/status".to_owned()),
             no_events,
             no_deletion_cost,
+            route,
         },
     })))
 }

@@ -15,6 +15,7 @@ mod args;
 mod child;
 mod health;
 mod http;
+mod route;
 mod run;
 mod status;
 mod step_down;

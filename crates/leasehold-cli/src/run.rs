@@ -77,6 +77,9 @@ pub enum Error {
     /// The lock could not be read (`status`; exit 1).
     #[error("cannot read the lock")]
     Lock(#[source] leasehold::LockError),
+    /// `--route-service` cannot be set up (exit 1).
+    #[error("leader routing")]
+    Route(#[source] Box<crate::route::Error>),
     /// `step-down` failed (exit 1).
     #[error("step-down failed")]
     StepDown(#[source] Box<crate::step_down::Error>),
@@ -384,6 +387,21 @@ async fn run_on(
         _ => None,
     };
 
+    let router = match (&kube, &args.sidecar.route) {
+        (Some((client, ns)), Some((service, ip))) => Some(
+            crate::route::Router::new(
+                client.clone(),
+                ns,
+                service,
+                *ip,
+                args.sidecar.pod_name.as_deref(),
+            )
+            .await
+            .map_err(|e| Error::Route(Box::new(e)))?,
+        ),
+        _ => None,
+    };
+
     let (lead_tx, lead_rx) = mpsc::unbounded_channel::<Leadership>();
     let (note_tx, note_rx) = mpsc::unbounded_channel::<Note>();
     let config = leasehold::Config::new(identity.clone()).timing(timing_c);
@@ -448,6 +466,7 @@ async fn run_on(
         command: args.command,
         grace,
         labeler,
+        router,
         cancel,
         elector_task,
         tasks,
@@ -530,6 +549,7 @@ struct Shell {
     command: Vec<std::ffi::OsString>,
     grace: Duration,
     labeler: Option<Labeler>,
+    router: Option<crate::route::Router>,
     cancel: CancellationToken,
     elector_task: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -653,7 +673,7 @@ impl Shell {
                     }
                 }
             }
-            Action::LabelLeader { token } => {
+            Action::Announce { token } => {
                 if let Some(lb) = &self.labeler
                     && let Some(l) = self.current.as_ref().filter(|l| l.fencing_token() == token)
                 {
@@ -664,6 +684,11 @@ impl Shell {
                         ended.lost().await;
                         want.send_replace("standby");
                     });
+                }
+                if let Some(r) = &self.router
+                    && let Some(l) = self.current.as_ref().filter(|l| l.fencing_token() == token)
+                {
+                    tokio::spawn(r.clone().route(l.clone()));
                 }
             }
             Action::Unlabel => {

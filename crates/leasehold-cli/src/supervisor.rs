@@ -121,10 +121,11 @@ pub(crate) enum Action {
     /// group, and finish the watchdog: the run is ending, with nothing to decide on the
     /// outcome (the election has already ended; a lease it did not release expires).
     StopChild,
-    /// Label the Pod `leader`, and `standby` again the moment this term ends, however it ends.
-    /// A task of its own waits for the end, so the label follows even while the run loop is
-    /// busy (reaping, unlabelling).
-    LabelLeader {
+    /// This candidate leads term `token`: tell the cluster. Label the Pod `leader` (and
+    /// `standby` again the moment this term ends, however it ends: a task of its own waits for
+    /// the end, so the label follows even while the run loop is busy reaping or unlabelling),
+    /// and point the `--route-service` at this Pod.
+    Announce {
         /// The term.
         token: FencingToken,
     },
@@ -279,7 +280,7 @@ impl Supervisor {
                     "leading: {} (fencing token {})",
                     self.identity, term.token
                 )));
-                out.push(Action::LabelLeader { token: term.token });
+                out.push(Action::Announce { token: term.token });
                 self.current = Some(term);
             }
             Event::TermLost { token } => {
@@ -667,7 +668,7 @@ mod tests {
             s.handle(Event::Leading(term(0, t0 + 10 * S)), t0),
             vec![
                 leading(0),
-                Action::LabelLeader {
+                Action::Announce {
                     token: FencingToken(0)
                 },
                 Action::Spawn {
@@ -828,7 +829,7 @@ mod tests {
             s.handle(Event::Leading(term(1, t0 + 12 * S)), t0 + 2 * S),
             vec![
                 leading(1),
-                Action::LabelLeader {
+                Action::Announce {
                     token: FencingToken(1)
                 }
             ]
@@ -1039,7 +1040,7 @@ mod tests {
             s.handle(Event::Leading(term(1, t0 + 20 * S)), t0 + 2 * S),
             vec![
                 leading(1),
-                Action::LabelLeader {
+                Action::Announce {
                     token: FencingToken(1)
                 }
             ]
@@ -1121,7 +1122,7 @@ mod tests {
         let no_spawn = |token| {
             vec![
                 leading(token),
-                Action::LabelLeader {
+                Action::Announce {
                     token: FencingToken(token),
                 },
             ]
@@ -1156,7 +1157,7 @@ mod tests {
             s.handle(Event::Leading(term(0, t0)), t0),
             vec![
                 leading(0),
-                Action::LabelLeader {
+                Action::Announce {
                     token: FencingToken(0)
                 }
             ]
@@ -1202,7 +1203,7 @@ mod tests {
             s.handle(Event::Leading(term(1, t0 + 30 * S)), t0 + 3 * S),
             vec![
                 leading(1),
-                Action::LabelLeader {
+                Action::Announce {
                     token: FencingToken(1)
                 },
                 Action::Spawn {
@@ -1224,7 +1225,7 @@ mod tests {
             s.handle(Event::Leading(term(3, t0 + 10 * S)), t0),
             vec![
                 leading(3),
-                Action::LabelLeader {
+                Action::Announce {
                     token: FencingToken(3)
                 }
             ]
@@ -1274,7 +1275,7 @@ mod tests {
             s.handle(Event::Leading(term(4, t0 + 12 * S)), t0 + 2 * S),
             vec![
                 leading(4),
-                Action::LabelLeader {
+                Action::Announce {
                     token: FencingToken(4)
                 }
             ]

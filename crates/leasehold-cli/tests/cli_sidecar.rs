@@ -392,3 +392,137 @@ async fn a_rolling_update_moves_leadership_once_to_a_pod_of_the_new_revision() {
     eprintln!("without it: {} moves: {holders:?}", holders.len() - 1);
     assert!(holders.len() > 2, "the contrast: {holders:?}");
 }
+
+/// `--route-service`: each new leader points the selector-less Service at itself. A leader cut
+/// off from the API server (its connection stalled) keeps its Pod label, but drops out of the
+/// Service's endpoints as soon as the next leader takes over; never two endpoints at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_drops_out_of_the_route_without_its_cooperation() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use leasehold_testing::proxy::{Mode, Proxy};
+    let server = harness::shared().await;
+    let client = server.client("admin").await;
+    let svc = unique("route");
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), "default");
+    let service = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": svc },
+        "spec": { "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] }
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let addresses = || {
+        let slices = slices.clone();
+        let svc = svc.clone();
+        async move {
+            let list = slices
+                .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
+                .await
+                .unwrap();
+            list.items
+                .iter()
+                .flat_map(|s| s.endpoints.iter().flatten())
+                .flat_map(|e| e.addresses.clone())
+                .collect::<Vec<_>>()
+        }
+    };
+    let proxy_a = Proxy::start(server.port()).await;
+    let kc_a = server.write_kubeconfig_for(&format!("{svc}-a"), harness::ADMIN_TOKEN, proxy_a.port);
+    let kc = server.kubeconfig("admin");
+    let route = ["--route-service", svc.as_str(), "--pod-ip"];
+    let mut a = sidecar(
+        &kc_a,
+        &svc,
+        "route-a",
+        free_port(),
+        &[&route[..], &["10.0.0.1"]].concat(),
+    );
+    until_async(Duration::from_secs(20), || {
+        let addresses = addresses();
+        async move { addresses.await == ["10.0.0.1"] }
+    })
+    .await;
+    let mut b = sidecar(
+        &kc,
+        &svc,
+        "route-b",
+        free_port(),
+        &[&route[..], &["10.0.0.2"]].concat(),
+    );
+    sleep(Duration::from_millis(800)).await;
+    assert_eq!(addresses().await, ["10.0.0.1"], "a standby never writes");
+
+    // a's API connection stalls: it cannot write, not even to step out. b takes over after the
+    // lease (2 s) and writes the route itself.
+    proxy_a.set(Mode::Stall);
+    let t0 = Instant::now();
+    let mut most = 0;
+    loop {
+        let now = addresses().await;
+        most = most.max(now.len());
+        if now == ["10.0.0.2"] {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no new route: {now:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "route moved to the new leader {:?} after the stall began",
+        t0.elapsed()
+    );
+    // a comes back: its late writes are fenced, and it finds itself deposed.
+    proxy_a.set(Mode::Normal);
+    sleep(Duration::from_secs(2)).await;
+    let now = addresses().await;
+    most = most.max(now.len());
+    assert_eq!(now, ["10.0.0.2"]);
+    assert_eq!(most, 1, "never two endpoints at once");
+    let slice = slices.get(&format!("{svc}-leader")).await.unwrap();
+    let token = slice.metadata.annotations.unwrap()["leasehold.dev/fencing-token"].clone();
+    assert_eq!(token, "1", "written by the second term");
+    a.term();
+    b.term();
+    assert!(a.wait().success());
+    assert!(b.wait().success());
+
+    // Bad input: a Service with a selector is refused at start, naming the problem.
+    let with_selector = unique("routesel");
+    let service = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": with_selector },
+        "spec": { "selector": { "app": "x" }, "ports": [{ "port": 80 }] }
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--namespace", "default", "--name", &with_selector])
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["--route-service", &with_selector, "--pod-ip", "10.0.0.3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("has a selector"), "{err}");
+}
+
+async fn until_async<F, Fut>(limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    while !f().await {
+        assert!(t0.elapsed() < limit, "not within {limit:?}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -70,6 +70,10 @@ fn run(kubeconfig: &Path, ns: &str, name: &str, pod: &str, log: &Path) -> Proc {
                 "rbac-a",
                 "--pod-name",
                 pod,
+                "--route-service",
+                "app",
+                "--pod-ip",
+                "10.1.0.1",
             ])
             .arg("--kubeconfig")
             .arg(kubeconfig)
@@ -139,6 +143,19 @@ async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
+    // The selector-less Service `--route-service app` points at the leader.
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), &ns);
+    let service = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "app" },
+        "spec": { "ports": [{ "port": 80, "targetPort": 8080 }] }
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(admin.clone(), &ns);
     let dir = tempfile::tempdir().unwrap();
 
     // 1. As written: leads, labels the Pod, records the Event; no permission error.
@@ -147,6 +164,12 @@ async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
     let mut p = run(&kc, &ns, name, "app-0", &log);
     wait_log(&log, "started leading", Duration::from_secs(15)).await;
     wait_log(&log, "k8s-elector/status=leader", Duration::from_secs(10)).await;
+    wait_log(
+        &log,
+        "routed the Service to this leader",
+        Duration::from_secs(10),
+    )
+    .await;
     let events: Api<Event> = Api::namespaced(admin.clone(), &ns);
     let t0 = Instant::now();
     while events
@@ -171,7 +194,7 @@ async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
     // 2. Remove one verb at a time: the log names it.
     let roles: Api<Role> = Api::namespaced(admin.clone(), &ns);
     let original = roles.get("leasehold").await.unwrap();
-    let cases: [(&str, &str, &str, bool); 6] = [
+    let cases: [(&str, &str, &str, bool); 10] = [
         // (resource, verb, expected log text, whether it still leads)
         (
             "leases",
@@ -199,6 +222,27 @@ async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
         ),
         ("events", "create", "needs `create` on `events`", true),
         ("pods", "patch", "needs `patch` on `pods`", true),
+        // Routing: the Service is read at start (no route, no run); the slice is created when
+        // absent, read after a conflict on create, updated when present.
+        ("services", "get", "cannot get resource \"services\"", false),
+        (
+            "endpointslices",
+            "create",
+            "cannot create resource \"endpointslices\"",
+            true,
+        ),
+        (
+            "endpointslices",
+            "get",
+            "cannot get resource \"endpointslices\"",
+            true,
+        ),
+        (
+            "endpointslices",
+            "update",
+            "cannot update resource \"endpointslices\"",
+            true,
+        ),
     ];
     for (i, (resource, verb, needle, leads)) in cases.into_iter().enumerate() {
         let mut role = roles.get("leasehold").await.unwrap();
@@ -237,6 +281,25 @@ async fn deploy_rbac_is_sufficient_and_every_verb_is_needed() {
                 leasehold::LeaderRecord::new("", 1)
             };
             admin_lock.create(&record).await.unwrap();
+        }
+        if resource == "endpointslices" {
+            // `create` needs the slice absent; `get` (after a create refused as a conflict)
+            // and `update` need it present, as an earlier term left it.
+            let _ = slices.delete("app-leader", &Default::default()).await;
+            if verb != "create" {
+                let slice = serde_json::from_value(serde_json::json!({
+                    "metadata": {
+                        "name": "app-leader",
+                        "labels": { "kubernetes.io/service-name": "app" },
+                        "annotations": { "leasehold.dev/fencing-token": "0" }
+                    },
+                    "addressType": "IPv4",
+                    "endpoints": [{ "addresses": ["10.1.0.9"] }],
+                    "ports": [{ "port": 8080 }]
+                }))
+                .unwrap();
+                slices.create(&PostParams::default(), &slice).await.unwrap();
+            }
         }
         sleep(Duration::from_millis(300)).await;
         let log = dir.path().join(format!("{resource}-{verb}.log"));
