@@ -250,7 +250,23 @@ impl Cand {
         d: Durations,
         count: usize,
     ) -> std::io::Result<Self> {
+        Self::spawn_with(imp, p, kc, name, id, d, count, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with `extra` arguments after the usual ones.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_with(
+        imp: Impl,
+        p: &Paths,
+        kc: &Path,
+        name: &str,
+        id: &str,
+        d: Durations,
+        count: usize,
+        extra: &[&str],
+    ) -> std::io::Result<Self> {
         let mut c = imp.command(p, kc, name, id, d, count);
+        c.args(extra);
         c.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null())

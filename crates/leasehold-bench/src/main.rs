@@ -7,6 +7,8 @@
 //!                                              [--out docs/benchmarks.md] [--only lh-lib,..]
 //! cargo run --release -p leasehold-bench -- operators [--objects 1000,10000] [--runs N]
 //!                                              [--window SECS] [--out docs/benchmarks-operators.md]
+//! cargo run --release -p leasehold-bench -- rollout [--replicas 5] [--runs 5]
+//!                                              [--out docs/benchmarks-rollout.md]
 //! cargo run --release -p leasehold-bench -- serve   # just the API server, for profiling
 //! cargo run --release -p leasehold-bench -- floor   # the server's own PUT and handover, 5 rounds
 //! ```
@@ -16,6 +18,7 @@
 mod cand;
 mod operator;
 mod report;
+mod rollout;
 
 use cand::{Cand, Durations, Ev, Impl, Paths, cpu_secs};
 use leasehold::LockBackend as _;
@@ -115,6 +118,32 @@ fn main() {
         rt.block_on(operators(opts));
         return;
     }
+    if cmd.as_deref() == Some("rollout") {
+        let mut o = rollout::Opts {
+            replicas: 5,
+            runs: 5,
+            out: Some(harness::workspace_root().join("docs/benchmarks-rollout.md")),
+        };
+        while let Some(flag) = args.next() {
+            let value = args
+                .next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+            let num = |v: &str| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .unwrap_or_else(|| usage(&format!("{flag}: `{v}` is not a number from 1")))
+            };
+            match flag.as_str() {
+                "--replicas" => o.replicas = num(&value),
+                "--runs" => o.runs = num(&value),
+                "--out" => o.out = (value != "none").then(|| PathBuf::from(value)),
+                other => usage(&format!("unknown flag {other}")),
+            }
+        }
+        rt.block_on(rollouts(o));
+        return;
+    }
     if let Some(cmd @ ("serve" | "floor")) = cmd.as_deref() {
         if let Some(extra) = args.next() {
             usage(&format!("`{cmd}` takes no arguments, got {extra:?}"));
@@ -177,6 +206,34 @@ async fn operators(opts: operator::Opts) {
     eprintln!("leasehold-bench: starting etcd + kube-apiserver");
     let server = KubeServer::start().await;
     operator::run(&server, &binaries, &opts).await;
+}
+
+/// `leasehold-bench rollout`: see [`rollout`].
+async fn rollouts(opts: rollout::Opts) {
+    let root = harness::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = std::process::Command::new(&cargo)
+        .args(["build", "--release", "-p", "leasehold-cli"])
+        .current_dir(&root)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !built {
+        eprintln!("leasehold-bench: `cargo build --release -p leasehold-cli` failed");
+        std::process::exit(1);
+    }
+    let bins = harness::bins();
+    let target = root.join("target/release");
+    let paths = Paths {
+        lh_candidate: target.join("lh-candidate"),
+        leasehold: target.join("leasehold"),
+        go_example: bins.leader_election.clone(),
+        go_elector: bins.go_elector.clone(),
+        rust_peers: root.join("bench/rust-peers/target/release"),
+    };
+    let _ = std::fs::create_dir_all(cand::logs());
+    eprintln!("leasehold-bench: starting etcd + kube-apiserver");
+    let server = KubeServer::start().await;
+    rollout::run(&server, &paths, &opts).await;
 }
 
 /// `leasehold-bench serve`: the bench's API server, left running for profiling by hand
