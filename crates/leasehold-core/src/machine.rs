@@ -187,6 +187,12 @@ pub enum StepDown {
     Cancelled,
     /// A step-down was requested ([`Event::StepDown`]).
     Requested,
+    /// The lock's `preferredHolder` (Coordinated Leader Election) names another candidate:
+    /// the term ends and the lock is released to it.
+    Preferred {
+        /// The candidate named.
+        holder: String,
+    },
 }
 
 /// Whether this candidate leads.
@@ -688,6 +694,9 @@ impl Machine {
                     Some(r) if !r.is_released() => {
                         Some(read_at.min(self.expires_at(r, seen.since)))
                     }
+                    Some(r) if r.prefers_other_than(&self.identity).is_some() => {
+                        Some(read_at.min(seen.since + self.timing.lease_duration))
+                    }
                     None if seen.unreadable => {
                         Some(read_at.min(seen.since + self.unreadable_wait()))
                     }
@@ -980,6 +989,15 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         let own = v.as_ref().is_some_and(|obs| self.is_own(&obs.record));
+        // Our own record, but with a preferred holder someone else named (the Coordinated
+        // Leader Election controller patches `spec.preferredHolder`): end the term, release.
+        let preferred = match (&self.state, &v) {
+            (State::Leading(_), Some(obs)) if own => obs
+                .record
+                .prefers_other_than(&self.identity)
+                .map(|p| (p.to_owned(), v.clone())),
+            _ => None,
+        };
         let latest = v
             .as_ref()
             .is_some_and(|obs| self.is_latest_own(&obs.record));
@@ -1032,6 +1050,10 @@ impl Machine {
                 }
             }
             State::Standby | State::Finished => self.set_seen(v, now, out),
+        }
+        if let Some((holder, v)) = preferred.filter(|_| self.is_leader()) {
+            self.set_seen(v, now, out);
+            self.release_to(StepDown::Preferred { holder }, Duration::ZERO, now, out);
         }
     }
 
@@ -1225,11 +1247,23 @@ impl Machine {
         if self.cancelling {
             return;
         }
+        self.release_to(StepDown::Requested, hold_off, now, out);
+    }
+
+    /// Ends a leader's term for `reason`, drains, releases, and stays a standby that does not
+    /// acquire before `hold_off` has passed.
+    fn release_to(
+        &mut self,
+        reason: StepDown,
+        hold_off: Duration,
+        now: Tick,
+        out: &mut Vec<Action>,
+    ) {
         self.hold_off_until = Some(now + hold_off);
         if let State::Leading(term) = std::mem::replace(&mut self.state, State::Standby) {
             out.push(Action::StoppedLeading {
                 token: term.token,
-                reason: StepDown::Requested,
+                reason,
             });
             // A renewal in flight is left to land; the release follows it (the machine sends
             // one request at a time), and its version is then the one released.
@@ -1339,6 +1373,7 @@ impl Machine {
                             acquire_time: term.acquire_time,
                             renew_time: Some(wall),
                             leader_transitions: term.transitions,
+                            preferred_holder: None,
                         };
                         self.remember_write(record.clone());
                         self.inflight = Some(Inflight::Renew {
@@ -1368,12 +1403,19 @@ impl Machine {
                 let deadline = (now + timeout).min(*give_up);
                 match version() {
                     Some(version) if !self.stale => {
+                        // A preferred holder stays named: the release hands over to it.
+                        let preferred_holder = self
+                            .seen
+                            .as_ref()
+                            .and_then(|s| s.record.as_ref())
+                            .and_then(|r| r.preferred_holder.clone());
                         let record = LeaderRecord {
                             holder_identity: String::new(),
                             lease_duration_seconds: 1,
                             acquire_time: Some(wall),
                             renew_time: Some(wall),
                             leader_transitions: term.transitions,
+                            preferred_holder,
                         };
                         self.inflight = Some(Inflight::Release {
                             record: record.clone(),
@@ -1464,7 +1506,13 @@ impl Machine {
                     (Some(r), Some(version)) => {
                         let own = r.holder_identity == self.identity && self.is_own(r);
                         let expired = now >= self.expires_at(r, seen.since);
-                        if r.is_released() || own || expired {
+                        // A lock that names another preferred holder is left to it for a
+                        // lease duration from when this version was seen, released or not;
+                        // then it is anyone's, so a preferred holder that never comes cannot
+                        // keep the lock empty.
+                        let deferring = r.prefers_other_than(&self.identity).is_some()
+                            && now < seen.since + self.timing.lease_duration;
+                        if (r.is_released() || own || expired) && !deferring {
                             let version = version.clone();
                             if self.backing_off(Some(&version), now) {
                                 return;
@@ -1572,6 +1620,8 @@ impl Machine {
             acquire_time: Some(wall),
             renew_time: Some(wall),
             leader_transitions: transitions,
+            // A new term clears it, as client-go's record does.
+            preferred_holder: None,
         };
         self.remember_write(record.clone());
         self.inflight = Some(Inflight::Acquire {
@@ -1669,6 +1719,7 @@ mod tests {
             acquire_time: Some(t),
             renew_time: Some(t),
             leader_transitions: transitions,
+            preferred_holder: None,
         }
     }
     fn seen(record: LeaderRecord, v: &str) -> Option<Versioned> {
@@ -1728,6 +1779,7 @@ mod tests {
             acquire_time: Some(wall()),
             renew_time: Some(wall()),
             leader_transitions: 0,
+            preferred_holder: None,
         };
         assert_eq!(
             a,
@@ -2562,6 +2614,71 @@ mod tests {
         assert!(
             matches!(a.first(), Some(Action::Update { record, .. }) if record.holder_identity == "me"),
             "takes the released lock at once: {a:?}"
+        );
+    }
+
+    #[test]
+    fn a_leader_whose_lock_prefers_another_holder_releases_it_naming_that_holder() {
+        let mut m = leader();
+        // Read back after a conflict: the controller patched spec.preferredHolder on our record.
+        let ours = m.own_writes.back().unwrap().clone();
+        let patched = ours.clone().with_preferred_holder(Some("y".into()));
+        let a = m.handle(Event::ReadDone(Ok(seen(patched, "2"))), S, wall());
+        let [
+            Action::StoppedLeading {
+                token: FencingToken(0),
+                reason: StepDown::Preferred { holder },
+            },
+            Action::Update {
+                record, version, ..
+            },
+        ] = a.as_slice()
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(holder, "y");
+        assert_eq!(version, &ver("2"));
+        assert!(record.is_released());
+        assert_eq!(record.preferred_holder.as_deref(), Some("y"), "still named");
+        // Naming this candidate itself, or nobody, changes nothing.
+        for p in ["me", ""] {
+            let mut m = leader();
+            let ours = m.own_writes.back().unwrap().clone();
+            let a = m.handle(
+                Event::Watched(seen(ours.with_preferred_holder(Some(p.into())), "2")),
+                S,
+                wall(),
+            );
+            assert!(a.is_empty(), "{p:?}: {a:?}");
+            assert!(m.is_leader());
+        }
+    }
+
+    #[test]
+    fn a_released_lock_preferring_another_holder_is_left_to_it_for_a_lease() {
+        let (mut m, _) = observing(other("x", 3, 0));
+        let to_y = released(3).with_preferred_holder(Some("y".into()));
+        let a = m.handle(Event::Watched(seen(to_y.clone(), "2")), S, wall());
+        assert_eq!(
+            a,
+            vec![Action::NewLeader {
+                identity: String::new()
+            }],
+            "not taken at once"
+        );
+        assert_eq!(m.deadline(), Some(16 * S), "a lease from when it was seen");
+        let a = m.handle(Event::Timer, 16 * S, wall());
+        assert!(
+            matches!(a.first(), Some(Action::Update { record, .. }) if record.holder_identity == "me" && record.preferred_holder.is_none()),
+            "then anyone's; a new term clears the preference: {a:?}"
+        );
+        // The preferred holder itself takes it at once.
+        let (mut m, _) = observing(other("x", 3, 0));
+        let to_me = released(3).with_preferred_holder(Some("me".into()));
+        let a = m.handle(Event::Watched(seen(to_me, "2")), S, wall());
+        assert!(
+            a.iter().any(|a| matches!(a, Action::Update { .. })),
+            "{a:?}"
         );
     }
 

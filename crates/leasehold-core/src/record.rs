@@ -62,6 +62,12 @@ pub struct LeaderRecord {
     /// How many times the lock changed hands; leasehold increments it on every acquisition,
     /// which makes it the [`FencingToken`].
     pub leader_transitions: i32,
+    /// A Lease's `spec.preferredHolder` (Coordinated Leader Election, Kubernetes 1.31+): the
+    /// candidate that should hold the lock next. A leader that sees it name another candidate
+    /// ends its term and releases the lock, as client-go's coordinated candidates stop renewing;
+    /// standbys leave a released lock to the preferred candidate for a lease duration. Read
+    /// from Leases only; `None` elsewhere.
+    pub preferred_holder: Option<String>,
 }
 
 /// A number that strictly increases with every leadership term of one lock.
@@ -130,6 +136,21 @@ impl LeaderRecord {
         self
     }
 
+    /// Sets [`preferred_holder`](Self::preferred_holder).
+    #[must_use]
+    pub fn with_preferred_holder(mut self, holder: Option<String>) -> Self {
+        self.preferred_holder = holder;
+        self
+    }
+
+    /// The candidate [`preferred_holder`](Self::preferred_holder) names, if it names one other
+    /// than `identity` (an empty value names nobody).
+    pub fn prefers_other_than(&self, identity: &str) -> Option<&str> {
+        self.preferred_holder
+            .as_deref()
+            .filter(|p| !p.is_empty() && *p != identity)
+    }
+
     /// True when no one holds the lock (empty `holder_identity`).
     pub fn is_released(&self) -> bool {
         self.holder_identity.is_empty()
@@ -186,6 +207,7 @@ impl LeaderRecord {
             acquire_time: time("acquireTime", raw.acquire_time)?,
             renew_time: time("renewTime", raw.renew_time)?,
             leader_transitions: raw.leader_transitions.unwrap_or_default(),
+            preferred_holder: None,
         })
     }
 

@@ -368,7 +368,7 @@ async fn an_update_keeps_every_other_field_of_the_lease() {
     let lease: Lease = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": {"team": "a"}, "annotations": {"note": "keep me"}},
         "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "leaseTransitions": 7,
-                 "strategy": "OldestEmulationVersion", "preferredHolder": "someone"}
+                 "strategy": "OldestEmulationVersion", "preferredHolder": "keeper"}
     }))
     .unwrap();
     api.create(&Default::default(), &lease).await.unwrap();
@@ -391,7 +391,71 @@ async fn an_update_keeps_every_other_field_of_the_lease() {
     );
     assert_eq!(spec.lease_transitions, Some(8));
     assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
-    assert_eq!(spec.preferred_holder.as_deref(), Some("someone"));
+    assert_eq!(
+        spec.preferred_holder, None,
+        "the preferred holder took the lock, and its term cleared the preference, as client-go's writes do"
+    );
+}
+
+/// Coordinated Leader Election co-tenancy: a leasehold leader whose Lease gets
+/// `spec.preferredHolder` naming another candidate (as the CLE controller patches it) ends its
+/// term and releases the Lease naming that candidate, which takes it at once; a preference
+/// naming a candidate that never comes holds the Lease free for one lease duration only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preferred_holder_named_by_another_writer_gets_the_lease() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client =
+        leasehold::backend::kubernetes::client(Some(&harness::shared().await.kubeconfig("admin")))
+            .await
+            .unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(client.kube().clone(), "default");
+    let prefer = async |name: &str, who: &str| {
+        // The API server takes a preferred holder only beside a strategy.
+        let patch = serde_json::json!({
+            "spec": { "strategy": "OldestEmulationVersion", "preferredHolder": who }
+        });
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    };
+    for (preferred, comes) in [("cle-b", true), ("cle-nobody", false)] {
+        let name = unique("cle");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let a = candidate(&name, "cle-a", fast(), tx.clone()).await;
+        let (who, t0, _) = next_started(&mut rx, Duration::from_secs(10)).await;
+        assert_eq!(who, "cle-a");
+        let b = candidate(&name, "cle-b", fast(), tx).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let asked = Instant::now();
+        prefer(&name, preferred).await;
+        let (who, t1, at) = next_started(&mut rx, Duration::from_secs(10)).await;
+        assert_eq!(who, "cle-b");
+        assert!(t1 > t0, "a new term, a larger token");
+        let took = at - asked;
+        eprintln!("preferredHolder {preferred}: cle-b leads {took:?} after the patch");
+        if comes {
+            assert!(
+                took < Duration::from_millis(1000),
+                "{took:?}: released, not left to expire"
+            );
+        } else {
+            // cle-b waits a lease (2 s) for the named holder, then takes the Lease.
+            assert!(took >= Duration::from_secs(2), "{took:?}");
+            assert!(took < Duration::from_secs(4), "{took:?}");
+        }
+        let spec = api.get(&name).await.unwrap().spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("cle-b"));
+        assert_eq!(spec.preferred_holder, None, "cleared by the new term");
+        assert!(a.handle.leadership().is_none());
+        for c in [a, b] {
+            c.cancel.cancel();
+            c.task.await.unwrap();
+        }
+    }
 }
 
 /// With the opt-in `lean-client` feature and its constructor, the lock's reads, writes and

@@ -10,7 +10,10 @@ use leasehold_core::LeaderRecord;
 /// `spec.holderIdentity`, `spec.leaseDurationSeconds`, `spec.acquireTime`, `spec.renewTime`
 /// (MicroTime) and `spec.leaseTransitions`, exactly as client-go writes them. The object is kept
 /// as raw JSON text, so an update changes those five fields and nothing else: labels, annotations,
-/// `spec.strategy`, `spec.preferredHolder` and fields newer than this code survive it.
+/// `spec.strategy` and fields newer than this code survive it. `spec.preferredHolder`
+/// (Coordinated Leader Election) is read into [`LeaderRecord::preferred_holder`]: a leader that
+/// sees it name another candidate releases the Lease to it, and every write but that release
+/// removes it, as client-go's writes do.
 ///
 /// Needs `get`, `create`, `update` and `watch` on `leases.coordination.k8s.io` (and `create` on
 /// `events` with [`with_events`](Self::with_events)).

@@ -89,8 +89,9 @@ pub(crate) trait Codec: Send + Sync + 'static {
 
 /// Leases, through serde: the object as JSON (`DynamicObject`), the record in its `spec` read
 /// and written through k8s-openapi's `LeaseSpec`. An update changes the five record fields and
-/// keeps every other field of the object (`spec.strategy`, `spec.preferredHolder`, fields
-/// newer than this code, labels, annotations). With the opt-in feature `lean-client`, Leases
+/// `spec.preferredHolder` (kept by a release, removed by any other write, as client-go's writes
+/// do), and keeps every other field of the object (`spec.strategy`, fields newer than this
+/// code, labels, annotations). With the opt-in feature `lean-client`, Leases
 /// use [`WireLeaseCodec`] instead.
 #[cfg(not(feature = "lean-client"))]
 pub(crate) struct LeaseCodec;
@@ -132,7 +133,15 @@ impl Codec for LeaseCodec {
                 }
             })?,
         };
-        Ok(super::lease_spec_to_record(&spec))
+        // Read from the JSON, not through `LeaseSpec`: the field is in k8s-openapi's Lease
+        // only for the API versions that have it, and the application picks the version.
+        let preferred = obj
+            .data
+            .get("spec")
+            .and_then(|s| s.get("preferredHolder"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        Ok(super::lease_spec_to_record(&spec).with_preferred_holder(preferred))
     }
     fn trim(obj: &mut Self::Object) {
         obj.metadata.managed_fields = None;
@@ -151,6 +160,10 @@ impl Codec for LeaseCodec {
             },
             spec: Some(super::record_to_lease_spec(record)),
         };
+        let mut lease = serde_json::to_value(&lease)?;
+        if let (Some(p), Some(spec)) = (&record.preferred_holder, lease.get_mut("spec")) {
+            spec["preferredHolder"] = serde_json::Value::String(p.clone());
+        }
         serde_json::to_vec(&lease)
     }
     fn update_body(
@@ -169,6 +182,16 @@ impl Codec for LeaseCodec {
                 spec.remove(key);
             }
             spec.extend(fields);
+            // Only a release names one (the holder it releases to); every other write removes
+            // it, as client-go's writes do.
+            match &record.preferred_holder {
+                Some(p) => {
+                    spec.insert("preferredHolder".into(), p.clone().into());
+                }
+                None => {
+                    spec.remove("preferredHolder");
+                }
+            }
         }
         serde_json::to_vec(&obj)
     }

@@ -12,8 +12,9 @@
 //! ```
 //!
 //! An update appends the record's fields and `}}`. Members this code does not know
-//! (`spec.strategy`, `spec.preferredHolder`, labels, annotations, owner references, fields newer
-//! than this code) go back byte for byte. `managedFields` is left out: an update that omits it
+//! (`spec.strategy`, labels, annotations, owner references, fields newer than this code) go back
+//! byte for byte. `spec.preferredHolder` is read into the record and written from it: only a
+//! release names one, so every other write removes it, as client-go's writes do. `managedFields` is left out: an update that omits it
 //! keeps the server's.
 
 use leasehold_core::{LeaderRecord, RecordError};
@@ -103,6 +104,12 @@ fn push_record(out: &mut String, r: &LeaderRecord) {
     }
     out.push_str(r#","leaseTransitions":"#);
     push_int(out, r.leader_transitions);
+    // Only a release writes it, naming the holder the lock is released to; every other
+    // write leaves it out, which removes it, as client-go's writes do.
+    if let Some(p) = &r.preferred_holder {
+        out.push_str(r#","preferredHolder":"#);
+        push_json_str(out, p);
+    }
 }
 
 /// Appends `n` in decimal.
@@ -395,6 +402,8 @@ impl<'de> Visitor<'de> for SpecReader<'_> {
                 }
                 "acquireTime" => time(value, "acquireTime").map(|t| record.acquire_time = t),
                 "renewTime" => time(value, "renewTime").map(|t| record.renew_time = t),
+                "preferredHolder" => string(value, "preferredHolder", "a string")
+                    .map(|p| record.preferred_holder = p.map(Cow::into_owned)),
                 _ => {
                     push_json_str(self.out, &key);
                     self.out.push(':');
@@ -644,7 +653,8 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
 
         /// Whatever a Lease's spec holds, reading it gives a record or a typed error, and
-        /// writing a record back keeps every key that is not one of the record's five.
+        /// writing a record back keeps every key that is not one of the record's (the five,
+        /// and `preferredHolder`, which a record without one removes).
         #[test]
         fn any_spec_reads_cleanly_and_an_update_keeps_other_keys(
             spec in proptest::collection::btree_map(
@@ -663,10 +673,12 @@ mod tests {
             let mine = LeaderRecord::new("me", 0);
             let body: Value = serde_json::from_slice(&obj.update_body(&mine)).unwrap();
             for (k, v) in &spec {
-                if !RECORD_FIELDS.contains(&k.as_str()) {
+                if !RECORD_FIELDS.contains(&k.as_str()) && k != "preferredHolder" {
                     proptest::prop_assert_eq!(body["spec"].get(k), Some(v));
                 }
             }
+            // A write without a preferred holder removes it, as client-go's writes do.
+            proptest::prop_assert_eq!(body["spec"].get("preferredHolder"), None);
             let again: LeaseObject = serde_json::from_str(&body.to_string()).unwrap();
             proptest::prop_assert_eq!(again.record.unwrap(), mine);
         }
