@@ -1040,6 +1040,9 @@ fn log_step_down(describe: &str, token: FencingToken, reason: &StepDown) {
         StepDown::Cancelled => {
             tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: shutting down")
         }
+        StepDown::Preferred { holder } => {
+            tracing::info!(lock = %describe, fencing_token = %token, preferred_holder = %holder, "stopped leading: the lock's preferredHolder names another candidate; releasing it to them (standbys leave it to them for a lease duration)")
+        }
         StepDown::Requested => {
             tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: step-down requested; releasing")
         }
