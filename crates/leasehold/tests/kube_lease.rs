@@ -585,3 +585,76 @@ async fn a_lock_from_the_applications_kube_client_sends_every_request_through_it
         "a lock request bypassed the application's client"
     );
 }
+
+/// Writers that change the holder without incrementing `leaseTransitions` (`kubectl edit`, the
+/// Coordinated Leader Election controller, a buggy client), or that delete and re-create the
+/// Lease with a smaller count: no leasehold term ever starts with a token an earlier term had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_term_repeats_a_token_whatever_else_writes_the_lease() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client =
+        leasehold::backend::kubernetes::client(Some(&harness::shared().await.kubeconfig("admin")))
+            .await
+            .unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(client.kube().clone(), "default");
+    let name = unique("tokens");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = candidate(&name, "tok-a", fast(), tx.clone()).await;
+    let b = candidate(&name, "tok-b", fast(), tx).await;
+    let mut tokens = Vec::new();
+    let (_, t, _) = next_started(&mut rx, Duration::from_secs(10)).await;
+    tokens.push(t);
+    // Replaces the holder, keeping the count, as `kubectl edit` would.
+    let set_holder = async |who: &str| {
+        let mut lease = api.get(&name).await.unwrap();
+        let spec = lease.spec.as_mut().unwrap();
+        spec.holder_identity = Some(who.into());
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            jiff::Timestamp::now(),
+        ));
+        api.replace(&name, &Default::default(), &lease)
+            .await
+            .unwrap();
+    };
+    // 1. To an identity no candidate has: the leader steps down; the next term waits out the
+    //    intruder's lease and takes the next token, not the intruder's count.
+    set_holder("intruder").await;
+    let (_, t, _) = next_started(&mut rx, Duration::from_secs(10)).await;
+    tokens.push(t);
+    // 2. To a standby's own identity, count unchanged: it does not adopt a term it did not
+    //    start (its token would be the last term's); it waits, then acquires with a new token.
+    let leader = api
+        .get(&name)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    let standby = if leader == "tok-a" { "tok-b" } else { "tok-a" };
+    set_holder(standby).await;
+    let (who, t, _) = next_started(&mut rx, Duration::from_secs(10)).await;
+    tokens.push(t);
+    eprintln!("after a foreign write naming {standby}: {who} leads with token {t}");
+    // 3. Deleted, and re-created at count 0 by another client (client-go counts from the
+    //    record it finds): the running candidates continue from the highest count they saw.
+    api.delete(&name, &Default::default()).await.unwrap();
+    let fresh: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name },
+        "spec": { "holderIdentity": "go-peer", "leaseDurationSeconds": 1, "leaseTransitions": 0,
+                  "acquireTime": "2026-01-01T00:00:00.000000Z", "renewTime": "2026-01-01T00:00:00.000000Z" }
+    }))
+    .unwrap();
+    api.create(&Default::default(), &fresh).await.unwrap();
+    let (_, t, _) = next_started(&mut rx, Duration::from_secs(10)).await;
+    tokens.push(t);
+    eprintln!("tokens: {tokens:?}");
+    assert!(
+        tokens.windows(2).all(|w| w[1] > w[0]),
+        "strictly increasing: {tokens:?}"
+    );
+    for c in [a, b] {
+        c.cancel.cancel();
+        c.task.await.unwrap();
+    }
+}
