@@ -10,8 +10,8 @@
 //! rollout (from a leader's stop to the next leader's start).
 
 use crate::cand::{Cand, Durations, Ev, Impl, Paths};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use leasehold_testing::harness::KubeServer;
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 use tokio::time::{Instant, sleep};
@@ -42,15 +42,7 @@ const D: Durations = Durations {
 
 pub async fn run(server: &KubeServer, paths: &Paths, opts: &Opts) {
     let client = server.client("admin").await;
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-    let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some("default".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let _ = sas.create(&PostParams::default(), &sa).await;
+    leasehold_testing::harness::ensure_default_service_account(&client, "default").await;
     let mut table = String::new();
     let _ = writeln!(
         table,

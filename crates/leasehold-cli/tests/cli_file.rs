@@ -726,21 +726,10 @@ fn step_down_stops_the_command_releases_and_a_standby_takes_over_at_once() {
     std::thread::sleep(Duration::from_millis(500)); // b stands by, watching the file
 
     // Refused: on the status port; for another election; with a bad parameter.
-    let post = |addr: &str, target: &str| {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
-        resp
-    };
-    let resp = post(&http_a, "/step-down");
+    let resp = http_request(&http_a, "POST", "/step-down");
     assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
     assert!(resp.contains("only on the --control address"), "{resp}");
-    let resp = post(&ctl_a, "/step-down?hold-off=soon");
+    let resp = http_request(&ctl_a, "POST", "/step-down?hold-off=soon");
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     let (code, _, err) = step_down(&["--control", &ctl_a, "--name", "other"]);
     assert_eq!(code, Some(1), "{err}");
@@ -760,13 +749,7 @@ fn step_down_stops_the_command_releases_and_a_standby_takes_over_at_once() {
     history::check(&intervals).unwrap_or_else(|e| panic!("{e}\n{log}"));
     let (who, token) = starts(d)[1].clone();
     assert_eq!((who.as_str(), token), ("b", 1), "{log}");
-    let b_started: u128 = log
-        .lines()
-        .find(|l| l.starts_with("start b "))
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let b_started = started_at(&log, "b");
     let took = Duration::from_nanos((b_started - asked) as u64);
     // a's command stops at once (the recorder exits on SIGTERM); then the release; b, watching,
     // takes over: well under the 2 s lease a crash would cost.
@@ -838,13 +821,7 @@ fn an_unhealthy_candidate_never_contends_and_an_unhealthy_leader_hands_over() {
     let intervals = history::parse_log(&log).unwrap();
     history::check(&intervals).unwrap_or_else(|e| panic!("{e}\n{log}"));
     assert_eq!(starts(d)[1], ("b".to_owned(), 1), "{log}");
-    let b_started: u128 = log
-        .lines()
-        .find(|l| l.starts_with("start b "))
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let b_started = started_at(&log, "b");
     let took = Duration::from_nanos((b_started - turned) as u64);
     eprintln!("probe failing to the healthy standby's command running: {took:?}");
     assert!(
@@ -897,17 +874,27 @@ fn a_probe_that_hangs_fails_at_its_timeout_and_is_named_in_the_log() {
     assert!(left.stdout.is_empty(), "the hung probe was killed");
 }
 
-/// `GET path` on `addr`: the whole response.
-fn http_get(addr: &str, path: &str) -> String {
+/// `METHOD target` on `addr`, one request per connection: the whole response.
+fn http_request(addr: &str, method: &str, target: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut resp = String::new();
     std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
     resp
+}
+
+/// When the recorder logged `start ID ...`, in nanoseconds since the epoch.
+fn started_at(log: &str, id: &str) -> u128 {
+    log.lines()
+        .find(|l| l.starts_with(&format!("start {id} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -934,9 +921,9 @@ fn ready_when_elected_is_ready_on_every_candidate_once_one_leads() {
     let mut b = leasehold(d, "b", &fb, &["sh", "-c", RECORDER]);
     assert!(wait_for(Duration::from_secs(5), || {
         std::net::TcpStream::connect(&hb).is_ok()
-            && http_get(&hb, "/readyz").contains("ok: a leads")
+            && http_request(&hb, "GET", "/readyz").contains("ok: a leads")
     }));
-    let resp = http_get(&ha, "/readyz");
+    let resp = http_request(&ha, "GET", "/readyz");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("ok: leading"), "{resp}");
     for p in [&a, &b] {

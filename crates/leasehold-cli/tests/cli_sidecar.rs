@@ -1,8 +1,8 @@
 //! The sidecar's HTTP endpoints, Pod role labels and lock types, as processes against a real
 //! kube-apiserver + etcd.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, PostParams};
 use leasehold_testing::harness::{self, free_port, unique};
 use std::{
     io::{Read as _, Write as _},
@@ -159,20 +159,8 @@ async fn http_status_health_ready_and_metrics_follow_the_lock() {
     assert!(b.wait().success());
 }
 
-async fn ensure_default_service_account(client: &kube::Client) {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-    let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some("default".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let _ = sas.create(&PostParams::default(), &sa).await;
-}
-
 async fn create_pod(client: &kube::Client, name: &str, app: &str) {
-    ensure_default_service_account(client).await;
+    harness::ensure_default_service_account(client, "default").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": { "name": name, "labels": { "app": app } },

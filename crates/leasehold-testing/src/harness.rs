@@ -750,6 +750,24 @@ pub async fn create_namespace(client: &kube::Client, name: &str) {
         .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
 }
 
+/// Creates the ServiceAccount `default` in `namespace` if it is missing: the harness runs no
+/// controller-manager, which would make it, and Pods cannot be created without it.
+pub async fn ensure_default_service_account(client: &kube::Client, namespace: &str) {
+    let sa = k8s_openapi::api::core::v1::ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some("default".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let _ = kube::Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        client.clone(),
+        namespace,
+    )
+    .create(&kube::api::PostParams::default(), &sa)
+    .await;
+}
+
 /// A name no other test uses: `prefix-<pid>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
