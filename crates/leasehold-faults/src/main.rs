@@ -507,6 +507,15 @@ async fn one_run(
             sleep(Duration::from_millis(500)).await;
             continue;
         };
+        // Only at a leader that is acting: the lock still names a candidate for a lease after
+        // it died, and a fault aimed at its restarted process is no fault of the leader's.
+        let acting = store.log().last().is_some_and(|e| {
+            e.accepted && e.who == leader && origin.elapsed() < e.at + Duration::from_millis(300)
+        });
+        if !acting {
+            sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         let Some(idx) = procs.iter().position(|p| p.ids.contains(&leader)) else {
             sleep(Duration::from_millis(500)).await;
             continue;

@@ -94,6 +94,11 @@ impl Store {
         accepted
     }
 
+    /// The latest write, if any.
+    pub fn last(&self) -> Option<Entry> {
+        self.inner.lock().expect("poisoned").log.last().cloned()
+    }
+
     /// Everything recorded so far.
     pub fn log(&self) -> Vec<Entry> {
         self.inner.lock().expect("poisoned").log.clone()
