@@ -509,7 +509,7 @@ async fn one_run(
         };
         // Only at a leader that is acting: the lock still names a candidate for a lease after
         // it died, and a fault aimed at its restarted process is no fault of the leader's.
-        let acting = store.log().last().is_some_and(|e| {
+        let acting = store.last().is_some_and(|e| {
             e.accepted && e.who == leader && origin.elapsed() < e.at + Duration::from_millis(300)
         });
         if !acting {
