@@ -109,6 +109,8 @@ pub struct StepDownArgs {
     pub hold_off: Option<Duration>,
     /// `--name NAME`: the election the sidecar must be in, if given.
     pub name: Option<String>,
+    /// `--to ID`: hand over to this candidate instead of releasing.
+    pub to: Option<String>,
 }
 
 /// A parsed command line.
@@ -147,7 +149,7 @@ USAGE:
                 [--health-timeout DUR] [--health-failures N] [-- COMMAND [ARGS...]]
   leasehold status --name NAME [--namespace NS] [--backend kube|file] [--file PATH]
                 [--kubeconfig PATH] [--lock-type TYPE] [--json]
-  leasehold step-down --control ADDR [--hold-off DUR] [--name NAME]
+  leasehold step-down --control ADDR [--hold-off DUR | --to ID] [--name NAME]
 
 OPTIONS:
   --name NAME           election name: the Lease's name, or the file's stem (required)
@@ -195,6 +197,8 @@ OPTIONS:
                         a new candidate contends only once its first probe has passed
   --hold-off DUR        (step-down) do not contend again for this long (default: the sidecar's
                         lease duration)
+  --to ID               (step-down) hand over to the candidate ID: it leads within
+                        milliseconds and no other can take the lock in between (file backend)
   --json                (status) print JSON
   -h, --help            this help
   -V, --version         version
@@ -786,11 +790,11 @@ fn parse_control(value: &str) -> Result<std::net::SocketAddr, UsageError> {
 fn parse_step_down(parser: &mut lexopt::Parser) -> Result<Cli, UsageError> {
     use lexopt::Arg::{Long, Short, Value};
     let usage = |m: String| UsageError(m);
-    let (mut control, mut hold_off, mut name) = (None, None, None);
+    let (mut control, mut hold_off, mut name, mut to) = (None, None, None, None);
     while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
         let flag = match arg {
             Short('h') | Long("help") => return Ok(Cli::Help),
-            Long(l @ ("control" | "hold-off" | "name")) => format!("--{l}"),
+            Long(l @ ("control" | "hold-off" | "name" | "to")) => format!("--{l}"),
             Value(v) => {
                 return Err(usage(format!(
                     "unexpected argument `{}` for `step-down`",
@@ -819,6 +823,12 @@ fn parse_step_down(parser: &mut lexopt::Parser) -> Result<Cli, UsageError> {
             "--hold-off" => hold_off
                 .replace(parse_duration(&value).map_err(|e| usage(format!("{flag}: {e}")))?)
                 .is_some(),
+            "--to" => {
+                if value.is_empty() {
+                    return Err(usage("--to must name a candidate".into()));
+                }
+                to.replace(value).is_some()
+            }
             _ => name.replace(value).is_some(),
         };
         if slot_taken {
@@ -828,10 +838,16 @@ fn parse_step_down(parser: &mut lexopt::Parser) -> Result<Cli, UsageError> {
     let control = control.ok_or_else(|| {
         usage("--control is required: the address the sidecar serves with `run --control`".into())
     })?;
+    if to.is_some() && hold_off.is_some() {
+        return Err(usage(
+            "--hold-off and --to: a transfer's hold-off is the lease duration; give one".into(),
+        ));
+    }
     Ok(Cli::StepDown(StepDownArgs {
         control,
         hold_off,
         name,
+        to,
     }))
 }
 

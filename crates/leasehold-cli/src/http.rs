@@ -158,6 +158,7 @@ impl State {
             );
         }
         let mut hold_off = self.default_hold_off;
+        let mut to = None;
         for pair in query
             .unwrap_or_default()
             .split('&')
@@ -168,17 +169,43 @@ impl State {
                     Ok(d) => hold_off = d,
                     Err(e) => return (400, TEXT, format!("hold-off: {e}\n")),
                 },
+                Some(("to", v)) => match percent_decode(v) {
+                    Some(v) => to = Some(v),
+                    None => {
+                        return (
+                            400,
+                            TEXT,
+                            "to: not a percent-encoded UTF-8 identity\n".into(),
+                        );
+                    }
+                },
                 _ => {
                     let shown: String = pair.chars().take(64).collect();
                     return (
                         400,
                         TEXT,
-                        format!("unknown parameter `{shown}` (expected hold-off=DUR)\n"),
+                        format!("unknown parameter `{shown}` (expected hold-off=DUR or to=ID)\n"),
                     );
                 }
             }
         }
         let term = self.handle.leadership();
+        if let Some(to) = to {
+            return match self.handle.transfer(&to) {
+                Ok(()) => {
+                    tracing::info!(to = %to, "transfer requested on the control address");
+                    let body = serde_json::json!({
+                        "name": self.name,
+                        "identity": self.identity,
+                        "transferred_to": to,
+                        "fencing_token": term.map(|t| t.fencing_token().0),
+                    });
+                    (200, "application/json", body.to_string() + "\n")
+                }
+                Err(e @ leasehold::TransferError::NotLeading) => (409, TEXT, format!("{e}\n")),
+                Err(e) => (400, TEXT, format!("{e}\n")),
+            };
+        }
         let was_leading = self.handle.step_down(hold_off);
         tracing::info!(
             was_leading,
@@ -250,6 +277,24 @@ impl State {
         );
         resp
     }
+}
+
+/// Decodes `%XX` escapes (and `+` as a space): `None` for a bad escape or bytes that are not
+/// UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            b'+' => b' ',
+            b => b,
+        });
+    }
+    String::from_utf8(out).ok()
 }
 
 /// How the server bounds its clients. A probe or a scrape is one small request answered from

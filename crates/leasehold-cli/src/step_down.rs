@@ -64,9 +64,10 @@ pub async fn step_down(args: StepDownArgs) -> Result<i32, Error> {
             });
         }
     }
-    let target = match args.hold_off {
-        Some(d) => format!("/step-down?hold-off={}ms", d.as_millis()),
-        None => "/step-down".to_owned(),
+    let target = match (&args.to, args.hold_off) {
+        (Some(to), _) => format!("/step-down?to={}", percent_encode(to)),
+        (None, Some(d)) => format!("/step-down?hold-off={}ms", d.as_millis()),
+        (None, None) => "/step-down".to_owned(),
     };
     let (status, body) = request(addr, "POST", &target).await?;
     if status != 200 {
@@ -78,6 +79,13 @@ pub async fn step_down(args: StepDownArgs) -> Result<i32, Error> {
     }
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     let identity = v["identity"].as_str().unwrap_or_default();
+    if let Some(to) = v["transferred_to"].as_str() {
+        say!(
+            "handing over: {identity} (fencing token {}) to {to}",
+            v["fencing_token"].as_u64().unwrap_or_default()
+        );
+        return Ok(0);
+    }
     let hold_off = Duration::from_millis(v["hold_off_ms"].as_u64().unwrap_or_default());
     match v["fencing_token"].as_u64() {
         Some(token) if v["was_leading"] == true => say!(
@@ -86,6 +94,20 @@ pub async fn step_down(args: StepDownArgs) -> Result<i32, Error> {
         _ => say!("not leading: {identity}; not contending for {hold_off:?}"),
     }
     Ok(0)
+}
+
+/// Escapes everything but unreserved characters (RFC 3986).
+fn percent_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// One request to the sidecar: (status, body).

@@ -344,8 +344,24 @@ fn bad_input_exits_64_naming_the_problem() {
             "--hold-off",
         ),
         (
-            &["step-down", "--control", "127.0.0.1:1", "--to", "x"],
-            "--to",
+            &["step-down", "--control", "127.0.0.1:1", "--to", ""],
+            "--to must name a candidate",
+        ),
+        (
+            &[
+                "step-down",
+                "--control",
+                "127.0.0.1:1",
+                "--to",
+                "x",
+                "--hold-off",
+                "1s",
+            ],
+            "--hold-off and --to",
+        ),
+        (
+            &["step-down", "--control", "127.0.0.1:1", "--frobnicate", "x"],
+            "--frobnicate",
         ),
         (
             &["run", "--name", "a", "--health-cmd", "no-such-probe --ok"],
@@ -931,4 +947,55 @@ fn ready_when_elected_is_ready_on_every_candidate_once_one_leads() {
     }
     assert_eq!(a.wait().unwrap().code(), Some(0));
     assert_eq!(b.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn a_transfer_hands_over_to_the_named_candidate_within_milliseconds_and_to_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ctl = |_: ()| format!("127.0.0.1:{}", free_port());
+    let (ctl_a, ctl_b) = (ctl(()), ctl(()));
+    let mut a = leasehold(d, "a", &["--control", &ctl_a], &["sh", "-c", RECORDER]);
+    assert!(wait_for(Duration::from_secs(10), || starts(d).len() == 1));
+    let mut b = leasehold(d, "b", &["--control", &ctl_b], &["sh", "-c", RECORDER]);
+    let mut c = leasehold(d, "c", &[], &["sh", "-c", RECORDER]);
+    std::thread::sleep(Duration::from_millis(500)); // b and c stand by, watching
+
+    // Refused: from a standby; to the leader itself.
+    let (code, _, err) = step_down(&["--control", &ctl_b, "--to", "c"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("409") && err.contains("not leading"), "{err}");
+    let (code, _, err) = step_down(&["--control", &ctl_a, "--to", "a"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot hand over to `a`"), "{err}");
+
+    let asked = now_nanos();
+    let (code, out, err) = step_down(&["--control", &ctl_a, "--to", "c"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("handing over: a (fencing token 0) to c"),
+        "{out}"
+    );
+    assert!(wait_for(Duration::from_secs(5), || starts(d).len() == 2));
+    let log = std::fs::read_to_string(d.join("log")).unwrap();
+    assert_eq!(starts(d)[1], ("c".to_owned(), 1), "{log}");
+    let took = Duration::from_nanos((started_at(&log, "c") - asked) as u64);
+    eprintln!("transfer to c's command running: {took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // Nobody else, then or for a lease after.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        starts(d).len(),
+        2,
+        "{}",
+        std::fs::read_to_string(d.join("log")).unwrap()
+    );
+    let log = std::fs::read_to_string(d.join("log")).unwrap();
+    history::check(&history::parse_log(&log).unwrap()).unwrap_or_else(|e| panic!("{e}\n{log}"));
+    for p in [&a, &b, &c] {
+        signal(p, rustix::process::Signal::TERM);
+    }
+    for p in [&mut a, &mut b, &mut c] {
+        assert_eq!(p.wait().unwrap().code(), Some(0));
+    }
 }

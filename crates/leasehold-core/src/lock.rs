@@ -326,6 +326,13 @@ pub trait LockBackend: Send + Sync + 'static {
     /// Watches the object for changes after `version` (`None`: from now).
     fn watch(&self, version: Option<&Version>) -> WatchStream;
 
+    /// Whether the backend stores [`LeaderRecord::handover_from`], which a directed transfer
+    /// needs: without it the target never sees the mark, and a transfer falls back to expiry.
+    /// The default is `false`; the elector refuses a transfer on such a backend.
+    fn carries_handover(&self) -> bool {
+        false
+    }
+
     /// Records a leadership change for humans (a Kubernetes Event on the lock object). Best
     /// effort: the elector logs a failure and carries on. The default records nothing.
     ///
@@ -361,6 +368,9 @@ impl<T: LockBackend + ?Sized> LockBackend for Box<T> {
     }
     fn record_event(&self, event: &LockEvent) -> BoxFuture<'_, Result<(), LockError>> {
         (**self).record_event(event)
+    }
+    fn carries_handover(&self) -> bool {
+        (**self).carries_handover()
     }
 }
 

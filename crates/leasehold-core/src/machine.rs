@@ -59,6 +59,16 @@ pub enum Event {
     /// End the hold-off of an earlier [`Event::StepDown`] now: contend again (a health probe
     /// that passes again, say). Nothing else changes.
     Resume,
+    /// Hand the lock to the candidate `to` (a directed transfer): a leader ends its term, drains,
+    /// and writes a record naming `to` as holder, with the next token and a handover mark
+    /// ([`LeaderRecord::handover_from`]), then sits out a lease duration. Other candidates see
+    /// a held lock and wait; `to` takes the term on seeing the mark. If `to` never does, the
+    /// record expires a lease after it was written. Ignored unless leading, and for this
+    /// candidate's own identity or an empty one.
+    Transfer {
+        /// The candidate to hand over to.
+        to: String,
+    },
     /// The watch ([`Action::Watch`]) ended or failed: changes may have been missed, so the next
     /// step reads again, and another watch is opened after a backoff.
     WatchLost,
@@ -187,6 +197,11 @@ pub enum StepDown {
     Cancelled,
     /// A step-down was requested ([`Event::StepDown`]).
     Requested,
+    /// A transfer to `to` was requested ([`Event::Transfer`]).
+    Transferred {
+        /// The candidate handed to.
+        to: String,
+    },
     /// The lock's `preferredHolder` (Coordinated Leader Election) names another candidate:
     /// the term ends and the lock is released to it.
     Preferred {
@@ -326,6 +341,8 @@ pub struct Machine {
     cancelling: bool,
     /// After [`Event::StepDown`]: no acquisition before this time.
     hold_off_until: Option<Tick>,
+    /// The candidate a transfer in progress hands the lock to: the release writes a handover.
+    handing_to: Option<String>,
     rng: u64,
     /// The highest `leaderTransitions` ever observed: a re-created lock continues from it, so
     /// tokens never go backwards even if the object is deleted.
@@ -406,6 +423,7 @@ impl Machine {
             duplicate_reported_at: None,
             cancelling: false,
             hold_off_until: None,
+            handing_to: None,
             rng: seed | 1,
             max_transitions: None,
             deleted_lease: None,
@@ -763,6 +781,18 @@ impl Machine {
             Event::Cancel => self.on_cancel(now, &mut out),
             Event::StepDown { hold_off } => self.on_step_down_request(hold_off, now, &mut out),
             Event::Resume => self.hold_off_until = None,
+            Event::Transfer { to } => {
+                if self.is_leader() && !to.is_empty() && to != self.identity && !self.cancelling {
+                    self.handing_to = Some(to.clone());
+                    // The old leader keeps out while the target takes over, or the lease expires.
+                    self.release_to(
+                        StepDown::Transferred { to },
+                        self.timing.lease_duration,
+                        now,
+                        &mut out,
+                    );
+                }
+            }
             Event::Drained => {
                 self.draining = None;
                 if let State::Releasing { retry_at, .. } = &mut self.state {
@@ -925,7 +955,12 @@ impl Machine {
                 .seen
                 .as_ref()
                 .is_some_and(|s| s.record.as_ref() != Some(r));
-            if r.holder_identity == self.identity && !self.is_own(r) && changed {
+            // A handover to this candidate is no twin's write.
+            if r.holder_identity == self.identity
+                && !self.is_own(r)
+                && r.handover_from.is_none()
+                && changed
+            {
                 let due = self
                     .duplicate_reported_at
                     .is_none_or(|at| now >= at + self.timing.lease_duration);
@@ -1280,6 +1315,7 @@ impl Machine {
     /// The release has ended (written, found unnecessary, or given up on): finish after a
     /// shutdown, or stay a standby after a step-down.
     fn released(&mut self, out: &mut Vec<Action>) {
+        self.handing_to = None;
         if self.cancelling {
             self.finish(out);
         } else {
@@ -1374,6 +1410,7 @@ impl Machine {
                             renew_time: Some(wall),
                             leader_transitions: term.transitions,
                             preferred_holder: None,
+                            handover_from: None,
                         };
                         self.remember_write(record.clone());
                         self.inflight = Some(Inflight::Renew {
@@ -1409,13 +1446,28 @@ impl Machine {
                             .as_ref()
                             .and_then(|s| s.record.as_ref())
                             .and_then(|r| r.preferred_holder.clone());
-                        let record = LeaderRecord {
-                            holder_identity: String::new(),
-                            lease_duration_seconds: 1,
-                            acquire_time: Some(wall),
-                            renew_time: Some(wall),
-                            leader_transitions: term.transitions,
-                            preferred_holder,
+                        let handover = self.handing_to.clone().zip(term.transitions.checked_add(1));
+                        let record = match handover {
+                            // A transfer: held by the target from now, with the next token, so
+                            // that no one else takes it before the target does.
+                            Some((to, next)) => LeaderRecord {
+                                holder_identity: to,
+                                lease_duration_seconds: self.timing.lease_duration_seconds(),
+                                acquire_time: Some(wall),
+                                renew_time: Some(wall),
+                                leader_transitions: next,
+                                preferred_holder: None,
+                                handover_from: Some(self.identity.clone()),
+                            },
+                            None => LeaderRecord {
+                                holder_identity: String::new(),
+                                lease_duration_seconds: 1,
+                                acquire_time: Some(wall),
+                                renew_time: Some(wall),
+                                leader_transitions: term.transitions,
+                                preferred_holder,
+                                handover_from: None,
+                            },
                         };
                         self.inflight = Some(Inflight::Release {
                             record: record.clone(),
@@ -1502,6 +1554,22 @@ impl Machine {
                         if self.deleted_lease.is_none_or(|d| now >= seen.since + d) {
                             self.acquire(after_max, None, now, deadline, wall, out);
                         }
+                    }
+                    (Some(r), Some(version))
+                        if r.holder_identity == self.identity
+                            && r.handover_from
+                                .as_deref()
+                                .is_some_and(|f| f != self.identity)
+                            && !self.is_own(r)
+                            && now < self.expires_at(r, seen.since) =>
+                    {
+                        // Handed to this candidate by the last leader: take the term it marks,
+                        // with the token it already carries, by compare-and-swap on it.
+                        let (version, transitions) = (version.clone(), r.leader_transitions);
+                        if self.backing_off(Some(&version), now) {
+                            return;
+                        }
+                        self.acquire(Some(transitions), Some(version), now, deadline, wall, out);
                     }
                     (Some(r), Some(version)) => {
                         let own = r.holder_identity == self.identity && self.is_own(r);
@@ -1622,6 +1690,7 @@ impl Machine {
             leader_transitions: transitions,
             // A new term clears it, as client-go's record does.
             preferred_holder: None,
+            handover_from: None,
         };
         self.remember_write(record.clone());
         self.inflight = Some(Inflight::Acquire {
@@ -1720,6 +1789,7 @@ mod tests {
             renew_time: Some(t),
             leader_transitions: transitions,
             preferred_holder: None,
+            handover_from: None,
         }
     }
     fn seen(record: LeaderRecord, v: &str) -> Option<Versioned> {
@@ -1780,6 +1850,7 @@ mod tests {
             renew_time: Some(wall()),
             leader_transitions: 0,
             preferred_holder: None,
+            handover_from: None,
         };
         assert_eq!(
             a,
@@ -2678,6 +2749,103 @@ mod tests {
         let a = m.handle(Event::Watched(seen(to_me, "2")), S, wall());
         assert!(
             a.iter().any(|a| matches!(a, Action::Update { .. })),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_transfer_drains_then_writes_the_target_as_holder_with_the_next_token_and_a_mark() {
+        let mut m = draining_leader();
+        let a = m.handle(Event::Transfer { to: "y".into() }, S, wall());
+        assert_eq!(
+            a,
+            vec![Action::StoppedLeading {
+                token: FencingToken(0),
+                reason: StepDown::Transferred { to: "y".into() }
+            }]
+        );
+        let a = m.handle(Event::Drained, S + ms(5), wall());
+        let [
+            Action::Update {
+                record, version, ..
+            },
+        ] = a.as_slice()
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(version, &ver("1"));
+        assert_eq!(record.holder_identity, "y");
+        assert_eq!(record.leader_transitions, 1, "the next token");
+        assert_eq!(record.lease_duration_seconds, 15, "held, not released");
+        assert_eq!(record.handover_from.as_deref(), Some("me"));
+        m.handle(Event::WriteDone(Ok(ver("2"))), S + ms(6), wall());
+        assert!(m.is_standby());
+        // To itself, to nobody, or while not leading: nothing.
+        let mut m = leader();
+        for to in ["me", ""] {
+            assert!(
+                m.handle(Event::Transfer { to: to.into() }, S, wall())
+                    .is_empty()
+            );
+            assert!(m.is_leader());
+        }
+        let (mut m, _) = observing(other("x", 1, 0));
+        assert!(
+            m.handle(Event::Transfer { to: "y".into() }, S, wall())
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_target_takes_a_handover_at_once_with_its_token_and_others_wait() {
+        let handover = other("me", 4, 0).with_handover_from(Some("x".into()));
+        let (mut m, _) = observing(other("x", 3, 0));
+        let a = m.handle(Event::Watched(seen(handover.clone(), "2")), S, wall());
+        let Some(Action::Update {
+            record, version, ..
+        }) = a.iter().find(|a| matches!(a, Action::Update { .. }))
+        else {
+            panic!("takes it at once: {a:?}")
+        };
+        assert_eq!(version, &ver("2"));
+        assert_eq!(record.holder_identity, "me");
+        assert_eq!(
+            record.leader_transitions, 4,
+            "the token the handover carries"
+        );
+        assert_eq!(record.handover_from, None, "the mark is cleared");
+        assert!(
+            !a.iter()
+                .any(|a| matches!(a, Action::DuplicateIdentity { .. })),
+            "{a:?}"
+        );
+        let a = m.handle(Event::WriteDone(Ok(ver("3"))), S + ms(2), wall());
+        assert_eq!(
+            a.last(),
+            Some(&Action::StartedLeading {
+                token: FencingToken(4)
+            })
+        );
+        // Another candidate sees a held lock and waits it out.
+        let mut m = Machine::new("z", timing(), 7).unwrap();
+        m.handle(Event::Start, Duration::ZERO, wall());
+        m.handle(
+            Event::ReadDone(Ok(seen(other("x", 3, 0), "1"))),
+            Duration::ZERO,
+            wall(),
+        );
+        let a = m.handle(Event::Watched(seen(handover.clone(), "2")), S, wall());
+        assert_eq!(
+            a,
+            vec![Action::NewLeader {
+                identity: "me".into()
+            }]
+        );
+        // The same record without the mark is a stranger's write under our name: never adopted.
+        let (mut m, _) = observing(other("x", 3, 0));
+        let a = m.handle(Event::Watched(seen(other("me", 4, 0), "2")), S, wall());
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::Update { .. })),
             "{a:?}"
         );
     }

@@ -68,6 +68,13 @@ pub struct LeaderRecord {
     /// standbys leave a released lock to the preferred candidate for a lease duration. Read
     /// from Leases only; `None` elsewhere.
     pub preferred_holder: Option<String>,
+    /// Set only in the record a leader writes to hand the lock to a named candidate (a
+    /// directed transfer): the identity of the leader that handed it over. The candidate the
+    /// record names takes the term only on seeing this mark, so a record another process wrote
+    /// under its name is never adopted. Kept beside client-go's fields (`leaseholdHandoverFrom`
+    /// in the JSON form), which client-go ignores; backends that cannot store it read `None`,
+    /// and a transfer then falls back to expiry.
+    pub handover_from: Option<String>,
 }
 
 /// A number that strictly increases with every leadership term of one lock.
@@ -151,6 +158,13 @@ impl LeaderRecord {
             .filter(|p| !p.is_empty() && *p != identity)
     }
 
+    /// Sets [`handover_from`](Self::handover_from).
+    #[must_use]
+    pub fn with_handover_from(mut self, from: Option<String>) -> Self {
+        self.handover_from = from;
+        self
+    }
+
     /// True when no one holds the lock (empty `holder_identity`).
     pub fn is_released(&self) -> bool {
         self.holder_identity.is_empty()
@@ -208,6 +222,7 @@ impl LeaderRecord {
             renew_time: time("renewTime", raw.renew_time)?,
             leader_transitions: raw.leader_transitions.unwrap_or_default(),
             preferred_holder: None,
+            handover_from: raw.leasehold_handover_from.filter(|h| !h.is_empty()),
         })
     }
 
@@ -230,6 +245,7 @@ impl LeaderRecord {
             acquire_time: fmt(&self.acquire_time),
             renew_time: fmt(&self.renew_time),
             leader_transitions: Some(self.leader_transitions),
+            leasehold_handover_from: self.handover_from.clone(),
         };
         serde_json::to_vec(&raw).unwrap_or_default()
     }
@@ -252,6 +268,10 @@ mod wire {
         pub renew_time: Option<String>,
         #[serde(default)]
         pub leader_transitions: Option<i32>,
+        /// leasehold's own: see `LeaderRecord::handover_from`. Left out when unset, so the
+        /// bytes are client-go's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub leasehold_handover_from: Option<String>,
     }
 }
 

@@ -134,6 +134,9 @@ impl MemLock {
 }
 
 impl LockBackend for MemLock {
+    fn carries_handover(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         "mem".into()
     }

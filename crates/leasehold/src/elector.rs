@@ -134,14 +134,44 @@ pub struct ElectorHandle {
     term: watch::Receiver<Option<Leadership>>,
     /// Step-down requests, to the run loop.
     step_down: Arc<watch::Sender<StepDownRequest>>,
+    /// The backend stores the handover mark a transfer needs.
+    carries_handover: bool,
+    /// The lock, for errors.
+    lock: Arc<str>,
 }
 
-/// The latest step-down request: a counter, so that two alike requests are two requests.
-/// `hold_off` `None`: end the hold-off ([`ElectorHandle::resume`]).
-#[derive(Clone, Copy, Debug, Default)]
+/// The latest request that moves leadership, with a counter, so that two alike requests are
+/// two requests.
+#[derive(Clone, Debug, Default)]
 struct StepDownRequest {
     seq: u64,
-    hold_off: Option<Duration>,
+    what: Request,
+}
+
+#[derive(Clone, Debug, Default)]
+enum Request {
+    /// End the hold-off ([`ElectorHandle::resume`]).
+    #[default]
+    Resume,
+    /// [`ElectorHandle::step_down`].
+    StepDown(Duration),
+    /// [`ElectorHandle::transfer`].
+    Transfer(String),
+}
+
+/// Why [`ElectorHandle::transfer`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// This candidate does not lead.
+    #[error("not leading: only the leader can hand over")]
+    NotLeading,
+    /// The target is this candidate itself, or empty.
+    #[error("cannot hand over to `{0}`: name another candidate")]
+    BadTarget(String),
+    /// The backend does not store the handover mark.
+    #[error("{0} cannot carry a handover yet; use step-down")]
+    Unsupported(String),
 }
 
 // === impl ElectorHandle ===
@@ -228,9 +258,37 @@ impl ElectorHandle {
         let leading = self.leadership().is_some();
         self.step_down.send_modify(|r| {
             r.seq += 1;
-            r.hold_off = Some(hold_off);
+            r.what = Request::StepDown(hold_off);
         });
         leading
+    }
+
+    /// Hands leadership to the candidate `to` (a directed transfer): this leader's term ends
+    /// and its work drains, then it writes the lock with `to` as holder, the next fencing token
+    /// and a handover mark, and sits out a lease duration. Every other candidate, client-go's
+    /// too, sees a held lock and waits; `to`, watching, takes the term within milliseconds.
+    /// If `to` is not running, or does not take over, the record expires a lease duration
+    /// after it was written and an ordinary election follows.
+    ///
+    /// # Errors
+    /// [`TransferError`]: not leading, a target that is this candidate or empty, or a backend
+    /// that cannot store the mark (the file backend can; Kubernetes locks cannot yet).
+    pub fn transfer(&self, to: &str) -> Result<(), TransferError> {
+        let me = self.leadership().map(|l| l.identity().to_owned());
+        let Some(me) = me else {
+            return Err(TransferError::NotLeading);
+        };
+        if to.is_empty() || to == me {
+            return Err(TransferError::BadTarget(to.to_owned()));
+        }
+        if !self.carries_handover {
+            return Err(TransferError::Unsupported(self.lock.to_string()));
+        }
+        self.step_down.send_modify(|r| {
+            r.seq += 1;
+            r.what = Request::Transfer(to.to_owned());
+        });
+        Ok(())
     }
 
     /// Ends the hold-off of an earlier [`step_down`](Self::step_down) now: the candidate
@@ -238,7 +296,7 @@ impl ElectorHandle {
     pub fn resume(&self) {
         self.step_down.send_modify(|r| {
             r.seq += 1;
-            r.hold_off = None;
+            r.what = Request::Resume;
         });
     }
 
@@ -403,6 +461,8 @@ impl<B: LockBackend> Elector<B> {
             term_until: self.term_until.subscribe(),
             term: self.term.subscribe(),
             step_down: Arc::clone(&self.step_down),
+            carries_handover: self.backend.carries_handover(),
+            lock: self.backend.describe().into(),
         }
     }
 
@@ -774,11 +834,15 @@ impl<B: LockBackend> Elector<B> {
                     event = Some(Event::Cancel);
                 }
                 Ok(()) = step_downs.changed(), if !cancel_sent => {
-                    let hold_off = step_downs.borrow_and_update().hold_off;
-                    tracing::debug!(lock = %describe, ?hold_off, "step-down requested (none: resume)");
-                    event = Some(match hold_off {
-                        Some(hold_off) => Event::StepDown { hold_off },
-                        None => Event::Resume,
+                    let what = step_downs.borrow_and_update().what.clone();
+                    tracing::debug!(lock = %describe, ?what, "leadership request");
+                    event = Some(match what {
+                        Request::StepDown(hold_off) => Event::StepDown { hold_off },
+                        Request::Resume => Event::Resume,
+                        Request::Transfer(to) => {
+                            tracing::info!(lock = %describe, to = %to, "handing over");
+                            Event::Transfer { to }
+                        }
                     });
                 }
                 (ev, error) = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
@@ -1042,6 +1106,9 @@ fn log_step_down(describe: &str, token: FencingToken, reason: &StepDown) {
         }
         StepDown::Preferred { holder } => {
             tracing::info!(lock = %describe, fencing_token = %token, preferred_holder = %holder, "stopped leading: the lock's preferredHolder names another candidate; releasing it to them (standbys leave it to them for a lease duration)")
+        }
+        StepDown::Transferred { to } => {
+            tracing::info!(lock = %describe, fencing_token = %token, to = %to, "stopped leading: handing over")
         }
         StepDown::Requested => {
             tracing::info!(lock = %describe, fencing_token = %token, "stopped leading: step-down requested; releasing")

@@ -61,7 +61,9 @@ pub struct ReadmeDoctests;
 pub struct MigratingFromGoDoctests;
 
 pub use config::{Config, default_identity};
-pub use elector::{Deadline, Elector, ElectorHandle, Error, Leadership, Result, display_chain};
+pub use elector::{
+    Deadline, Elector, ElectorHandle, Error, Leadership, Result, TransferError, display_chain,
+};
 pub use leasehold_core::{
     ConfigError, FailureKind, FencingToken, LastError, LeaderRecord, LockBackend, LockError,
     LockEvent, LockEventKind, Role, Status, StepDown, Timing, Version, Versioned, record,

@@ -248,3 +248,79 @@ async fn a_step_down_drains_releases_and_a_watching_standby_takes_over_at_once()
     cancel_a.cancel();
     task_a.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_transfer_hands_the_term_to_the_named_candidate_and_no_one_else() {
+    let lock = MemLock::new();
+    let log = Log::default();
+    let (cancel_a, task_a, a) = candidate(
+        lock.clone(),
+        "a",
+        Some(Duration::from_millis(300)),
+        log.clone(),
+    );
+    a.acquired().await.unwrap();
+    let (cancel_b, task_b, b) = candidate(lock.clone(), "b", Some(Duration::ZERO), log.clone());
+    let (cancel_c, task_c, c) = candidate(lock.clone(), "c", Some(Duration::ZERO), log.clone());
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(b.transfer("c"), Err(leasehold::TransferError::NotLeading));
+    assert_eq!(
+        a.transfer("a"),
+        Err(leasehold::TransferError::BadTarget("a".into()))
+    );
+
+    let asked = Instant::now();
+    a.transfer("c").unwrap();
+    let term = c.acquired().await.unwrap();
+    let took = asked.elapsed();
+    let returned = when(&log, &Did::Returned(0)).expect("a's work returned");
+    assert_eq!(
+        returned - asked,
+        Duration::from_millis(300),
+        "a drained first"
+    );
+    assert!(
+        took < Duration::from_millis(400),
+        "c took over {took:?} after the request"
+    );
+    assert_eq!(term.fencing_token().0, 1, "the next token");
+    // Nobody else took it, then or after: b stands by, a sits out.
+    sleep(Duration::from_secs(20)).await;
+    assert!(b.leadership().is_none() && a.leadership().is_none());
+    assert!(c.leadership().is_some(), "c keeps renewing its term");
+    assert_eq!(when(&log, &Did::Started(2)), None, "no third term");
+    for (cancel, task) in [(cancel_a, task_a), (cancel_b, task_b), (cancel_c, task_c)] {
+        cancel.cancel();
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transfer_to_a_candidate_that_never_comes_expires_into_an_ordinary_election() {
+    let lock = MemLock::new();
+    let log = Log::default();
+    let (cancel_a, task_a, a) = candidate(lock.clone(), "a", Some(Duration::ZERO), log.clone());
+    a.acquired().await.unwrap();
+    let (cancel_b, task_b, b) = candidate(lock.clone(), "b", Some(Duration::ZERO), log.clone());
+    sleep(Duration::from_secs(1)).await;
+    let asked = Instant::now();
+    let old = a.leadership().unwrap();
+    a.transfer("ghost").unwrap();
+    old.lost().await;
+    // The record names the ghost for a lease (15 s) from when it was seen, then an ordinary
+    // election follows, which either candidate may win (a's own hold-off is a lease too).
+    let term = tokio::select! {
+        t = a.acquired() => t.unwrap(),
+        t = b.acquired() => t.unwrap(),
+    };
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_secs(15) && took < Duration::from_secs(16),
+        "{took:?}"
+    );
+    assert_eq!(term.fencing_token().0, 2, "after the ghost's token 1");
+    for (cancel, task) in [(cancel_a, task_a), (cancel_b, task_b)] {
+        cancel.cancel();
+        task.await.unwrap();
+    }
+}

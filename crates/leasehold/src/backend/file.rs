@@ -69,12 +69,13 @@ const LOCK_WAIT: Duration = Duration::from_millis(500);
 const MAX_LINKS: usize = 40;
 
 /// The record's fields in the file; everything else in it is kept as it is.
-const RECORD_KEYS: [&str; 5] = [
+const RECORD_KEYS: [&str; 6] = [
     "holderIdentity",
     "leaseDurationSeconds",
     "acquireTime",
     "renewTime",
     "leaderTransitions",
+    "leaseholdHandoverFrom",
 ];
 
 // === impl FileLock ===
@@ -139,6 +140,10 @@ impl FileLock {
 impl LockBackend for FileLock {
     fn describe(&self) -> String {
         format!("file {}", self.inner.path.display())
+    }
+
+    fn carries_handover(&self) -> bool {
+        true
     }
 
     fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
