@@ -185,19 +185,8 @@ async fn rollout(
         create(&name).await;
         new.push(forward(name.clone(), spawn(&name)));
         sleep(Duration::from_millis(700)).await;
-        let mut ranked = Vec::new();
-        for (idx, (name, _)) in old.iter().enumerate() {
-            let p = pods.get(name).await.expect("get pod");
-            let cost: i64 = p
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost"))
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            ranked.push((cost, std::cmp::Reverse(idx)));
-        }
-        let (_, std::cmp::Reverse(idx)) = *ranked.iter().min().expect("old pods left");
+        let names: Vec<&str> = old.iter().map(|(n, _)| n.as_str()).collect();
+        let idx = leasehold_testing::harness::next_pod_to_delete(client, "default", &names).await;
         let (name, cand) = old.remove(idx);
         cand.signal(rustix::process::Signal::TERM);
         cand.stop().await;

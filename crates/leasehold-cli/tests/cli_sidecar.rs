@@ -341,19 +341,8 @@ async fn rollout(n: usize, extra: &[&str]) -> Vec<String> {
         new.push(start(&name));
         sleep(Duration::from_millis(700)).await; // the new Pod's sidecar is up and watching
         // The ReplicaSet controller's choice among the old Pods left.
-        let mut ranked = Vec::new();
-        for (idx, (name, _)) in old.iter().enumerate() {
-            let p = pods.get(name).await.unwrap();
-            let cost: i64 = p
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost"))
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            ranked.push((cost, std::cmp::Reverse(idx)));
-        }
-        let (_, std::cmp::Reverse(idx)) = *ranked.iter().min().unwrap();
+        let names: Vec<&str> = old.iter().map(|(n, _)| n.as_str()).collect();
+        let idx = harness::next_pod_to_delete(&client, "default", &names).await;
         let (name, mut proc) = old.remove(idx);
         proc.term();
         assert!(proc.wait().success(), "{name} exits 0 on SIGTERM");

@@ -768,6 +768,34 @@ pub async fn ensure_default_service_account(client: &kube::Client, namespace: &s
     .await;
 }
 
+/// Which of `pods` (oldest first, in `namespace`) the ReplicaSet controller removes next when
+/// it scales down Pods that are alike otherwise: the lowest
+/// `controller.kubernetes.io/pod-deletion-cost` first, then the newest. Returns its index.
+///
+/// # Panics
+/// If `pods` is empty or a Pod cannot be read: test support.
+pub async fn next_pod_to_delete(client: &kube::Client, namespace: &str, pods: &[&str]) -> usize {
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let mut ranked = Vec::new();
+    for (idx, name) in pods.iter().enumerate() {
+        let p = api
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("get pod {name}: {e}"));
+        let cost: i64 = p
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost"))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        ranked.push((cost, std::cmp::Reverse(idx)));
+    }
+    let (_, std::cmp::Reverse(idx)) = *ranked.iter().min().expect("pods left");
+    idx
+}
+
 /// A name no other test uses: `prefix-<pid>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
