@@ -170,7 +170,7 @@ pub enum TransferError {
     #[error("cannot hand over to `{0}`: name another candidate")]
     BadTarget(String),
     /// The backend does not store the handover mark.
-    #[error("{0} cannot carry a handover yet; use step-down")]
+    #[error("{0} cannot carry a handover mark; use step-down")]
     Unsupported(String),
 }
 
@@ -272,7 +272,8 @@ impl ElectorHandle {
     ///
     /// # Errors
     /// [`TransferError`]: not leading, a target that is this candidate or empty, or a backend
-    /// that cannot store the mark (the file backend can; Kubernetes locks cannot yet).
+    /// that cannot store the mark (every backend of this crate can; a backend of your own
+    /// says so with [`LockBackend::carries_handover`](leasehold_core::LockBackend::carries_handover)).
     pub fn transfer(&self, to: &str) -> Result<(), TransferError> {
         let me = self.leadership().map(|l| l.identity().to_owned());
         let Some(me) = me else {

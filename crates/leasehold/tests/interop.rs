@@ -1,6 +1,6 @@
 //! Interop with client-go on a real kube-apiserver: client-go's leader-election example (built
-//! from the `k8s.io/client-go` module, as shipped: lease 60 s, renew 15 s, retry 5 s) and a
-//! leasehold elector with the same durations on one Lease.
+//! from the `k8s.io/client-go` module, as shipped: lease 60 s, renew 15 s, retry 5 s) and
+//! leasehold electors on one Lease.
 
 use leasehold::{Elector, LockBackend, Timing, backend::kubernetes::LeaseLock};
 use leasehold_testing::harness::{self, Proc, unique};
@@ -223,4 +223,151 @@ async fn leadership_moves_both_ways_between_client_go_and_leasehold() {
     );
     go_b.kill();
     go_a.kill();
+}
+
+/// A leasehold candidate starting on `name`, reporting its terms as `(identity, token)`.
+fn leasehold_candidate(
+    client: &leasehold::backend::kubernetes::ApiClient,
+    name: &str,
+    id: &str,
+    timing: Timing,
+    tx: mpsc::UnboundedSender<(String, u64)>,
+) -> (
+    CancellationToken,
+    leasehold::ElectorHandle,
+    tokio::task::JoinHandle<()>,
+) {
+    let lock = LeaseLock::new(client.clone(), "default", name);
+    let me = id.to_owned();
+    let elector = Elector::new(lock, id, timing)
+        .unwrap()
+        .on_started_leading(move |l| {
+            let _ = tx.send((me.clone(), l.fencing_token().0));
+        });
+    let handle = elector.handle();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(elector.run(cancel.clone()));
+    (cancel, handle, task)
+}
+
+/// Directed transfer beside client-go's example on one Lease: leasehold to leasehold while a
+/// client-go candidate stands by (it never takes the Lease in between), then leasehold to the
+/// client-go candidate (which reads a Lease naming itself as its own, as client-go does, and
+/// keeps the transfer's token), then back by an ordinary election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_moves_the_lease_past_a_client_go_candidate_and_to_one() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use leasehold::backend::kubernetes::HANDOVER_ANNOTATION;
+    let server = harness::shared().await;
+    let name = unique("interop-transfer");
+    let client = leasehold::backend::kubernetes::client(Some(&server.kubeconfig("admin")))
+        .await
+        .unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(client.kube().clone(), "default");
+    // Longer than client-go's poll (5 s jittered by up to 1.2x: at most 11 s), so that the
+    // client-go target comes before the transfer's record expires.
+    let timing = Timing {
+        lease_duration: Duration::from_secs(15),
+        renew_deadline: Duration::from_secs(10),
+        retry_period: Duration::from_secs(1),
+        release_on_cancel: true,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    async fn next(
+        rx: &mut mpsc::UnboundedReceiver<(String, u64)>,
+        limit: Duration,
+    ) -> (String, u64) {
+        tokio::time::timeout(limit, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no term within {limit:?}"))
+            .unwrap()
+    }
+
+    let (cancel_1, h1, task_1) =
+        leasehold_candidate(&client, &name, "rs-1", timing.clone(), tx.clone());
+    let (who, t1) = next(&mut rx, Duration::from_secs(10)).await;
+    assert_eq!(who, "rs-1");
+    let (cancel_2, h2, task_2) = leasehold_candidate(&client, &name, "rs-2", timing, tx);
+    let (go_c, log_c) = go_example(server, "go-c", &name);
+    wait_log(&log_c, "new leader elected: rs-1", Duration::from_secs(30)).await;
+
+    // leasehold to leasehold, while client-go polls.
+    let asked = Instant::now();
+    h1.transfer("rs-2").unwrap();
+    let (who, t2) = next(&mut rx, Duration::from_secs(5)).await;
+    let took = asked.elapsed();
+    eprintln!(
+        "transfer rs-1 -> rs-2 beside client-go: rs-2 leads {:.1} ms after the request",
+        took.as_secs_f64() * 1e3
+    );
+    assert_eq!(who, "rs-2");
+    assert_eq!(t2, t1 + 1, "the next token");
+    // client-go sees the new holder at its next poll (every 5 s, jittered) and waits.
+    wait_log(&log_c, "new leader elected: rs-2", Duration::from_secs(15)).await;
+    let lease = api.get(&name).await.unwrap();
+    assert_eq!(
+        lease.spec.as_ref().unwrap().holder_identity.as_deref(),
+        Some("rs-2")
+    );
+    assert_eq!(
+        lease.spec.as_ref().unwrap().lease_transitions,
+        Some(t2 as i32)
+    );
+
+    // leasehold to client-go: the example reads a Lease naming itself as its own and renews it.
+    let asked = Instant::now();
+    h2.transfer("go-c").unwrap();
+    wait_log(
+        &log_c,
+        "Successfully acquired lease",
+        Duration::from_secs(15),
+    )
+    .await;
+    eprintln!(
+        "transfer rs-2 -> go-c (client-go): acquired {:.2} s after the request (its poll)",
+        asked.elapsed().as_secs_f64()
+    );
+    let lease = api.get(&name).await.unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("go-c"));
+    assert_eq!(
+        spec.lease_transitions,
+        Some(t2 as i32 + 1),
+        "client-go keeps the transfer's count: the term's token"
+    );
+    // client-go's writes keep the mark, but it names rs-2 and the holder is go-c: no leasehold
+    // candidate acts on it.
+    assert_eq!(
+        lease
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(HANDOVER_ANNOTATION),
+        Some(&"rs-2".to_owned())
+    );
+    assert!(rx.try_recv().is_err(), "no leasehold term while go-c leads");
+
+    // Back by an ordinary election once client-go releases; the winner's write drops the mark.
+    go_c.signal(rustix::process::Signal::TERM);
+    let (who, t3) = next(&mut rx, Duration::from_secs(30)).await;
+    eprintln!("after go-c released: {who} leads with token {t3}");
+    assert_eq!(
+        t3,
+        t2 + 2,
+        "after the transfer's token and client-go's term"
+    );
+    let lease = api.get(&name).await.unwrap();
+    assert_eq!(
+        lease
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(HANDOVER_ANNOTATION),
+        None
+    );
+    for (cancel, task) in [(cancel_1, task_1), (cancel_2, task_2)] {
+        cancel.cancel();
+        task.await.unwrap();
+    }
+    go_c.kill();
 }

@@ -661,3 +661,77 @@ async fn no_term_repeats_a_token_whatever_else_writes_the_lease() {
         c.task.await.unwrap();
     }
 }
+
+/// A directed transfer on a real Lease: the named candidate leads within milliseconds with the
+/// next token, nobody else leads in between, the mark is an annotation that the target's first
+/// renewal removes, and every other annotation stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_hands_the_lease_to_the_named_candidate() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use leasehold::backend::kubernetes::HANDOVER_ANNOTATION;
+    let name = unique("transfer");
+    let client =
+        leasehold::backend::kubernetes::client(Some(&harness::shared().await.kubeconfig("admin")))
+            .await
+            .unwrap();
+    let api: kube::Api<Lease> = kube::Api::namespaced(client.kube().clone(), "default");
+    let lease: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": {"note": "keep me"}},
+        "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "leaseTransitions": 4}
+    }))
+    .unwrap();
+    api.create(&Default::default(), &lease).await.unwrap();
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = candidate(&name, "tr-a", fast(), tx.clone()).await;
+    let (who, first, _) = next_started(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!((who.as_str(), first), ("tr-a", 5));
+    let b = candidate(&name, "tr-b", fast(), tx.clone()).await;
+    let c = candidate(&name, "tr-c", fast(), tx).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // both watching
+
+    let asked = Instant::now();
+    a.handle.transfer("tr-c").unwrap();
+    let (who, token, at) = next_started(&mut rx, Duration::from_secs(5)).await;
+    eprintln!(
+        "transfer tr-a -> tr-c on a Lease: tr-c leads {:.1} ms after the request",
+        (at - asked).as_secs_f64() * 1e3
+    );
+    assert_eq!(who, "tr-c", "only the named candidate takes the term");
+    assert_eq!(token, first + 1, "the next token");
+    assert!(at - asked < Duration::from_secs(1), "{:?}", at - asked);
+
+    // Nobody else leads, then or after; the target renews, which removes the mark.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while let Ok(ev) = rx.try_recv() {
+        assert!(!matches!(ev, Ev::Started(..)), "a second term: {ev:?}");
+    }
+    assert!(c.handle.leadership().is_some());
+    let got = api.get(&name).await.unwrap();
+    let annotations = got.metadata.annotations.unwrap();
+    assert_eq!(annotations["note"], "keep me");
+    assert_eq!(
+        annotations.get(HANDOVER_ANNOTATION),
+        None,
+        "removed by the renewal"
+    );
+    let spec = got.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("tr-c"));
+    assert_eq!(spec.lease_transitions, Some(6));
+
+    // Bad requests: not leading, or to itself.
+    assert_eq!(
+        b.handle.transfer("tr-a"),
+        Err(leasehold::TransferError::NotLeading)
+    );
+    assert_eq!(
+        c.handle.transfer("tr-c"),
+        Err(leasehold::TransferError::BadTarget("tr-c".into()))
+    );
+    stop_all(
+        [("a", a), ("b", b), ("c", c)]
+            .map(|(k, v)| (k.to_owned(), v))
+            .into(),
+    )
+    .await;
+}

@@ -15,12 +15,25 @@ use leasehold_core::LeaderRecord;
 /// sees it name another candidate releases the Lease to it, and every write but that release
 /// removes it, as client-go's writes do.
 ///
+/// A directed transfer ([`LeaderRecord::handover_from`]) is kept in the annotation
+/// [`HANDOVER_ANNOTATION`], which client-go neither reads nor removes: its candidates see only a
+/// Lease held by the target.
+///
 /// Needs `get`, `create`, `update` and `watch` on `leases.coordination.k8s.io` (and `create` on
 /// `events` with [`with_events`](Self::with_events)).
 #[derive(Clone)]
 pub struct LeaseLock(ObjectLock<LeaseCodec>);
 
 delegate_lock_backend!(LeaseLock);
+
+/// The Lease annotation that marks a directed transfer: the identity of the leader that wrote
+/// the Lease over to the holder it names ([`LeaderRecord::handover_from`]).
+///
+/// Only the transfer's own write sets it, and every later write by leasehold removes it. A
+/// client-go candidate's writes keep it, but they also name that candidate as the holder, and
+/// only the named holder acts on the mark, so a mark left behind is never taken for a new
+/// transfer.
+pub const HANDOVER_ANNOTATION: &str = "leasehold.dev/handover-from";
 
 // === impl LeaseLock ===
 

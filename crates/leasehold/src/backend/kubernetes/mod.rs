@@ -35,7 +35,7 @@ mod yaml;
 
 pub use annotation::{AnnotationLock, LEADER_ANNOTATION};
 pub use kubeconfig::{KubeconfigError, read_from as read_kubeconfig};
-pub use lease::{LeaseLock, lease_spec_to_record, record_to_lease_spec};
+pub use lease::{HANDOVER_ANNOTATION, LeaseLock, lease_spec_to_record, record_to_lease_spec};
 pub use multi::{MultiLock, UNKNOWN_LEADER};
 #[cfg(feature = "lean-client")]
 pub use yaml::YamlError;

@@ -142,6 +142,12 @@ impl<P: LockBackend + Clone, S: LockBackend + Clone> LockBackend for MultiLock<P
         )
     }
 
+    fn carries_handover(&self) -> bool {
+        // A transfer writes the same record, mark included, to both sides, and the pair reads
+        // as that record only while both sides agree.
+        self.primary.carries_handover() && self.secondary.carries_handover()
+    }
+
     fn get(&self) -> BoxFuture<'_, Result<Option<Versioned>, LockError>> {
         Box::pin(async move {
             let (p, s) = tokio::join!(self.primary.get(), self.secondary.get());

@@ -88,10 +88,11 @@ pub(crate) trait Codec: Send + Sync + 'static {
 }
 
 /// Leases, through serde: the object as JSON (`DynamicObject`), the record in its `spec` read
-/// and written through k8s-openapi's `LeaseSpec`. An update changes the five record fields and
+/// and written through k8s-openapi's `LeaseSpec`. An update changes the five record fields,
 /// `spec.preferredHolder` (kept by a release, removed by any other write, as client-go's writes
-/// do), and keeps every other field of the object (`spec.strategy`, fields newer than this
-/// code, labels, annotations). With the opt-in feature `lean-client`, Leases
+/// do) and the annotation [`HANDOVER_ANNOTATION`](super::HANDOVER_ANNOTATION) (written by a
+/// transfer only), and keeps every other field of the object (`spec.strategy`, fields newer
+/// than this code, labels, other annotations). With the opt-in feature `lean-client`, Leases
 /// use [`WireLeaseCodec`] instead.
 #[cfg(not(feature = "lean-client"))]
 pub(crate) struct LeaseCodec;
@@ -141,7 +142,16 @@ impl Codec for LeaseCodec {
             .and_then(|s| s.get("preferredHolder"))
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned);
-        Ok(super::lease_spec_to_record(&spec).with_preferred_holder(preferred))
+        let handover = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::HANDOVER_ANNOTATION))
+            .filter(|h| !h.is_empty())
+            .cloned();
+        Ok(super::lease_spec_to_record(&spec)
+            .with_preferred_holder(preferred)
+            .with_handover_from(handover))
     }
     fn trim(obj: &mut Self::Object) {
         obj.metadata.managed_fields = None;
@@ -156,6 +166,10 @@ impl Codec for LeaseCodec {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.to_owned()),
                 namespace: Some(namespace.to_owned()),
+                annotations: record
+                    .handover_from
+                    .as_ref()
+                    .map(|from| [(super::HANDOVER_ANNOTATION.to_owned(), from.clone())].into()),
                 ..Default::default()
             },
             spec: Some(super::record_to_lease_spec(record)),
@@ -170,6 +184,20 @@ impl Codec for LeaseCodec {
         mut obj: Self::Object,
         record: &LeaderRecord,
     ) -> Result<Vec<u8>, serde_json::Error> {
+        // Only a transfer writes the mark; every other write removes it.
+        match &record.handover_from {
+            Some(from) => {
+                obj.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(super::HANDOVER_ANNOTATION.to_owned(), from.clone());
+            }
+            None => {
+                if let Some(a) = obj.metadata.annotations.as_mut() {
+                    a.remove(super::HANDOVER_ANNOTATION);
+                }
+            }
+        }
         let fields = serde_json::to_value(super::record_to_lease_spec(record))?;
         let spec = obj
             .data
@@ -649,6 +677,11 @@ macro_rules! delegate_lock_backend {
                 event: &leasehold_core::LockEvent,
             ) -> leasehold_core::lock::BoxFuture<'_, Result<(), leasehold_core::LockError>> {
                 self.0.record_event(event)
+            }
+            fn carries_handover(&self) -> bool {
+                // The Lease codecs keep the mark in an annotation, the annotation codec in the
+                // record's JSON.
+                true
             }
         }
     };

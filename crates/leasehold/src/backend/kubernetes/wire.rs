@@ -53,8 +53,21 @@ pub(crate) struct LeaseObject {
     /// The record, or why `spec` could not be read: kept rather than failing the decode, so the
     /// caller can report a corrupt record together with its version.
     pub(crate) record: Result<LeaderRecord, FieldError>,
-    /// The next update's body up to the record's fields (see the module docs).
+    /// The next update's body up to the record's fields (see the module docs), with no
+    /// handover mark.
     template: String,
+    /// Where in `template` a handover mark goes: just inside the end of `metadata.annotations`,
+    /// or, with no annotations, just inside the end of `metadata`.
+    mark_at: MarkAt,
+}
+
+/// Where [`LeaseObject::update_body`] inserts the handover annotation.
+#[derive(Clone, Copy, Debug)]
+enum MarkAt {
+    /// Before the `}` that closes `metadata.annotations` (which has other members if `true`).
+    Annotations(usize, bool),
+    /// Before the `}` that closes `metadata` (which has members if `true`).
+    Metadata(usize, bool),
 }
 
 impl LeaseObject {
@@ -62,7 +75,28 @@ impl LeaseObject {
     /// so the API server rejects it with 409 if the Lease changed since).
     pub(crate) fn update_body(&self, record: &LeaderRecord) -> Vec<u8> {
         let mut body = String::with_capacity(self.template.len() + 192);
-        body.push_str(&self.template);
+        match &record.handover_from {
+            // Every write but a transfer: the template has no mark.
+            None => body.push_str(&self.template),
+            Some(from) => {
+                let (at, comma, open) = match self.mark_at {
+                    MarkAt::Annotations(at, others) => (at, others, false),
+                    MarkAt::Metadata(at, members) => (at, members, true),
+                };
+                body.push_str(&self.template[..at]);
+                if comma {
+                    body.push(',');
+                }
+                if open {
+                    body.push_str(r#""annotations":{"#);
+                }
+                push_mark(&mut body, from);
+                if open {
+                    body.push('}');
+                }
+                body.push_str(&self.template[at..]);
+            }
+        }
         push_record(&mut body, record);
         body.push_str("}}");
         body.into_bytes()
@@ -76,10 +110,22 @@ pub(crate) fn create_body(namespace: &str, name: &str, record: &LeaderRecord) ->
     push_json_str(&mut body, name);
     body.push_str(r#","namespace":"#);
     push_json_str(&mut body, namespace);
+    if let Some(from) = &record.handover_from {
+        body.push_str(r#","annotations":{"#);
+        push_mark(&mut body, from);
+        body.push('}');
+    }
     body.push_str(r#"},"spec":{"#);
     push_record(&mut body, record);
     body.push_str("}}");
     body.into_bytes()
+}
+
+/// Writes the handover annotation as an object member.
+fn push_mark(out: &mut String, from: &str) {
+    push_json_str(out, super::HANDOVER_ANNOTATION);
+    out.push(':');
+    push_json_str(out, from);
 }
 
 /// Writes the record's members (no braces) as client-go's `LeaderElectionRecordToLeaseSpec`
@@ -252,6 +298,8 @@ impl<'de> Visitor<'de> for ObjectVisitor {
         let mut first = true;
         head.push('{');
         let mut metadata = String::new();
+        let mut annotations = None;
+        let mut handover = None;
         let mut spec: Option<&'de RawValue> = None;
         let mut version = String::new();
         let mut uid = None;
@@ -260,6 +308,8 @@ impl<'de> Visitor<'de> for ObjectVisitor {
                 "metadata" => {
                     let m = map.next_value::<Metadata>()?;
                     metadata = m.members;
+                    annotations = m.annotations;
+                    handover = m.handover;
                     version = m.version;
                     uid = m.uid;
                 }
@@ -275,6 +325,21 @@ impl<'de> Visitor<'de> for ObjectVisitor {
         }
         head.push_str(r#""metadata":{"#);
         head.push_str(&metadata);
+        // The other annotations go last in `metadata`, so that a transfer's mark is inserted
+        // at one place in the template.
+        let mark_at = match annotations {
+            Some(others) => {
+                if !metadata.is_empty() {
+                    head.push(',');
+                }
+                head.push_str(r#""annotations":{"#);
+                head.push_str(&others);
+                let at = MarkAt::Annotations(head.len(), !others.is_empty());
+                head.push('}');
+                at
+            }
+            None => MarkAt::Metadata(head.len(), !metadata.is_empty()),
+        };
         head.push_str(r#"},"spec":{"#);
         let record = match spec {
             None => Ok(LeaderRecord::default()),
@@ -283,15 +348,21 @@ impl<'de> Visitor<'de> for ObjectVisitor {
         Ok(LeaseObject {
             version,
             uid,
-            record,
+            record: record.map(|r| r.with_handover_from(handover)),
             template: head,
+            mark_at,
         })
     }
 }
 
-/// `metadata`, less `managedFields`, as the members of an object (no braces).
+/// `metadata`, less `managedFields` and `annotations`, as the members of an object (no
+/// braces); the annotations apart, less the handover mark.
 struct Metadata {
     members: String,
+    /// The members of `annotations` but the mark, if the object has annotations.
+    annotations: Option<String>,
+    /// The handover mark ([`super::HANDOVER_ANNOTATION`]), if set and not empty.
+    handover: Option<String>,
     version: String,
     uid: Option<String>,
 }
@@ -307,6 +378,8 @@ impl<'de> de::Deserialize<'de> for Metadata {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
                 let mut m = Metadata {
                     members: String::with_capacity(256),
+                    annotations: None,
+                    handover: None,
                     version: String::new(),
                     uid: None,
                 };
@@ -314,6 +387,12 @@ impl<'de> de::Deserialize<'de> for Metadata {
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     if key == "managedFields" {
                         map.next_value::<de::IgnoredAny>()?;
+                        continue;
+                    }
+                    if key == "annotations" {
+                        let a = map.next_value::<Annotations>()?;
+                        m.annotations = a.others;
+                        m.handover = a.handover;
                         continue;
                     }
                     let raw = map.next_value::<&'de RawValue>()?;
@@ -337,6 +416,60 @@ impl<'de> de::Deserialize<'de> for Metadata {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// `metadata.annotations`: the handover mark apart, the other members as text (no braces).
+struct Annotations {
+    /// `None` for `"annotations": null`.
+    others: Option<String>,
+    handover: Option<String>,
+}
+
+impl<'de> de::Deserialize<'de> for Annotations {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Annotations;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("annotations (a map of strings)")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Annotations, E> {
+                self.visit_unit()
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Annotations, E> {
+                Ok(Annotations {
+                    others: None,
+                    handover: None,
+                })
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Annotations, D::Error> {
+                d.deserialize_map(self)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
+                let mut others = String::new();
+                let mut handover = None;
+                let mut first = true;
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let raw = map.next_value::<&'de RawValue>()?;
+                    if key == super::HANDOVER_ANNOTATION {
+                        // Not a string: no mark (and the write that follows drops it).
+                        handover = json_str(raw)
+                            .ok()
+                            .flatten()
+                            .filter(|h| !h.is_empty())
+                            .map(Cow::into_owned);
+                        continue;
+                    }
+                    push_member(&mut others, &mut first, &key, raw);
+                }
+                Ok(Annotations {
+                    others: Some(others),
+                    handover,
+                })
+            }
+        }
+        d.deserialize_option(V)
     }
 }
 
@@ -588,6 +721,64 @@ mod tests {
         // What it wrote reads back as the record it wrote.
         let again: LeaseObject = serde_json::from_slice(&obj.update_body(&r2)).unwrap();
         assert_eq!(again.record.unwrap(), r2);
+    }
+
+    #[test]
+    fn a_transfer_writes_the_handover_mark_and_every_other_write_removes_it() {
+        let spec =
+            json!({"holderIdentity": "a", "leaseDurationSeconds": 15, "leaseTransitions": 2});
+        let mark = crate::backend::kubernetes::HANDOVER_ANNOTATION;
+        let to_b = LeaderRecord::new("b", 15)
+            .with_leader_transitions(3)
+            .with_handover_from(Some("a".into()));
+        let body = |obj: &LeaseObject, r: &LeaderRecord| -> Value {
+            serde_json::from_slice(&obj.update_body(r)).unwrap()
+        };
+
+        // Beside other annotations, which stay.
+        let with_others = parse(&lease(spec.clone()));
+        assert_eq!(with_others.record.clone().unwrap().handover_from, None);
+        let written = body(&with_others, &to_b);
+        assert_eq!(
+            written["metadata"]["annotations"],
+            json!({"k": "v", (mark): "a"})
+        );
+        let back = parse(&written);
+        assert_eq!(back.record.clone().unwrap(), to_b);
+        // The next write (the target's renewal) removes it, and only it.
+        let renewal = to_b.clone().with_handover_from(None);
+        assert_eq!(
+            body(&back, &renewal)["metadata"]["annotations"],
+            json!({"k": "v"})
+        );
+
+        // With no annotations, and with `null` ones: the mark alone.
+        let mut bare = lease(spec.clone());
+        bare["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations");
+        let mut null = lease(spec);
+        null["metadata"]["annotations"] = Value::Null;
+        for obj in [parse(&bare), parse(&null)] {
+            let written = body(&obj, &to_b);
+            assert_eq!(written["metadata"]["annotations"], json!({(mark): "a"}));
+            assert_eq!(written["metadata"]["name"], "a");
+            let back = parse(&written);
+            assert_eq!(back.record.unwrap(), to_b);
+            assert_eq!(body(&obj, &renewal)["metadata"].get("annotations"), None);
+        }
+
+        // A create that hands over (a transfer to a Lease deleted meanwhile).
+        let created: Value = serde_json::from_slice(&create_body("ns", "n", &to_b)).unwrap();
+        assert_eq!(created["metadata"]["annotations"], json!({(mark): "a"}));
+
+        // A mark that is empty or not a string is no mark.
+        for v in [json!(""), json!(7)] {
+            let mut odd = lease(json!({"holderIdentity": "b"}));
+            odd["metadata"]["annotations"][mark] = v;
+            assert_eq!(parse(&odd).record.unwrap().handover_from, None);
+        }
     }
 
     #[test]
