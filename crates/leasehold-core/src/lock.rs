@@ -8,28 +8,70 @@ use crate::record::{LeaderRecord, RecordError};
 use futures_core::Stream;
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
-/// An opaque token naming one stored state of the lock object (a Kubernetes `resourceVersion`,
-/// an etcd mod revision, a file generation). Only equality is meaningful.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Version(Arc<str>);
+/// A token naming one stored state of the lock object (a Kubernetes `resourceVersion`, an etcd
+/// mod revision, a file generation). As a name only equality is meaningful; a backend whose
+/// versions are also revisions of its whole store says so with
+/// [`with_revision`](Self::with_revision).
+#[derive(Clone, Debug)]
+pub struct Version {
+    id: Arc<str>,
+    revision: Option<u64>,
+}
 
 // === impl Version ===
+
+/// Versions are equal when they name the same state: the revision is read from the name.
+impl PartialEq for Version {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Version {}
+
+impl std::hash::Hash for Version {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
 
 impl Version {
     /// Wraps a backend's version string.
     pub fn new(v: impl Into<Arc<str>>) -> Self {
-        Self(v.into())
+        Self {
+            id: v.into(),
+            revision: None,
+        }
+    }
+
+    /// Marks this version as the store's revision `revision`: every later write to the store,
+    /// to any object, even to this lock deleted and created again, has a larger one. A
+    /// Kubernetes `resourceVersion` is one (the etcd revision of the write; comparable by
+    /// contract since Kubernetes 1.35).
+    ///
+    /// The fencing token of a term is then the revision of the write that began it, which no
+    /// other writer of the lock can make repeat; without revisions it is the record's
+    /// `leaderTransitions` ([`FencingToken`](crate::FencingToken)).
+    #[must_use]
+    pub fn with_revision(mut self, revision: u64) -> Self {
+        self.revision = Some(revision);
+        self
     }
 
     /// The backend's version string, as given to [`new`](Self::new).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+
+    /// The store revision, if the backend marked one ([`with_revision`](Self::with_revision)).
+    pub fn revision(&self) -> Option<u64> {
+        self.revision
     }
 }
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 

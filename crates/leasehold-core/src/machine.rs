@@ -611,6 +611,16 @@ impl Machine {
         }
     }
 
+    /// The `leaderTransitions` this candidate's term writes, while it leads. The same as the
+    /// fencing token's number unless the backend's versions are revisions
+    /// ([`Version::with_revision`]).
+    pub fn leading_transitions(&self) -> Option<i32> {
+        match &self.state {
+            State::Leading(t) => Some(t.transitions),
+            _ => None,
+        }
+    }
+
     /// Whether this candidate leads.
     pub fn is_leader(&self) -> bool {
         matches!(self.state, State::Leading(_))
@@ -1223,7 +1233,12 @@ impl Machine {
             Inflight::Acquire { sent_at, record } => {
                 let (renew_at, until) = self.routine_renewal(now, sent_at);
                 let term = Term {
-                    token: record.fencing_token(),
+                    // The revision of the write that began the term where the store has
+                    // revisions: larger than every earlier write's, whoever wrote the lock
+                    // since, even if it was deleted and created again.
+                    token: version
+                        .revision()
+                        .map_or_else(|| record.fencing_token(), FencingToken),
                     transitions: record.leader_transitions,
                     acquire_time: record.acquire_time,
                     last_ok_sent: sent_at,
@@ -1832,6 +1847,43 @@ mod tests {
             "{a:?}"
         );
         m
+    }
+
+    /// Where versions are store revisions, a term's token is the revision of the write that
+    /// began it, not the count it wrote: the count of a lock re-created while no candidate ran
+    /// starts again, and revisions do not.
+    #[test]
+    fn the_token_is_the_revision_of_the_write_that_began_the_term() {
+        let held = other("x", 7, 0);
+        let (mut m, _) = observing(held.clone());
+        // Unchanged reads until the lease has run out, then the takeover.
+        let (at, record) = loop {
+            let at = m.deadline().unwrap();
+            let a = m.handle(Event::Timer, at, wall());
+            match a.as_slice() {
+                [Action::Read { .. }] => {
+                    m.handle(Event::ReadDone(Ok(seen(held.clone(), "1"))), at, wall());
+                }
+                [Action::Update { record, .. }, Action::Unwatch] => break (at, record.clone()),
+                a => panic!("{a:?}"),
+            }
+        };
+        assert_eq!(record.leader_transitions, 8, "client-go's count goes on");
+        let a = m.handle(
+            Event::WriteDone(Ok(Version::new("4711").with_revision(4711))),
+            at,
+            wall(),
+        );
+        assert_eq!(
+            a.iter()
+                .find(|a| matches!(a, Action::StartedLeading { .. }))
+                .cloned(),
+            Some(Action::StartedLeading {
+                token: FencingToken(4711)
+            })
+        );
+        assert_eq!(m.leading_transitions(), Some(8));
+        assert_eq!(m.status().fencing_token, Some(FencingToken(4711)));
     }
 
     #[test]

@@ -79,10 +79,19 @@ pub struct LeaderRecord {
 
 /// A number that strictly increases with every leadership term of one lock.
 ///
-/// It is the record's `leaderTransitions` (`spec.leaseTransitions` on a Lease) as written by the
-/// acquisition that began the term. Every acquisition is a compare-and-swap on the version the
-/// candidate read, and writes `leaderTransitions + 1`, so no two terms share a token and a later
-/// term always has a larger one.
+/// Where the backend's versions are revisions of its store ([`Version::with_revision`]: every
+/// Kubernetes lock), it is the revision of the write that began the term: the acquisition, or
+/// the adopting write of a directed transfer. That write is a compare-and-swap, and every later
+/// write to the store has a larger revision, so a later term always has a larger token, whatever
+/// else wrote the lock meanwhile: a holder changed without a new count, a Lease deleted and
+/// created again while no candidate was running.
+///
+/// Elsewhere (the file backend) it is the record's `leaderTransitions` as written by that write.
+/// Every acquisition writes one more than the highest count the candidate has seen, so no two
+/// terms share a token while a candidate has seen every term; a lock deleted and re-created
+/// while no candidate ran starts counting again.
+///
+/// [`Version::with_revision`]: crate::Version::with_revision
 ///
 /// # What it guarantees
 /// A downstream store that remembers the highest token it has accepted and rejects any write
@@ -92,9 +101,8 @@ pub struct LeaderRecord {
 ///
 /// # What it does not
 /// - It is per lock: tokens of two different locks are unrelated.
-/// - A client-go candidate increments `leaderTransitions` only when the holder *changes*; if a Go
-///   process restarts with the same identity and resumes its own unexpired lease, it keeps the
-///   old token. leasehold always increments.
+/// - Tokens are not consecutive (revisions count every write to the store) and are unrelated to
+///   client-go's `leaderTransitions`, which leasehold still writes as client-go does.
 /// - It cannot stop a write that reaches the store before the new leader's first write; stores
 ///   should be fenced with `>=` and the new leader should write (or bump the store's token)
 ///   before acting.

@@ -37,6 +37,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Leadership {
     token: CancellationToken,
     fencing_token: FencingToken,
+    /// The record's `leaderTransitions` in this term (the compat locker's release compares it).
+    transitions: i32,
     identity: Arc<str>,
     valid_until: watch::Receiver<Deadline>,
 }
@@ -70,6 +72,11 @@ impl Leadership {
     /// This candidate's identity.
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The `leaderTransitions` of the record this term writes.
+    pub(crate) fn transitions(&self) -> i32 {
+        self.transitions
     }
 
     /// A token cancelled when the term ends (step-down, loss, or shutdown).
@@ -705,6 +712,7 @@ impl<B: LockBackend> Elector<B> {
                             let term = Leadership {
                                 token: t,
                                 fencing_token: token,
+                                transitions: self.machine.leading_transitions().unwrap_or_default(),
                                 identity: Arc::clone(&self.identity),
                                 valid_until: until_rx,
                             };
@@ -987,6 +995,7 @@ impl<B: LockBackend> Elector<B> {
         let term = Leadership {
             token: t.clone(),
             fencing_token: token,
+            transitions: 0,
             identity: Arc::clone(&self.identity),
             valid_until: until_rx,
         };

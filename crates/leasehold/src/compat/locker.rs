@@ -152,10 +152,9 @@ impl LeaseLocker {
             let _ = task.await;
             return Err(LockerError::Cancelled(self.lock.describe()));
         };
-        // The term's own token (its `leaderTransitions`), not the published status: the status
-        // may still show the record before this acquisition, and the unlock fallback's release
-        // would then never match.
-        let transitions = i32::try_from(leadership.fencing_token().0).unwrap_or(i32::MAX);
+        // The term's own count, not the published status: the status may still show the record
+        // before this acquisition, and the unlock fallback's release would then never match.
+        let transitions = leadership.transitions();
         // Later cancellation: release, or abandon to expire.
         let (cancel, stop_c, release) = (
             cancel.clone(),

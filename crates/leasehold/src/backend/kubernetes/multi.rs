@@ -61,17 +61,31 @@ impl<P: LockBackend, S: LockBackend> MultiLock<P, S> {
 }
 
 /// Joins two versions into one; resource versions and generations never contain `|`.
+///
+/// The pair's revision is the larger side's (a write to the pair writes the primary first, so
+/// the secondary's is the later one when both sides are written): both sides' revisions are
+/// the one API server's, and a revision is larger than every earlier write's, to either side.
 fn join(p: &Version, s: Option<&Version>) -> Version {
-    Version::new(format!(
+    let v = Version::new(format!(
         "{}|{}",
         p.as_str(),
         s.map(Version::as_str).unwrap_or("")
-    ))
+    ));
+    match (p.revision(), s.map(Version::revision)) {
+        (Some(p), None) => v.with_revision(p),
+        (Some(p), Some(Some(s))) => v.with_revision(p.max(s)),
+        // One side without a revision: tokens fall back to the count, for both.
+        _ => v,
+    }
 }
 
 fn split(v: &Version) -> Option<(Version, Option<Version>)> {
     let (p, s) = v.as_str().split_once('|')?;
-    Some((Version::new(p), (!s.is_empty()).then(|| Version::new(s))))
+    let side = |v: &str| match v.parse::<u64>() {
+        Ok(n) => Version::new(v).with_revision(n),
+        Err(_) => Version::new(v),
+    };
+    Some((side(p), (!s.is_empty()).then(|| side(s))))
 }
 
 /// The record a reader acts on, given both sides, and the pair's change key.
@@ -331,6 +345,16 @@ mod tests {
         let v = join(&Version::new("12"), None);
         assert_eq!(split(&v), Some((Version::new("12"), None)));
         assert_eq!(split(&Version::new("12")), None);
+
+        // The pair's revision (its terms' tokens) is the later side's; without one on either
+        // side, none.
+        let rv = |n: u64| Version::new(n.to_string()).with_revision(n);
+        assert_eq!(join(&rv(12), Some(&rv(34))).revision(), Some(34));
+        assert_eq!(join(&rv(40), Some(&rv(34))).revision(), Some(40));
+        assert_eq!(join(&rv(12), None).revision(), Some(12));
+        assert_eq!(join(&rv(12), Some(&Version::new("x"))).revision(), None);
+        let (p, s) = split(&join(&rv(12), Some(&rv(34)))).unwrap();
+        assert_eq!((p.revision(), s.unwrap().revision()), (Some(12), Some(34)));
     }
 
     #[test]

@@ -364,7 +364,7 @@ impl<C: Codec> ObjectLock<C> {
     }
 
     fn decode(&self, obj: &C::Object) -> Result<Versioned, LockError> {
-        let version = Version::new(C::version(obj).to_owned());
+        let version = version_of::<C>(obj);
         match C::record(obj) {
             Ok(record) => Ok(Versioned::new(record, version)),
             Err(source) => Err(LockError::Corrupt {
@@ -425,7 +425,7 @@ impl<C: Codec> ObjectLock<C> {
             .request::<C::Object>(req)
             .await
             .map_err(|e| self.err(e, op, op))?;
-        let version = Version::new(C::version(&stored).to_owned());
+        let version = version_of::<C>(&stored);
         self.remember(stored);
         Ok(version)
     }
@@ -630,6 +630,20 @@ fn item_request(method: http::Method, uri: &http::Uri, body: Vec<u8>) -> http::R
         );
     }
     req
+}
+
+/// The object's `resourceVersion`, marked as a revision when it is one: the API server's are
+/// the etcd revision of the object's last write, a decimal integer, comparable across objects
+/// (a documented contract since Kubernetes 1.35, KEP-5504, and how every etcd-backed API server
+/// has made them). Terms' fencing tokens are then revisions. A version that is not a decimal
+/// integer is left a plain name, and tokens fall back to `leaderTransitions`.
+fn version_of<C: Codec>(obj: &C::Object) -> Version {
+    let rv = C::version(obj);
+    let version = Version::new(rv.to_owned());
+    match rv.parse::<u64>() {
+        Ok(n) if !rv.starts_with('0') || rv == "0" => version.with_revision(n),
+        _ => version,
+    }
 }
 
 /// Implements [`leasehold_core::LockBackend`] for a newtype over [`ObjectLock`].
