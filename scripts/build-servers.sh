@@ -6,6 +6,8 @@
 #   kube-apiserver   k8s.io/kubernetes            (KUBE_VERSION; staging modules mapped to v0.X.Y)
 #   leader-election  k8s.io/client-go/examples/leader-election, as shipped
 #   go-elector       our client-go peer with durations as flags (for interop and benchmarks)
+#   etcdctl          go.etcd.io/etcd/etcdctl/v3 (ETCD_VERSION): `etcdctl elect`
+#   etcd-elector     our Go peer on go.etcd.io/etcd/client/v3/concurrency
 #   cr-operator      our controller-runtime example operator (sigs.k8s.io/controller-runtime
 #                    CR_VERSION, the release built on k8s.io/* of KUBE_VERSION; benchmarks)
 # Prints the cache directory on its last line.
@@ -111,6 +113,29 @@ if [ ! -x "$bin/leader-election" ] || [ ! -x "$bin/go-elector" ] || [ "$(cat "$b
   mv "$bin/leader-election.tmp" "$bin/leader-election"
   mv "$bin/go-elector.tmp" "$bin/go-elector"
   echo "$peer_sum" >"$bin/go-elector.sha256"
+  rm -rf "$w"
+fi
+
+# etcd's own election clients, for the etcd backend's interop tests and benchmarks: etcdctl (its
+# `elect` command) and our Go program on client/v3/concurrency. etcdctl's go.mod replaces its
+# sibling modules with local paths, so it is built from a module that requires them all at one
+# version (`go install` refuses it).
+etcd_peer_sum=$( (sha256sum "$go_src/etcd-peer/main.go"; echo "$ETCD_VERSION") | sha256sum | cut -d' ' -f1)
+if [ ! -x "$bin/etcdctl" ] || [ ! -x "$bin/etcd-elector" ] || [ "$(cat "$bin/etcd-elector.sha256" 2>/dev/null)" != "$etcd_peer_sum" ]; then
+  log "building etcdctl and etcd-elector (go.etcd.io/etcd $ETCD_VERSION)"
+  w=$(mktemp -d)
+  build_module "$w" leasehold.test/etcd-peer "	go.etcd.io/etcd/etcdctl/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/pkg/v3 $ETCD_VERSION
+	go.etcd.io/etcd/api/v3 $ETCD_VERSION
+	go.etcd.io/etcd/pkg/v3 $ETCD_VERSION" "" "	_ \"go.etcd.io/etcd/etcdctl/v3\""
+  mkdir -p "$w/etcdelector"
+  cp "$go_src/etcd-peer/main.go" "$w/etcdelector/main.go"
+  (cd "$w" && go mod tidy && go build -trimpath -ldflags=-s -o "$bin/etcdctl.tmp" go.etcd.io/etcd/etcdctl/v3 \
+    && go build -trimpath -ldflags=-s -o "$bin/etcd-elector.tmp" ./etcdelector)
+  mv "$bin/etcdctl.tmp" "$bin/etcdctl"
+  mv "$bin/etcd-elector.tmp" "$bin/etcd-elector"
+  echo "$etcd_peer_sum" >"$bin/etcd-elector.sha256"
   rm -rf "$w"
 fi
 

@@ -10,12 +10,15 @@
 //! - [`lock`]: the [`LockBackend`] trait every backend implements, with its written contract;
 //! - [`config`]: the timing ([`Timing`]) and its validation;
 //! - [`machine`]: the sans-IO state machine, `(state, Event, now) -> Vec<Action>`.
+//! - [`queue`]: the same for etcd's election, a queue of keys ordered by create revision, as
+//!   `concurrency.Election` and `etcdctl elect` take part in it.
 //!
 //! The tokio driver that runs the machine against a backend is the `leasehold` crate.
 
 pub mod config;
 pub mod lock;
 pub mod machine;
+pub mod queue;
 pub mod record;
 
 pub use config::{ConfigError, Timing};
