@@ -30,6 +30,11 @@ pub struct Bins {
     /// Our controller-runtime operator, the example operator's peer in the benchmark
     /// (`crates/leasehold-testing/go/controller-runtime-peer`).
     pub cr_operator: PathBuf,
+    /// etcd's own `etcdctl` (its `elect` command).
+    pub etcdctl: PathBuf,
+    /// Our Go peer on etcd's `client/v3/concurrency` election
+    /// (`crates/leasehold-testing/go/etcd-peer`).
+    pub etcd_elector: PathBuf,
 }
 
 /// Builds (first time) or finds (cached) the server binaries.
@@ -63,6 +68,8 @@ pub fn bins() -> Bins {
             leader_election: dir.join("leader-election"),
             go_elector: dir.join("go-elector"),
             cr_operator: dir.join("cr-operator"),
+            etcdctl: dir.join("etcdctl"),
+            etcd_elector: dir.join("etcd-elector"),
         };
         for b in [
             &bins.etcd,
@@ -70,6 +77,8 @@ pub fn bins() -> Bins {
             &bins.leader_election,
             &bins.go_elector,
             &bins.cr_operator,
+            &bins.etcdctl,
+            &bins.etcd_elector,
         ] {
             assert!(b.exists(), "{} missing after build-servers.sh", b.display());
         }
@@ -443,6 +452,12 @@ impl KubeServer {
     /// The HTTPS port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The client URL of the etcd under the API server, for the etcd backend's tests (their
+    /// keys live outside the API server's `/registry`).
+    pub fn etcd_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd_port)
     }
 
     /// The directory with certificates, kubeconfigs and logs.

@@ -38,6 +38,8 @@ pub struct Leadership {
     token: CancellationToken,
     fencing_token: FencingToken,
     /// The record's `leaderTransitions` in this term (the compat locker's release compares it).
+    // Read only by the compat `LeaseLocker`, which needs the Kubernetes locks.
+    #[cfg_attr(not(feature = "kube"), allow(dead_code))]
     transitions: i32,
     identity: Arc<str>,
     valid_until: watch::Receiver<Deadline>,
@@ -75,6 +77,7 @@ impl Leadership {
     }
 
     /// The `leaderTransitions` of the record this term writes.
+    #[cfg(feature = "kube")]
     pub(crate) fn transitions(&self) -> i32 {
         self.transitions
     }

@@ -1,6 +1,8 @@
 //! Lock backends: one module per store. Each implements [`leasehold_core::LockBackend`] and
 //! runs the conformance suite from its tests.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod file;
 #[cfg(feature = "kube")]
 pub mod kubernetes;

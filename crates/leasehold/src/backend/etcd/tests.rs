@@ -1,0 +1,234 @@
+//! The election queue on a real etcd (the one under the harness's API server), beside etcd's own
+//! election clients.
+
+use super::*;
+use leasehold_core::{
+    Timing,
+    queue::{Action, Event, Queue},
+};
+use leasehold_testing::harness::{self, Proc, unique};
+use std::path::Path;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Note {
+    Started(String, u64),
+    Stopped(String, u64),
+}
+
+fn timing() -> Timing {
+    Timing {
+        lease_duration: Duration::from_secs(5),
+        renew_deadline: Duration::from_secs(3),
+        retry_period: Duration::from_millis(500),
+        release_on_cancel: true,
+    }
+}
+
+/// Runs one candidate: the queue, its executor, and leadership reported on `tx` (the work stops
+/// at once, so `Drained` follows every `StoppedLeading`).
+async fn run(
+    election: EtcdElection,
+    id: String,
+    cancel: CancellationToken,
+    tx: mpsc::UnboundedSender<Note>,
+) {
+    let origin = Instant::now();
+    let mut q = Queue::new(id.clone(), election.name(), timing());
+    let mut io = Io::new(&election, origin);
+    let mut event = Some(Event::Start);
+    let (mut drained, mut cancel_sent) = (false, false);
+    loop {
+        if let Some(ev) = event.take() {
+            for a in q.handle(ev, origin.elapsed()) {
+                match &a {
+                    Action::StartedLeading { token } => {
+                        let _ = tx.send(Note::Started(id.clone(), token.0));
+                    }
+                    Action::StoppedLeading { token, .. } => {
+                        let _ = tx.send(Note::Stopped(id.clone(), token.0));
+                        drained = true;
+                    }
+                    Action::Finished => return,
+                    Action::NewLeader { .. }
+                    | Action::StrayKey { .. }
+                    | Action::TransferRefused { .. } => {}
+                    _ => io.execute(&a),
+                }
+            }
+        }
+        let at = q
+            .deadline()
+            .map_or(origin + Duration::from_secs(3600), |d| origin + d);
+        event = Some(tokio::select! {
+            biased;
+            () = std::future::ready(()), if drained => {
+                drained = false;
+                Event::Drained
+            }
+            () = cancel.cancelled(), if !cancel_sent => {
+                cancel_sent = true;
+                Event::Cancel
+            }
+            ev = io.next() => ev,
+            () = tokio::time::sleep_until(at) => Event::Timer,
+        });
+    }
+}
+
+async fn wait_line(path: &Path, needle: &str, limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+            return l.to_owned();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "`{needle}` not in {} after {limit:?}: {text}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Note>, limit: Duration) -> Note {
+    tokio::time::timeout(limit, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("nothing within {limit:?}"))
+        .unwrap()
+}
+
+/// leasehold candidates, etcd's Go election and `etcdctl elect` on one election: one leader at
+/// a time, leadership both ways, tokens (create revisions) increasing, and `etcdctl elect -l`
+/// shows a leasehold leader's proposal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leasehold_go_and_etcdctl_take_turns_in_one_election() {
+    let server = harness::shared().await;
+    let bins = harness::bins();
+    let url = server.etcd_url();
+    let name = unique("etcd-elect");
+    let client = Client::connect([url.as_str()], None).await.unwrap();
+    let election = EtcdElection::new(client.clone(), name.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+
+    // 1. A Go candidate leads first.
+    let go_log = server.dir().join(format!("{name}-go.log"));
+    let go = Proc::spawn(
+        "etcd-elector",
+        &bins.etcd_elector,
+        &[
+            "-endpoints".into(),
+            url.clone(),
+            "-name".into(),
+            name.clone(),
+            "-id".into(),
+            "go-1".into(),
+            "-ttl".into(),
+            "5".into(),
+        ],
+        &go_log,
+    );
+    let elected = wait_line(&go_log, "elected go-1", Duration::from_secs(20)).await;
+    let go_rev: u64 = elected.rsplit(' ').next().unwrap().parse().unwrap();
+
+    // 2. Two leasehold candidates queue behind it; neither leads.
+    let cancel_a = CancellationToken::new();
+    let a = tokio::spawn(run(
+        election.clone(),
+        "rs-a".into(),
+        cancel_a.clone(),
+        tx.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancel_b = CancellationToken::new();
+    let b = tokio::spawn(run(
+        election.clone(),
+        "rs-b".into(),
+        cancel_b.clone(),
+        tx.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(rx.try_recv().is_err(), "nobody leads behind go-1");
+
+    // 3. The Go candidate resigns: the first leasehold candidate leads within milliseconds,
+    //    with a larger create revision.
+    let resigned_at = Instant::now();
+    go.signal(rustix::process::Signal::TERM);
+    let Note::Started(who, t1) = next(&mut rx, Duration::from_secs(10)).await else {
+        panic!("a start")
+    };
+    eprintln!(
+        "etcd: go-1 resigned -> {who} leads {:.1} ms after SIGTERM",
+        resigned_at.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(who, "rs-a");
+    assert!(t1 > go_rev, "{go_rev} -> {t1}");
+
+    // 4. `etcdctl elect -l` (it observes until stopped) shows the leasehold leader's key and
+    //    proposal.
+    let observe_log = server.dir().join(format!("{name}-observe.log"));
+    let observer = Proc::spawn(
+        "etcdctl-elect-l",
+        &bins.etcdctl,
+        &[
+            "--endpoints".into(),
+            url.clone(),
+            "elect".into(),
+            "-l".into(),
+            name.clone(),
+        ],
+        &observe_log,
+    );
+    wait_line(&observe_log, "rs-a", Duration::from_secs(10)).await;
+    let shown = std::fs::read_to_string(&observe_log).unwrap();
+    eprintln!("etcdctl elect -l printed: {shown:?}");
+    assert!(shown.starts_with(&format!("{name}/")), "{shown}");
+    observer.kill();
+
+    // 5. `etcdctl elect` queues behind the leasehold candidates; leadership goes rs-a -> rs-b ->
+    //    etcdctl as each leaves.
+    let ctl_log = server.dir().join(format!("{name}-ctl.log"));
+    let ctl = Proc::spawn(
+        "etcdctl-elect",
+        &bins.etcdctl,
+        &[
+            "--endpoints".into(),
+            url.clone(),
+            "elect".into(),
+            name.clone(),
+            "ctl-1".into(),
+        ],
+        &ctl_log,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel_a.cancel();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        Note::Stopped("rs-a".into(), t1)
+    );
+    let Note::Started(who, t2) = next(&mut rx, Duration::from_secs(10)).await else {
+        panic!("a start")
+    };
+    assert_eq!(who, "rs-b");
+    assert!(t2 > t1);
+    a.await.unwrap();
+    assert!(
+        !std::fs::read_to_string(&ctl_log)
+            .unwrap_or_default()
+            .contains("ctl-1"),
+        "etcdctl waits behind rs-b"
+    );
+    cancel_b.cancel();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        Note::Stopped("rs-b".into(), t2)
+    );
+    b.await.unwrap();
+    let line = wait_line(&ctl_log, "ctl-1", Duration::from_secs(10)).await;
+    eprintln!("etcdctl elect printed `{line}` after rs-b left");
+    ctl.signal(rustix::process::Signal::TERM);
+    go.kill();
+    ctl.kill();
+}
