@@ -818,6 +818,94 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
+/// A single etcd member on 127.0.0.1, of its own: for tests of the etcd backend that stop and
+/// restart it, which the shared API server's etcd must never be.
+pub struct EtcdServer {
+    dir: PathBuf,
+    port: u16,
+    peer: u16,
+    proc: Option<Proc>,
+}
+
+// === impl EtcdServer ===
+
+impl EtcdServer {
+    /// Starts it and waits until its client port accepts connections.
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("leasehold-etcd"));
+        fs::create_dir_all(&dir).expect("etcd test directory");
+        let mut s = Self {
+            dir,
+            port: free_port(),
+            peer: free_port(),
+            proc: None,
+        };
+        s.restart().await;
+        s
+    }
+
+    /// Its client URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Its directory (data and log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills it (SIGKILL): clients see the connection fail.
+    pub fn stop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts it (again) on the same ports and data, and waits for its client port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let args: Vec<String> = vec![
+            "--name=default".into(),
+            format!("--data-dir={}", self.dir.join("data").display()),
+            format!("--listen-client-urls={}", self.url()),
+            format!("--advertise-client-urls={}", self.url()),
+            format!("--listen-peer-urls=http://127.0.0.1:{}", self.peer),
+            format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{}",
+                self.peer
+            ),
+            format!("--initial-cluster=default=http://127.0.0.1:{}", self.peer),
+            "--log-level=warn".into(),
+        ];
+        self.proc = Some(Proc::spawn(
+            "etcd",
+            &bins().etcd,
+            &args,
+            &self.dir.join("etcd.log"),
+        ));
+        let start = tokio::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "etcd did not listen on {} (log: {})",
+                self.url(),
+                self.dir.join("etcd.log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Serialises tests that must not overlap (e.g. ones that stop the server).
 pub fn serial() -> &'static Mutex<()> {
     static LOCK: Mutex<()> = Mutex::new(());

@@ -232,3 +232,55 @@ async fn leasehold_go_and_etcdctl_take_turns_in_one_election() {
     go.kill();
     ctl.kill();
 }
+
+/// The leader's etcd goes away: it stops acting within the renew deadline of its last answered
+/// keepalive's send, before its lease could expire on the server (TTL 5 s, counted from the
+/// keepalive's receipt); once etcd is back, a term with a larger token begins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_stops_before_its_lease_can_expire() {
+    let mut etcd = harness::EtcdServer::start().await;
+    let client = Client::connect([etcd.url()], None).await.unwrap();
+    let election = EtcdElection::new(client, unique("etcd-cut"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    let cancel = CancellationToken::new();
+    for id in ["cut-a", "cut-b"] {
+        tasks.push(tokio::spawn(run(
+            election.clone(),
+            id.into(),
+            cancel.clone(),
+            tx.clone(),
+        )));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Note::Started(leader, t1) = next(&mut rx, Duration::from_secs(10)).await else {
+        panic!("a start")
+    };
+    // A keepalive or two in steady state.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cut_at = Instant::now();
+    etcd.stop();
+    let stopped = next(&mut rx, Duration::from_secs(10)).await;
+    let took = cut_at.elapsed();
+    eprintln!("etcd stopped: {leader} stopped acting {took:?} later");
+    assert_eq!(stopped, Note::Stopped(leader.clone(), t1));
+    assert!(
+        took < Duration::from_secs(5),
+        "stopped {took:?} after the cut: the lease (5 s) could have expired"
+    );
+
+    etcd.restart().await;
+    let back_at = Instant::now();
+    let Note::Started(who, t2) = next(&mut rx, Duration::from_secs(30)).await else {
+        panic!("a start")
+    };
+    eprintln!(
+        "etcd back: {who} leads {:?} later, token {t1} -> {t2}",
+        back_at.elapsed()
+    );
+    assert!(t2 > t1, "{t1} -> {t2}");
+    cancel.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
