@@ -284,3 +284,116 @@ async fn a_leader_cut_off_from_etcd_stops_before_its_lease_can_expire() {
         t.await.unwrap();
     }
 }
+
+/// One leader at a time, and tokens increasing, from the candidates' notes in the order sent.
+#[derive(Default)]
+struct History {
+    leader: Option<(String, u64)>,
+    last_token: u64,
+    terms: usize,
+}
+
+impl History {
+    fn check(&mut self, note: Note) {
+        match note {
+            Note::Started(id, t) => {
+                assert!(
+                    self.leader.is_none(),
+                    "{id} started while {:?} leads",
+                    self.leader
+                );
+                assert!(t > self.last_token, "token {t} after {}", self.last_token);
+                self.last_token = t;
+                self.terms += 1;
+                self.leader = Some((id, t));
+            }
+            Note::Stopped(id, t) => assert_eq!(self.leader.take(), Some((id, t))),
+        }
+    }
+}
+
+/// Three candidates on a 3-member cluster while the raft leader member is killed and restarted,
+/// three times, and then quorum is lost: never two leaders, the leader stops within the renew
+/// deadline when no keepalive can be answered, tokens increase, and a leader at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_leader_restarts_on_a_3_member_cluster_never_make_two_leaders() {
+    let mut cluster = harness::EtcdCluster::start().await;
+    let client = Client::connect(cluster.urls(), None).await.unwrap();
+    let election = EtcdElection::new(client, unique("etcd-raft"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for id in ["raft-a", "raft-b", "raft-c"] {
+        tasks.push(tokio::spawn(run(
+            election.clone(),
+            id.into(),
+            cancel.clone(),
+            tx.clone(),
+        )));
+    }
+    drop(tx);
+    let mut h = History::default();
+    h.check(next(&mut rx, Duration::from_secs(10)).await);
+    for round in 0..3 {
+        let m = cluster.raft_leader().await.expect("a raft leader");
+        cluster.stop_member(m);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(1500) {
+            if let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                h.check(n);
+            }
+        }
+        cluster.restart_member(m).await;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                h.check(n);
+            }
+        }
+        eprintln!(
+            "round {round}: raft leader m{m} killed and restarted; leader now {:?}",
+            h.leader
+        );
+    }
+    // Quorum lost (two members down) for longer than the renew deadline: the leader stops
+    // acting within it; with quorum back, a new term with a larger token.
+    let (was, token) = h.leader.clone().expect("a leader before the quorum loss");
+    let cut_at = Instant::now();
+    cluster.stop_member(1);
+    cluster.stop_member(2);
+    let stopped = next(&mut rx, Duration::from_secs(10)).await;
+    let took = cut_at.elapsed();
+    eprintln!("quorum lost: {was} stopped acting {took:?} later");
+    assert!(
+        took < Duration::from_secs(5),
+        "{took:?}: the lease could have expired"
+    );
+    h.check(stopped);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.restart_member(1).await;
+    cluster.restart_member(2).await;
+    let back_at = Instant::now();
+    h.check(next(&mut rx, Duration::from_secs(30)).await);
+    eprintln!(
+        "quorum back: {:?} leads {:?} later (token {token} before)",
+        h.leader,
+        back_at.elapsed()
+    );
+    // Whoever leads now, or soon: a leader at the end.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while h.leader.is_none() {
+        let n = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("a leader after the faults")
+            .unwrap();
+        h.check(n);
+    }
+    eprintln!(
+        "3 raft leader restarts: {} terms, last token {}",
+        h.terms, h.last_token
+    );
+    cancel.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
