@@ -364,12 +364,63 @@ pub struct Elector<B> {
     work: Option<WorkFn>,
 }
 
+/// What an [`Elector`] elects on: every [`LockBackend`] (a record compare-and-swapped by all
+/// candidates: a file, a Lease, ...), or, with the feature `etcd`, an etcd election
+/// ([`EtcdElection`](crate::backend::etcd::EtcdElection)), where candidates queue by create
+/// revision as etcd's own clients do.
+pub trait Election: Send + Sync + 'static {
+    /// What it is, for logs and errors (`lease default/my-app`, `etcd election my-app`).
+    fn describe(&self) -> String;
+    /// Whether a directed transfer ([`ElectorHandle::transfer`]) can be carried.
+    fn carries_handover(&self) -> bool;
+    /// How the elector drives it.
+    #[doc(hidden)]
+    fn engine(self: Arc<Self>) -> Engine;
+}
+
+/// How an [`Election`] is driven: not for use outside this crate.
+#[doc(hidden)]
+pub enum Engine {
+    /// The record machine over a lock backend.
+    Lock(Arc<dyn LockBackend>),
+    /// The election queue on etcd (shared: its client is several KiB).
+    #[cfg(feature = "etcd")]
+    Etcd(Arc<crate::backend::etcd::EtcdElection>),
+}
+
+impl<B: LockBackend> Election for B {
+    fn describe(&self) -> String {
+        LockBackend::describe(self)
+    }
+    fn carries_handover(&self) -> bool {
+        LockBackend::carries_handover(self)
+    }
+    fn engine(self: Arc<Self>) -> Engine {
+        Engine::Lock(self)
+    }
+}
+
+/// The state of the current term (and of the last one's work) while an elector runs.
+#[derive(Default)]
+struct TermRun {
+    /// A guard, not a bare token: if the run's future is dropped mid-term (a `select!` that
+    /// finished elsewhere, a panic in a callback), renewals stop, so the term must end too.
+    leadership: Option<tokio_util::sync::DropGuard>,
+    valid_until: Option<watch::Sender<Deadline>>,
+    /// The leader work of `run_while_leading`: the task of the current or last term.
+    running: Option<tokio::task::JoinHandle<()>>,
+    /// When, and in which term, the work was told to stop.
+    told_to_stop: Option<(FencingToken, Instant)>,
+    /// A `Drained` to deliver next.
+    drained: bool,
+}
+
 /// A request in flight: the event it ends with, and the failure if it failed.
 type Pending = Pin<Box<dyn Future<Output = (Event, Option<LastError>)> + Send>>;
 
 // === impl Elector ===
 
-impl<B: LockBackend> Elector<B> {
+impl<B: Election> Elector<B> {
     /// An elector for `identity` on `backend` with `timing`: the same as
     /// [`with_config`](Self::with_config) with `Config::new(identity).timing(timing)`.
     ///
@@ -584,8 +635,7 @@ impl<B: LockBackend> Elector<B> {
         let mut watch: Option<WatchStream> = None;
         // A guard, not a bare token: if this future is dropped mid-term (a `select!` that
         // finished elsewhere, a panic in a callback), renewals stop, so the term must end too.
-        let mut leadership: Option<tokio_util::sync::DropGuard> = None;
-        let mut valid_until: Option<watch::Sender<Deadline>> = None;
+        let mut run = TermRun::default();
         // The boot-clock time of each recent write's send, by the machine's tick: the term's
         // boot-clock deadline counts from the send the machine counts from.
         let mut sends: std::collections::VecDeque<(Duration, Option<Duration>)> =
@@ -593,9 +643,6 @@ impl<B: LockBackend> Elector<B> {
         let mut cancel_sent = false;
         // The leader work of `run_while_leading`: the task of the current or last term, when
         // and in which term it was told to stop, and a `Drained` to deliver next.
-        let mut running: Option<tokio::task::JoinHandle<()>> = None;
-        let mut told_to_stop: Option<(FencingToken, Instant)> = None;
-        let mut drained = false;
         let mut last_error: Option<LastError> = None;
         // The failure last warned about, and whether a write failed: a read that succeeds says
         // nothing about writes (a missing directory, RBAC without `update`), so only a write
@@ -606,7 +653,12 @@ impl<B: LockBackend> Elector<B> {
         // A duplicate identity stays reported until none has been seen for two lease durations
         // (the machine repeats the report once per lease duration while it lasts).
         let mut duplicate: Option<(LastError, Instant)> = None;
-        let describe = self.backend.describe();
+        let backend = match Arc::clone(&self.backend).engine() {
+            Engine::Lock(b) => b,
+            #[cfg(feature = "etcd")]
+            Engine::Etcd(e) => return self.run_queue(e, cancel).await,
+        };
+        let describe = backend.describe();
         let object: Arc<str> = describe.as_str().into();
 
         let mut event = Some(Event::Start);
@@ -659,16 +711,12 @@ impl<B: LockBackend> Elector<B> {
                 for action in actions {
                     match action {
                         Action::Read { deadline } => {
-                            pending = Some(read(
-                                &self.backend,
-                                &self.metrics,
-                                &object,
-                                origin + deadline,
-                            ));
+                            pending =
+                                Some(read(&backend, &self.metrics, &object, origin + deadline));
                         }
                         Action::Create { record, deadline } => {
                             let (b, m, object) = (
-                                Arc::clone(&self.backend),
+                                Arc::clone(&backend),
                                 Arc::clone(&self.metrics),
                                 Arc::clone(&object),
                             );
@@ -684,7 +732,7 @@ impl<B: LockBackend> Elector<B> {
                             deadline,
                         } => {
                             let (b, m, object) = (
-                                Arc::clone(&self.backend),
+                                Arc::clone(&backend),
                                 Arc::clone(&self.metrics),
                                 Arc::clone(&object),
                             );
@@ -698,56 +746,29 @@ impl<B: LockBackend> Elector<B> {
                         }
                         Action::Abandon => pending = None,
                         Action::Watch { from } => {
-                            watch = Some(self.backend.watch(from.as_ref()));
+                            watch = Some(backend.watch(from.as_ref()));
                         }
                         Action::Unwatch => watch = None,
                         Action::StartedLeading { token } => {
-                            tracing::info!(lock = %describe, identity = %self.identity, fencing_token = %token, "started leading");
-                            self.metrics.started_term();
-                            self.record_event(LockEventKind::BecameLeader, token);
-                            let t = cancel.child_token();
-                            leadership = Some(t.clone().drop_guard());
+                            self.record_event(&backend, LockEventKind::BecameLeader, token);
                             let until = self.machine.leading_until().unwrap_or_default();
                             let deadline = self.deadline(origin, until, &sends);
-                            self.term_until.send_replace(Some(deadline.at));
-                            let (until_tx, until_rx) = watch::channel(deadline);
-                            valid_until = Some(until_tx);
-                            let term = Leadership {
-                                token: t,
-                                fencing_token: token,
-                                transitions: self.machine.leading_transitions().unwrap_or_default(),
-                                identity: Arc::clone(&self.identity),
-                                valid_until: until_rx,
-                            };
-                            self.term.send_replace(Some(term.clone()));
-                            if let Some(work) = &mut self.work {
-                                running = Some(tokio::spawn(work(term.clone())));
-                            }
-                            if let Some(f) = &mut self.on_started {
-                                f(term);
-                            }
+                            let transitions =
+                                self.machine.leading_transitions().unwrap_or_default();
+                            self.start_term(
+                                &mut run,
+                                &cancel,
+                                token,
+                                transitions,
+                                deadline,
+                                &describe,
+                            );
                         }
                         Action::StoppedLeading { token, reason } => {
-                            // Dropping the guard cancels the token.
-                            drop(leadership.take());
-                            valid_until = None;
-                            self.term_until.send_replace(None);
-                            self.term.send_replace(None);
-                            told_to_stop = Some((token, Instant::now()));
-                            // A work that already returned has nothing left to drain.
-                            drained = self.work.is_some() && running.is_none();
-                            self.record_event(LockEventKind::StoppedLeading, token);
-                            log_step_down(&describe, token, &reason);
-                            if let Some(f) = &mut self.on_stopped {
-                                f();
-                            }
+                            self.stop_term(&mut run, token, &reason, &describe);
+                            self.record_event(&backend, LockEventKind::StoppedLeading, token);
                         }
-                        Action::NewLeader { identity } => {
-                            tracing::debug!(lock = %describe, leader = %identity, "new leader observed");
-                            if let Some(f) = &mut self.on_new_leader {
-                                f(&identity);
-                            }
-                        }
+                        Action::NewLeader { identity } => self.new_leader(&identity, &describe),
                         Action::DuplicateIdentity { record } => {
                             let msg = format!(
                                 "another candidate is writing the lock under this identity `{}` (renew time {}): two processes share one identity; give each a unique one",
@@ -768,7 +789,10 @@ impl<B: LockBackend> Elector<B> {
                         }
                         Action::WorkOverran { token } => {
                             self.metrics.work_overran();
-                            let ago = told_to_stop.map(|(_, at)| at.elapsed()).unwrap_or_default();
+                            let ago = run
+                                .told_to_stop
+                                .map(|(_, at)| at.elapsed())
+                                .unwrap_or_default();
                             tracing::error!(lock = %describe, fencing_token = %token, told_to_stop_ago = ?ago, "leader work has not returned after its term ended: it may act while another candidate leads; the lock is left to expire, not released under it");
                         }
                         Action::WatchStale { silent_for } => {
@@ -777,7 +801,7 @@ impl<B: LockBackend> Elector<B> {
                         Action::Finished => finished = true,
                     }
                 }
-                if let (Some(tx), Some(until)) = (&valid_until, self.machine.leading_until()) {
+                if let (Some(tx), Some(until)) = (&run.valid_until, self.machine.leading_until()) {
                     let moved = tx.send_if_modified(|v| {
                         if v.at == origin + until {
                             return false;
@@ -815,7 +839,7 @@ impl<B: LockBackend> Elector<B> {
                     self.metrics.set_leaderless(leaderless, Instant::now());
                 }
                 if finished {
-                    if let Some(task) = running.take() {
+                    if let Some(task) = run.running.take() {
                         await_work(task, self.machine.timing().lease_duration, &describe).await;
                     }
                     return;
@@ -835,14 +859,14 @@ impl<B: LockBackend> Elector<B> {
             }
             tokio::select! {
                 biased;
-                () = std::future::ready(()), if drained => {
-                    drained = false;
+                () = std::future::ready(()), if run.drained => {
+                    run.drained = false;
                     event = Some(Event::Drained);
                 }
                 _ = &mut cancelled, if !cancel_sent => {
                     cancel_sent = true;
                     // Stop acting first, whatever the machine is waiting for.
-                    drop(leadership.take());
+                    drop(run.leadership.take());
                     event = Some(Event::Cancel);
                 }
                 Ok(()) = step_downs.changed(), if !cancel_sent => {
@@ -879,12 +903,12 @@ impl<B: LockBackend> Elector<B> {
                 _ = &mut sleep => {
                     event = Some(Event::Timer);
                 }
-                r = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
-                    running = None;
+                r = async { run.running.as_mut().expect("guarded").await }, if run.running.is_some() => {
+                    run.running = None;
                     if let Some(e) = r.as_ref().err().filter(|e| e.is_panic()) {
                         tracing::error!(lock = %describe, error = %e, "leader work panicked");
                     }
-                    if let Some((token, at)) = told_to_stop.take() {
+                    if let Some((token, at)) = run.told_to_stop.take() {
                         tracing::debug!(lock = %describe, fencing_token = %token, took = ?at.elapsed(), "leader work returned after its term");
                         event = Some(Event::Drained);
                     } else {
@@ -892,7 +916,7 @@ impl<B: LockBackend> Elector<B> {
                         // ends a controller-runtime manager.
                         tracing::warn!(lock = %describe, "leader work returned while leading; stepping down and releasing");
                         cancel_sent = true;
-                        drop(leadership.take());
+                        drop(run.leadership.take());
                         event = Some(Event::Cancel);
                     }
                 }
@@ -933,7 +957,7 @@ impl<B: LockBackend> Elector<B> {
     }
 }
 
-impl<B: LockBackend> Elector<B> {
+impl<B: Election> Elector<B> {
     /// The term's [`Deadline`] for the machine's `leading_until` tick `until`: on the boot
     /// clock, the boot-clock reading at the send it counts from, plus the renew deadline.
     fn deadline(
@@ -958,9 +982,14 @@ impl<B: LockBackend> Elector<B> {
 
     /// Records an Event about this candidate on the lock, in the background: best effort, never
     /// in the way of the election.
-    fn record_event(&self, kind: LockEventKind, token: FencingToken) {
+    fn record_event(
+        &self,
+        backend: &Arc<dyn LockBackend>,
+        kind: LockEventKind,
+        token: FencingToken,
+    ) {
         let event = LockEvent::new(&*self.identity, kind, token);
-        let backend = Arc::clone(&self.backend);
+        let backend = Arc::clone(backend);
         let metrics = Arc::clone(&self.metrics);
         tokio::spawn(async move {
             let r =
@@ -973,6 +1002,221 @@ impl<B: LockBackend> Elector<B> {
             metrics.event_failed();
             tracing::warn!(lock = %backend.describe(), %error, "could not record an Event (best effort; the election is unaffected)");
         });
+    }
+
+    /// Runs on an etcd election: the election queue ([`leasehold_core::queue`]) and its
+    /// executor, with the same terms, work, callbacks, status and requests as on a lock.
+    #[cfg(feature = "etcd")]
+    async fn run_queue(
+        mut self,
+        election: Arc<crate::backend::etcd::EtcdElection>,
+        cancel: CancellationToken,
+    ) {
+        use leasehold_core::queue::{Action as Q, Event as E, Queue};
+        let origin = Instant::now();
+        let describe = Election::describe(&*election);
+        let timing = self.machine.timing().clone();
+        let mut queue = Queue::new(self.identity.to_string(), election.name(), timing);
+        let mut io = crate::backend::etcd::Io::new(&election, origin);
+        let mut run = TermRun::default();
+        // The boot-clock time of each recent keepalive's send, by the machine's tick: the
+        // term's boot-clock deadline counts from the send the machine counts from.
+        let mut sends: std::collections::VecDeque<(Duration, Option<Duration>)> =
+            std::collections::VecDeque::with_capacity(SENDS_KEPT);
+        let mut leader = String::new();
+        let mut observed = false;
+        let mut cancel_sent = false;
+        let mut event = Some(E::Start);
+        let mut cancelled = std::pin::pin!(cancel.cancelled());
+        let mut step_downs = self.step_down.subscribe();
+        if step_downs.borrow().seq > 0 {
+            step_downs.mark_changed();
+        }
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(origin));
+        loop {
+            if let Some(ev) = event.take() {
+                let now = Instant::now();
+                let boot_now = (self.boot_clock)();
+                tracing::trace!(lock = %describe, identity = %self.identity, tick = ?(now - origin), event = ?ev, "queue event");
+                let actions = queue.handle(ev, now - origin);
+                if !actions.is_empty() {
+                    tracing::trace!(lock = %describe, identity = %self.identity, ?actions, "queue actions");
+                }
+                for action in actions {
+                    match action {
+                        Q::StartedLeading { token } => {
+                            let until = queue.leading_until().unwrap_or_default();
+                            let deadline = self.deadline(origin, until, &sends);
+                            self.start_term(&mut run, &cancel, token, 0, deadline, &describe);
+                        }
+                        Q::StoppedLeading { token, reason } => {
+                            self.stop_term(&mut run, token, &reason, &describe);
+                            // The queue always waits for the work: with none, it is done.
+                            run.drained |= self.work.is_none();
+                        }
+                        Q::NewLeader { identity } => {
+                            observed = true;
+                            leader.clone_from(&identity);
+                            self.new_leader(&identity, &describe);
+                        }
+                        Q::StrayKey { key } => {
+                            tracing::error!(lock = %describe, %key, "a key under the election's prefix has no lease: no candidate will ever delete it, and every candidate queued after it (etcd's own clients too) waits for it; delete it");
+                        }
+                        Q::TransferRefused { to, next } => {
+                            tracing::warn!(lock = %describe, %to, ?next, "cannot hand over: on etcd only the candidate next in the queue can be the target");
+                        }
+                        Q::Finished => {
+                            if let Some(task) = run.running.take() {
+                                await_work(task, queue_lease(&self.machine), &describe).await;
+                            }
+                            self.tx.send_modify(|s| s.role = Role::Stopped);
+                            return;
+                        }
+                        other => {
+                            if let Q::KeepAlive { .. } | Q::Grant { .. } = other {
+                                if sends.len() == SENDS_KEPT {
+                                    sends.pop_front();
+                                }
+                                sends.push_back((now - origin, boot_now));
+                            }
+                            io.execute(&other);
+                        }
+                    }
+                }
+                if let (Some(tx), Some(until)) = (&run.valid_until, queue.leading_until()) {
+                    let moved = tx.send_if_modified(|v| {
+                        if v.at == origin + until {
+                            return false;
+                        }
+                        *v = self.deadline(origin, until, &sends);
+                        true
+                    });
+                    if moved {
+                        self.term_until.send_replace(Some(origin + until));
+                    }
+                }
+                let (role, token) = (queue.role(), queue.fencing_token());
+                self.tx.send_if_modified(|s| {
+                    let changed = (s.role, s.fencing_token, s.observed, s.leader.as_str())
+                        != (role, token, observed, leader.as_str());
+                    if changed {
+                        (s.role, s.fencing_token, s.observed) = (role, token, observed);
+                        s.leader.clone_from(&leader);
+                    }
+                    changed
+                });
+                if observed {
+                    self.metrics
+                        .set_leaderless(leader.is_empty(), Instant::now());
+                }
+            }
+
+            let timer_at = queue.deadline().map_or_else(
+                || Instant::now() + Duration::from_secs(3600),
+                |d| origin + d,
+            );
+            if sleep.deadline() != timer_at {
+                sleep.as_mut().reset(timer_at);
+            }
+            event = Some(tokio::select! {
+                biased;
+                () = std::future::ready(()), if run.drained => {
+                    run.drained = false;
+                    E::Drained
+                }
+                _ = &mut cancelled, if !cancel_sent => {
+                    cancel_sent = true;
+                    // Stop acting first, whatever the queue is waiting for.
+                    drop(run.leadership.take());
+                    E::Cancel
+                }
+                Ok(()) = step_downs.changed(), if !cancel_sent => {
+                    match step_downs.borrow_and_update().what.clone() {
+                        Request::StepDown(hold_off) => E::StepDown { hold_off },
+                        Request::Resume => E::Resume,
+                        Request::Transfer(to) => E::Transfer { to },
+                    }
+                }
+                ev = io.next() => ev,
+                _ = &mut sleep => E::Timer,
+                r = async { run.running.as_mut().expect("guarded").await }, if run.running.is_some() => {
+                    run.running = None;
+                    if let Some(e) = r.as_ref().err().filter(|e| e.is_panic()) {
+                        tracing::error!(lock = %describe, error = %e, "leader work panicked");
+                    }
+                    if run.told_to_stop.take().is_some() {
+                        E::Drained
+                    } else {
+                        tracing::warn!(lock = %describe, "leader work returned while leading; stepping down and releasing");
+                        cancel_sent = true;
+                        drop(run.leadership.take());
+                        E::Cancel
+                    }
+                }
+            });
+        }
+    }
+
+    /// A term begins: hand out its [`Leadership`], start the work, call back.
+    fn start_term(
+        &mut self,
+        run: &mut TermRun,
+        cancel: &CancellationToken,
+        token: FencingToken,
+        transitions: i32,
+        deadline: Deadline,
+        describe: &str,
+    ) {
+        tracing::info!(lock = %describe, identity = %self.identity, fencing_token = %token, "started leading");
+        self.metrics.started_term();
+        let t = cancel.child_token();
+        run.leadership = Some(t.clone().drop_guard());
+        self.term_until.send_replace(Some(deadline.at));
+        let (until_tx, until_rx) = watch::channel(deadline);
+        run.valid_until = Some(until_tx);
+        let term = Leadership {
+            token: t,
+            fencing_token: token,
+            transitions,
+            identity: Arc::clone(&self.identity),
+            valid_until: until_rx,
+        };
+        self.term.send_replace(Some(term.clone()));
+        if let Some(work) = &mut self.work {
+            run.running = Some(tokio::spawn(work(term.clone())));
+        }
+        if let Some(f) = &mut self.on_started {
+            f(term);
+        }
+    }
+
+    /// The term ends: cancel its token, tell the work to stop, call back.
+    fn stop_term(
+        &mut self,
+        run: &mut TermRun,
+        token: FencingToken,
+        reason: &StepDown,
+        describe: &str,
+    ) {
+        // Dropping the guard cancels the token.
+        drop(run.leadership.take());
+        run.valid_until = None;
+        self.term_until.send_replace(None);
+        self.term.send_replace(None);
+        run.told_to_stop = Some((token, Instant::now()));
+        // A work that already returned has nothing left to drain.
+        run.drained = self.work.is_some() && run.running.is_none();
+        log_step_down(describe, token, reason);
+        if let Some(f) = &mut self.on_stopped {
+            f();
+        }
+    }
+
+    fn new_leader(&mut self, identity: &str, describe: &str) {
+        tracing::debug!(lock = %describe, leader = %identity, "new leader observed");
+        if let Some(f) = &mut self.on_new_leader {
+            f(identity);
+        }
     }
 
     /// Election disabled: lead at once, touch nothing, stop when cancelled.
@@ -1064,8 +1308,14 @@ fn on_shared_grid(at: Instant, slack: Duration) -> Instant {
     at + Duration::from_nanos(u64::try_from(up - since).unwrap_or(0))
 }
 
+/// How long a work that overruns its term is awaited at the end of an etcd run.
+#[cfg(feature = "etcd")]
+fn queue_lease(machine: &Machine) -> Duration {
+    machine.timing().lease_duration
+}
+
 /// Reads the record from `backend` by `at`, into the event that reports it.
-fn read<B: LockBackend>(
+fn read<B: LockBackend + ?Sized>(
     backend: &Arc<B>,
     metrics: &Arc<Metrics>,
     object: &Arc<str>,

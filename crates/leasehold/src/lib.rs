@@ -62,7 +62,8 @@ pub struct MigratingFromGoDoctests;
 
 pub use config::{Config, default_identity};
 pub use elector::{
-    Deadline, Elector, ElectorHandle, Error, Leadership, Result, TransferError, display_chain,
+    Deadline, Election, Elector, ElectorHandle, Error, Leadership, Result, TransferError,
+    display_chain,
 };
 pub use leasehold_core::{
     ConfigError, FailureKind, FencingToken, LastError, LeaderRecord, LockBackend, LockError,

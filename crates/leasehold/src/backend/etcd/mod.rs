@@ -4,10 +4,8 @@
 //! ([`leasehold_core::queue`]) against etcd through the `etcd-client` crate: a session lease
 //! with keepalives, one key `<name>/<lease hex>` per candidate, the queue watched on its
 //! prefix. Candidates here, `etcdctl elect` and Go programs on `concurrency.Election` share one
-//! election. The [`Elector`](crate::Elector), the CLI and the fault run do not drive it yet.
-
-// Until the `Elector` drives the executor, only this module's tests do (against a real etcd).
-#![cfg_attr(not(test), allow(dead_code))]
+//! election. [`Elector`](crate::Elector) runs on it like on any lock; the CLI and the fault run
+//! do not yet.
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
@@ -52,10 +50,19 @@ impl EtcdElection {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
 
-    /// `etcd election <name>`, for logs and errors.
-    pub fn describe(&self) -> String {
+impl crate::Election for EtcdElection {
+    fn describe(&self) -> String {
         format!("etcd election {}", self.name)
+    }
+    fn carries_handover(&self) -> bool {
+        // The queue can hand over to the candidate next in line only; the handle cannot tell
+        // which that is yet, so a transfer is refused rather than accepted and dropped.
+        false
+    }
+    fn engine(self: std::sync::Arc<Self>) -> crate::elector::Engine {
+        crate::elector::Engine::Etcd(self)
     }
 }
 

@@ -397,3 +397,69 @@ async fn raft_leader_restarts_on_a_3_member_cluster_never_make_two_leaders() {
         t.await.unwrap();
     }
 }
+
+/// The library's `Elector` on an etcd election: terms through the handle, the work drained
+/// before the next candidate leads, a step-down handing over within milliseconds, status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_elector_runs_on_an_etcd_election() {
+    let server = harness::shared().await;
+    let client = Client::connect([server.etcd_url()], None).await.unwrap();
+    let election = EtcdElection::new(client, unique("etcd-elector"));
+    let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let spawn = |id: &'static str| {
+        let elector = crate::Elector::new(election.clone(), id, timing()).unwrap();
+        let handle = elector.handle();
+        let cancel = CancellationToken::new();
+        let log = Arc::clone(&log);
+        let task = tokio::spawn(elector.run_while_leading(cancel.clone(), move |term| {
+            let log = Arc::clone(&log);
+            async move {
+                let t = term.fencing_token();
+                log.lock().unwrap().push(format!("{id} start {t}"));
+                term.lost().await;
+                // Some wind-down: the next term must wait for it.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                log.lock().unwrap().push(format!("{id} end {t}"));
+            }
+        }));
+        (handle, cancel, task)
+    };
+    let (ha, cancel_a, task_a) = spawn("el-a");
+    let first = ha.acquired().await.unwrap();
+    let (hb, cancel_b, task_b) = spawn("el-b");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hb.leader() != "el-a" {
+        assert!(Instant::now() < deadline, "el-b never saw el-a lead");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!hb.is_leader() && ha.is_leader());
+    assert_eq!(ha.status().fencing_token, Some(first.fencing_token()));
+
+    let asked = Instant::now();
+    assert!(ha.step_down(Duration::from_secs(30)));
+    let second = hb.acquired().await.unwrap();
+    eprintln!(
+        "etcd Elector: step-down to el-b's term {:.1} ms (the work took 100 ms to wind down)",
+        asked.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(second.fencing_token() > first.fencing_token());
+    let lines = log.lock().unwrap().clone();
+    assert_eq!(
+        lines,
+        [
+            format!("el-a start {}", first.fencing_token()),
+            format!("el-a end {}", first.fencing_token()),
+            format!("el-b start {}", second.fencing_token()),
+        ],
+        "drained before the next term"
+    );
+    // el-a sits out its hold-off; el-b keeps leading through its keepalives.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(hb.is_leader() && !ha.is_leader());
+    assert_eq!(ha.leader(), "el-b");
+    for (cancel, task) in [(cancel_b, task_b), (cancel_a, task_a)] {
+        cancel.cancel();
+        task.await.unwrap();
+    }
+    assert_eq!(ha.status().role, leasehold_core::Role::Stopped);
+}
