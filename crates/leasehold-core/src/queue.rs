@@ -82,6 +82,9 @@ pub enum Event {
     Changed(Vec<Change>),
     /// The watch ended (a compaction, a lost connection): list again.
     WatchLost,
+    /// etcd said the session's lease does not exist (a campaign or keepalive on a lease that
+    /// expired or was revoked): its key is gone with it.
+    LeaseGone,
     /// The answer to [`Action::Resign`].
     Resigned(Result<(), ErrorKind>),
     /// The answer to [`Action::Revoke`].
@@ -160,6 +163,14 @@ pub enum Action {
         /// The session's lease.
         lease: i64,
         /// When to give up on the answer.
+        deadline: Tick,
+    },
+    /// Revoke `lease`, best effort, reporting nothing back: a session given up on (expired by
+    /// this candidate's clock) whose key may still block the queue on the server.
+    RevokeStale {
+        /// The abandoned lease.
+        lease: i64,
+        /// When to give up.
         deadline: Tick,
     },
     /// This candidate leads; act with `token`.
@@ -245,7 +256,7 @@ enum After {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     Grant { sent: Tick },
-    Campaign,
+    Campaign { lease: i64 },
     List,
     Resign,
     Revoke,
@@ -272,6 +283,8 @@ pub struct Queue {
     reported_strays: Vec<String>,
     hold_off_until: Option<Tick>,
     cancelling: bool,
+    /// When the watch was last lost: losses in a row list again after a retry period.
+    watch_lost_at: Option<Tick>,
 }
 
 // === impl Queue ===
@@ -299,6 +312,7 @@ impl Queue {
             reported_strays: Vec::new(),
             hold_off_until: None,
             cancelling: false,
+            watch_lost_at: None,
         }
     }
 
@@ -349,9 +363,15 @@ impl Queue {
     /// of the last answered one plus the renew deadline).
     pub fn leading_until(&self) -> Option<Tick> {
         match (&self.state, &self.session) {
-            (State::Leading { .. }, Some(s)) => Some(s.last_ok_sent + self.timing.renew_deadline),
+            (State::Leading { .. }, Some(s)) => Some(s.last_ok_sent + self.term_bound(s)),
             _ => None,
         }
+    }
+
+    /// How long after a keepalive's send a leader may act: the renew deadline, and never more
+    /// than nine tenths of the TTL etcd granted (which counts from the keepalive's receipt).
+    fn term_bound(&self, s: &Session) -> Duration {
+        self.timing.renew_deadline.min(s.ttl - s.ttl / 10)
     }
 
     /// The next time the machine wants a [`Event::Timer`].
@@ -380,6 +400,14 @@ impl Queue {
         if self.state == State::Done {
             return out;
         }
+        // Whatever arrives, a leader past its term stops first: a busy stream of answers and
+        // watch events must not hold off the step-down until a timer gets its turn.
+        if let (State::Leading { rev }, Some(until)) = (&self.state, self.leading_until())
+            && now >= until
+        {
+            let rev = *rev;
+            self.end_term(rev, StepDown::DeadlineExceeded, After::Requeue, &mut out);
+        }
         match event {
             Event::Start => self.step(now, &mut out),
             Event::Timer => self.on_timer(now, &mut out),
@@ -402,7 +430,22 @@ impl Queue {
             Event::WatchLost => {
                 self.watching = false;
                 self.listed = false;
+                // Lost again soon after the last loss: list after a retry period, not at once.
+                if self
+                    .watch_lost_at
+                    .is_some_and(|at| now < at + self.timing.retry_period)
+                    && self.op.is_none()
+                {
+                    self.retry_at = Some(now + self.timing.retry_period);
+                }
+                self.watch_lost_at = Some(now);
                 self.step(now, &mut out);
+            }
+            Event::LeaseGone => {
+                if matches!(self.op, Some(Op::Campaign { .. })) {
+                    self.op = None;
+                }
+                self.lease_gone(&mut out);
             }
             Event::Resigned(r) => self.on_resigned(r, now, &mut out),
             Event::Revoked(r) => {
@@ -515,7 +558,7 @@ impl Queue {
                     self.state = State::Out;
                     return self.step(now, out);
                 };
-                self.op = Some(Op::Campaign);
+                self.op = Some(Op::Campaign { lease });
                 out.push(Action::Campaign {
                     key: self.key_for(lease),
                     value: self.identity.clone(),
@@ -563,7 +606,13 @@ impl Queue {
         if let Some(s) = &self.session
             && now >= s.last_ok_sent + s.ttl
         {
-            // Gone on the server, with this candidate's key: start over with a new session.
+            // Gone on the server, with this candidate's key, or about to be (the server counts
+            // from the keepalive's receipt): revoke it to be sure it does not block the queue,
+            // and start over with a new session.
+            out.push(Action::RevokeStale {
+                lease: s.lease,
+                deadline: self.request_deadline(now),
+            });
             self.session = None;
             if let Some(rev) = self.own_rev() {
                 if let State::Leading { .. } = self.state {
@@ -638,32 +687,34 @@ impl Queue {
                 // A candidate first in the queue with a stale session may act now.
                 self.evaluate(now, out);
             }
-            Ok(None) => {
-                // The lease is gone: so is the key.
-                self.session = None;
-                if let Some(rev) = self.own_rev() {
-                    if let State::Leading { .. } = self.state {
-                        self.end_term(rev, StepDown::Deleted, After::Requeue, out);
-                    }
-                    if !matches!(self.state, State::Draining { .. }) {
-                        self.queue.retain(|&r, _| r != rev);
-                        self.state = State::Out;
-                        if matches!(self.op, Some(Op::Resign)) {
-                            self.op = None;
-                        }
-                    }
-                }
-            }
+            Ok(None) => self.lease_gone(out),
             Err(_) => s.keep_alive_at = now + self.timing.retry_period,
         }
         self.step(now, out);
     }
 
     fn on_campaigned(&mut self, r: Result<i64, ErrorKind>, now: Tick, out: &mut Vec<Action>) {
-        if self.op != Some(Op::Campaign) {
+        let Some(Op::Campaign { lease }) = self.op else {
             return;
-        }
+        };
         self.op = None;
+        if self.session.as_ref().is_none_or(|s| s.lease != lease) {
+            // The session was given up on meanwhile: the key may have landed on its lease.
+            if r.is_ok() {
+                out.push(Action::RevokeStale {
+                    lease,
+                    deadline: self.request_deadline(now),
+                });
+            }
+            if self.state == State::Campaigning {
+                self.state = if self.cancelling {
+                    State::Revoking
+                } else {
+                    State::Out
+                };
+            }
+            return self.step(now, out);
+        }
         match r {
             Ok(rev) if self.state == State::Campaigning => {
                 self.state = State::Queued { rev };
@@ -757,6 +808,8 @@ impl Queue {
             }
             // Revoking the lease deletes the key with it: one request.
             State::Queued { .. } | State::Out => self.state = State::Revoking,
+            // Between a failed campaign and its retry: nothing to wait for.
+            State::Campaigning if self.op.is_none() => self.state = State::Revoking,
             State::Campaigning | State::Revoking | State::Done => {}
         }
         if self.op.is_none() {
@@ -770,10 +823,39 @@ impl Queue {
         match self.state.clone() {
             State::Leading { rev } => self.end_term(rev, reason, then, out),
             State::Queued { rev } => self.state = State::Resigning { rev, then },
+            // Between a failed campaign and its retry: do not campaign again.
+            State::Campaigning if self.op.is_none() => {
+                self.retry_at = None;
+                self.state = State::Out;
+            }
             // A campaign in flight is resigned when it answers (see `on_campaigned`).
             _ => {}
         }
         self.step(now, out);
+    }
+
+    /// etcd no longer has the session's lease, nor the key on it.
+    fn lease_gone(&mut self, out: &mut Vec<Action>) {
+        self.session = None;
+        if self.state == State::Campaigning {
+            self.state = State::Out;
+        }
+        if let Some(rev) = self.own_rev() {
+            if let State::Leading { .. } = self.state {
+                self.end_term(rev, StepDown::Deleted, After::Requeue, out);
+            }
+            if !matches!(self.state, State::Draining { .. }) {
+                self.queue.retain(|&r, _| r != rev);
+                self.state = if self.cancelling {
+                    State::Revoking
+                } else {
+                    State::Out
+                };
+                if matches!(self.op, Some(Op::Resign)) {
+                    self.op = None;
+                }
+            }
+        }
     }
 
     fn end_term(&mut self, rev: i64, reason: StepDown, then: After, out: &mut Vec<Action>) {
@@ -1056,17 +1138,15 @@ mod tests {
                 deadline: 15 * S
             }]
         );
+        // Any event at the end of the term ends it, not only the timer.
         assert_eq!(
             q.handle(Event::KeptAlive(Err(ErrorKind::Timeout)), 15 * S),
-            vec![]
-        );
-        assert_eq!(
-            q.handle(Event::Timer, 15 * S),
             vec![Action::StoppedLeading {
                 token: FencingToken(7),
                 reason: StepDown::DeadlineExceeded
             }]
         );
+        assert_eq!(q.handle(Event::Timer, 15 * S), vec![]);
         assert_eq!(q.role(), Role::Standby);
         // The work stopped: delete the key, so the term cannot come back; queue again.
         assert_eq!(
@@ -1103,12 +1183,20 @@ mod tests {
         loop {
             let a = q.handle(Event::Timer, t);
             if a.iter().any(|a| matches!(a, Action::Grant { .. })) {
+                // The old lease is revoked, best effort: on the server it may outlive this
+                // candidate's count, and its key would block the queue.
                 assert_eq!(
                     a,
-                    vec![Action::Grant {
-                        ttl: 15 * S,
-                        deadline: t + ms(2500)
-                    }]
+                    vec![
+                        Action::RevokeStale {
+                            lease: 0x10,
+                            deadline: t + ms(2500)
+                        },
+                        Action::Grant {
+                            ttl: 15 * S,
+                            deadline: t + ms(2500)
+                        }
+                    ]
                 );
                 break;
             }
@@ -1460,6 +1548,122 @@ mod tests {
             q.handle(Event::Revoked(Ok(())), ms(300)),
             vec![Action::Finished]
         );
+    }
+
+    #[test]
+    fn a_campaign_on_a_lease_etcd_no_longer_has_starts_a_new_session() {
+        let mut q = Queue::new("me", "e", timing());
+        q.handle(Event::Start, Duration::ZERO);
+        q.handle(Event::Granted(Ok((0x10, 15 * S))), Duration::ZERO);
+        // Revoked by hand (`etcdctl lease revoke`) before the campaign landed.
+        assert_eq!(
+            q.handle(Event::LeaseGone, ms(100)),
+            vec![Action::Grant {
+                ttl: 15 * S,
+                deadline: ms(2600)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_failed_campaign_is_not_retried_after_a_cancel_or_a_step_down() {
+        for (ev, want) in [
+            (
+                Event::Cancel,
+                vec![Action::Revoke {
+                    lease: 0x10,
+                    deadline: ms(3500),
+                }],
+            ),
+            (Event::StepDown { hold_off: 10 * S }, vec![]),
+        ] {
+            let mut q = Queue::new("me", "e", timing());
+            q.handle(Event::Start, Duration::ZERO);
+            q.handle(Event::Granted(Ok((0x10, 15 * S))), Duration::ZERO);
+            q.handle(Event::Campaigned(Err(ErrorKind::Timeout)), ms(500));
+            assert_eq!(q.handle(ev, S), want);
+            let at = q.deadline().unwrap();
+            assert!(
+                !q.handle(Event::Timer, at)
+                    .iter()
+                    .any(|a| matches!(a, Action::Campaign { .. })),
+                "no campaign at {at:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_campaign_answered_after_its_session_was_given_up_revokes_that_lease() {
+        let mut q = Queue::new("me", "e", timing());
+        q.handle(Event::Start, Duration::ZERO);
+        q.handle(Event::Granted(Ok((0x10, 15 * S))), Duration::ZERO);
+        // The session runs out by this candidate's clock with the campaign still in flight.
+        let a = q.handle(Event::Timer, 15 * S);
+        assert!(
+            a.contains(&Action::RevokeStale {
+                lease: 0x10,
+                deadline: ms(17_500)
+            }),
+            "{a:?}"
+        );
+        // The campaign's answer comes: its key is on the abandoned lease; revoke it again,
+        // and start over with a new session.
+        let a = q.handle(Event::Campaigned(Ok(30)), ms(15_100));
+        assert_eq!(
+            a,
+            vec![
+                Action::RevokeStale {
+                    lease: 0x10,
+                    deadline: ms(17_600)
+                },
+                Action::Grant {
+                    ttl: 15 * S,
+                    deadline: ms(17_600)
+                }
+            ]
+        );
+        assert_eq!(q.role(), Role::Standby);
+    }
+
+    #[test]
+    fn a_watch_lost_again_at_once_is_listed_after_a_retry_period() {
+        let (mut q, _) = queued(9, &[entry("a", 3, 0xa)]);
+        assert_eq!(
+            q.handle(Event::WatchLost, S),
+            vec![Action::List { deadline: ms(3500) }]
+        );
+        q.handle(
+            Event::Listed(Ok((vec![entry("a", 3, 0xa), entry("me", 9, 0x10)], 20))),
+            ms(1100),
+        );
+        assert_eq!(q.handle(Event::WatchLost, ms(1200)), vec![]);
+        assert_eq!(q.deadline(), Some(ms(3200)));
+        assert_eq!(
+            q.handle(Event::Timer, ms(3200)),
+            vec![Action::List { deadline: ms(5700) }]
+        );
+    }
+
+    #[test]
+    fn the_term_is_bounded_by_the_ttl_etcd_granted_too() {
+        let mut q = Queue::new(
+            "me",
+            "e",
+            Timing {
+                lease_duration: 5 * S,
+                renew_deadline: 4900 * ms(1),
+                retry_period: S,
+                release_on_cancel: true,
+            },
+        );
+        q.handle(Event::Start, Duration::ZERO);
+        q.handle(Event::Granted(Ok((0x10, 5 * S))), Duration::ZERO);
+        q.handle(Event::Campaigned(Ok(3)), Duration::ZERO);
+        q.handle(
+            Event::Listed(Ok((vec![entry("me", 3, 0x10)], 3))),
+            Duration::ZERO,
+        );
+        assert_eq!(q.leading_until(), Some(ms(4500)), "nine tenths of 5 s");
     }
 
     #[test]

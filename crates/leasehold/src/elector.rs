@@ -1137,8 +1137,9 @@ impl<B: Election> Elector<B> {
                         Request::Transfer(to) => E::Transfer { to },
                     }
                 }
-                ev = io.next() => ev,
+                // The timer before the I/O: a busy stream of answers must not hold it off.
                 _ = &mut sleep => E::Timer,
+                ev = io.next() => ev,
                 r = async { run.running.as_mut().expect("guarded").await }, if run.running.is_some() => {
                     run.running = None;
                     if let Some(e) = r.as_ref().err().filter(|e| e.is_panic()) {

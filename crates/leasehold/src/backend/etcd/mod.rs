@@ -101,7 +101,9 @@ impl Io {
         let at = move |d: Duration| origin + d;
         let fut: BoxFuture<'static, Event> = match action.clone() {
             Action::Grant { ttl, deadline } => Box::pin(async move {
-                let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+                // Whole seconds, rounded up: never a shorter lease than the timing assumes.
+                let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+                let secs = i64::try_from(secs.max(1)).unwrap_or(i64::MAX);
                 let r = timeout_at(at(deadline), c.lease_grant(secs, None)).await;
                 Event::Granted(flatten(r).map(|g| {
                     (
@@ -128,7 +130,9 @@ impl Io {
                                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(k);
                             Ok(ttl)
                         }
-                        Ok(Err(e)) => Err(e),
+                        // Opening a stream for a lease etcd no longer has fails so.
+                        Ok(Err(e)) if lease_not_found(&e) => Ok(None),
+                        Ok(Err(e)) => Err(kind(e)),
                         Err(_) => Err(ErrorKind::Timeout),
                     })
                 })
@@ -148,6 +152,11 @@ impl Io {
                     )])
                     .or_else([TxnOp::get(key, None)]);
                 let r = timeout_at(at(deadline), c.txn(txn)).await;
+                if let Ok(Err(e)) = &r
+                    && lease_not_found(e)
+                {
+                    return Event::LeaseGone;
+                }
                 Event::Campaigned(flatten(r).and_then(|resp| {
                     if resp.succeeded() {
                         return resp.header().map(|h| h.revision()).ok_or(ErrorKind::Failed);
@@ -208,12 +217,21 @@ impl Io {
             }),
             Action::Revoke { lease, deadline } => Box::pin(async move {
                 let r = timeout_at(at(deadline), c.lease_revoke(lease)).await;
-                Event::Revoked(match flatten(r) {
-                    Ok(_) => Ok(()),
-                    // "requested lease not found": gone already, which is what was asked.
-                    Err(e) => Err(e),
+                Event::Revoked(match r {
+                    Ok(Ok(_)) => Ok(()),
+                    // Gone already, which is what was asked.
+                    Ok(Err(e)) if lease_not_found(&e) => Ok(()),
+                    Ok(Err(e)) => Err(kind(e)),
+                    Err(_) => Err(ErrorKind::Timeout),
                 })
             }),
+            Action::RevokeStale { lease, deadline } => {
+                // Best effort, on its own: nothing waits for it.
+                tokio::spawn(async move {
+                    let _ = timeout_at(at(deadline), c.lease_revoke(lease)).await;
+                });
+                return;
+            }
             _ => return,
         };
         self.pending.push(fut);
@@ -227,10 +245,8 @@ impl Io {
                 ev = async { self.watch.as_mut().expect("guarded").next().await }, if self.watch.is_some() => {
                     match ev {
                         Some(ev) => return ev,
-                        None => {
-                            self.watch = None;
-                            return Event::WatchLost;
-                        }
+                        // Ended after reporting its loss.
+                        None => self.watch = None,
                     }
                 }
                 else => std::future::pending::<()>().await,
@@ -245,22 +261,22 @@ async fn keep_alive(
     c: &mut Client,
     lease: i64,
     held: Option<Keeper>,
-) -> Result<(Option<Duration>, Keeper), ErrorKind> {
+) -> Result<(Option<Duration>, Keeper), etcd_client::Error> {
     let (_, mut keeper, mut stream) = match held {
         Some(k) => k,
         None => {
-            // Opening the stream sends a keepalive and reads its answer without showing its
-            // TTL; the one below shows it.
-            let (k, s) = c.lease_keep_alive(lease).await.map_err(kind)?;
+            // Opening the stream sends a keepalive and reads its answer (an error if the lease
+            // is gone); the one below is the one counted, sent now.
+            let (k, s) = c.lease_keep_alive(lease).await?;
             (lease, k, s)
         }
     };
-    keeper.keep_alive().await.map_err(kind)?;
-    let answer = stream
-        .message()
-        .await
-        .map_err(kind)?
-        .ok_or(ErrorKind::Failed)?;
+    keeper.keep_alive().await?;
+    let Some(answer) = stream.message().await? else {
+        return Err(etcd_client::Error::LeaseKeepAliveError(
+            "the keepalive stream ended".into(),
+        ));
+    };
     let ttl = u64::try_from(answer.ttl())
         .ok()
         .filter(|t| *t > 0)
@@ -285,9 +301,12 @@ fn watch(client: Client, prefix: String, revision: i64) -> BoxStream<'static, Ev
                     let opts = WatchOptions::new()
                         .with_prefix()
                         .with_start_revision(revision);
-                    match c.watch(prefix, Some(opts)).await {
-                        Ok(w) => w,
-                        Err(_) => return Some((Event::WatchLost, S::Done)),
+                    // Bounded: an open that hangs (a black-holed connection) is a lost watch.
+                    match tokio::time::timeout(WATCH_OPEN_TIMEOUT, c.watch(prefix, Some(opts)))
+                        .await
+                    {
+                        Ok(Ok(w)) => w,
+                        _ => return Some((Event::WatchLost, S::Done)),
                     }
                 }
                 S::Open(w) => w,
@@ -336,6 +355,15 @@ fn entry(kv: &etcd_client::KeyValue) -> Entry {
 fn kind(_: etcd_client::Error) -> ErrorKind {
     ErrorKind::Failed
 }
+
+/// Whether etcd said the lease does not exist ("etcdserver: requested lease not found", or
+/// etcd-client's own "lease not found" for a keepalive answered with TTL 0).
+fn lease_not_found(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("lease not found")
+}
+
+/// How long opening a watch may take.
+const WATCH_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn flatten<T>(
     r: Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>,

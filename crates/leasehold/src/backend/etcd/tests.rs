@@ -71,8 +71,8 @@ async fn run(
                 cancel_sent = true;
                 Event::Cancel
             }
-            ev = io.next() => ev,
             () = tokio::time::sleep_until(at) => Event::Timer,
+            ev = io.next() => ev,
         });
     }
 }
