@@ -653,6 +653,8 @@ impl<B: Election> Elector<B> {
         // A duplicate identity stays reported until none has been seen for two lease durations
         // (the machine repeats the report once per lease duration while it lasts).
         let mut duplicate: Option<(LastError, Instant)> = None;
+        // One arm without the feature `etcd`.
+        #[cfg_attr(not(feature = "etcd"), expect(clippy::infallible_destructuring_match))]
         let backend = match Arc::clone(&self.backend).engine() {
             Engine::Lock(b) => b,
             #[cfg(feature = "etcd")]
