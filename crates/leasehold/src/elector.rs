@@ -366,7 +366,7 @@ pub struct Elector<B> {
 
 /// What an [`Elector`] elects on: every [`LockBackend`] (a record compare-and-swapped by all
 /// candidates: a file, a Lease, ...), or, with the feature `etcd`, an etcd election
-/// ([`EtcdElection`](crate::backend::etcd::EtcdElection)), where candidates queue by create
+/// (`backend::etcd::EtcdElection`), where candidates queue by create
 /// revision as etcd's own clients do.
 pub trait Election: Send + Sync + 'static {
     /// What it is, for logs and errors (`lease default/my-app`, `etcd election my-app`).
