@@ -93,6 +93,24 @@ async fn wait_line(path: &Path, needle: &str, limit: Duration) -> String {
     }
 }
 
+/// Waits until the election `name` has `n` keys.
+async fn wait_keys(client: &Client, name: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = client
+            .clone()
+            .get(format!("{name}/"), Some(GetOptions::new().with_prefix()))
+            .await
+            .map(|r| r.kvs().len())
+            .unwrap_or(0);
+        if got >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{got} keys in {name}, not {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn next(rx: &mut mpsc::UnboundedReceiver<Note>, limit: Duration) -> Note {
     tokio::time::timeout(limit, rx.recv())
         .await
@@ -141,7 +159,8 @@ async fn leasehold_go_and_etcdctl_take_turns_in_one_election() {
         cancel_a.clone(),
         tx.clone(),
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // rs-a queued (its key is there) before rs-b starts: the queue's order is the test's.
+    wait_keys(&client, &name, 2).await;
     let cancel_b = CancellationToken::new();
     let b = tokio::spawn(run(
         election.clone(),
@@ -202,7 +221,7 @@ async fn leasehold_go_and_etcdctl_take_turns_in_one_election() {
         ],
         &ctl_log,
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_keys(&client, &name, 3).await;
     cancel_a.cancel();
     assert_eq!(
         next(&mut rx, Duration::from_secs(5)).await,
@@ -357,6 +376,14 @@ async fn raft_leader_restarts_on_a_3_member_cluster_never_make_two_leaders() {
     }
     // Quorum lost (two members down) for longer than the renew deadline: the leader stops
     // acting within it; with quorum back, a new term with a larger token.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while h.leader.is_none() {
+        let n = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("a leader before the quorum loss")
+            .unwrap();
+        h.check(n);
+    }
     let (was, token) = h.leader.clone().expect("a leader before the quorum loss");
     let cut_at = Instant::now();
     cluster.stop_member(1);
@@ -443,6 +470,12 @@ async fn the_elector_runs_on_an_etcd_election() {
         asked.elapsed().as_secs_f64() * 1e3
     );
     assert!(second.fencing_token() > first.fencing_token());
+    // The work is a task of its own: its first line may come just after the term is handed out.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while log.lock().unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "el-b's work never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let lines = log.lock().unwrap().clone();
     assert_eq!(
         lines,
