@@ -415,6 +415,27 @@ struct TermRun {
     drained: bool,
 }
 
+// === impl TermRun ===
+
+impl TermRun {
+    /// The work's task returned with `r`. True if its term had ended (it has drained); false
+    /// if it ended on its own while leading: the term's token is cancelled, and the caller
+    /// ends the run, as a failed runnable ends a controller-runtime manager.
+    fn work_returned(&mut self, r: &Result<(), tokio::task::JoinError>, describe: &str) -> bool {
+        self.running = None;
+        if let Some(e) = r.as_ref().err().filter(|e| e.is_panic()) {
+            tracing::error!(lock = %describe, error = %e, "leader work panicked");
+        }
+        if let Some((token, at)) = self.told_to_stop.take() {
+            tracing::debug!(lock = %describe, fencing_token = %token, took = ?at.elapsed(), "leader work returned after its term");
+            return true;
+        }
+        tracing::warn!(lock = %describe, "leader work returned while leading; stepping down and releasing");
+        drop(self.leadership.take());
+        false
+    }
+}
+
 /// A request in flight: the event it ends with, and the failure if it failed.
 type Pending = Pin<Box<dyn Future<Output = (Event, Option<LastError>)> + Send>>;
 
@@ -665,12 +686,7 @@ impl<B: Election> Elector<B> {
 
         let mut event = Some(Event::Start);
         let mut cancelled = std::pin::pin!(cancel.cancelled());
-        // A request made before the run started still counts (a health gate that holds the
-        // candidate off until its first probe passes, say).
-        let mut step_downs = self.step_down.subscribe();
-        if step_downs.borrow().seq > 0 {
-            step_downs.mark_changed();
-        }
+        let mut step_downs = self.step_down_requests();
         let mut sleep = std::pin::pin!(tokio::time::sleep_until(origin));
         loop {
             if let Some(ev) = event.take() {
@@ -906,21 +922,12 @@ impl<B: Election> Elector<B> {
                     event = Some(Event::Timer);
                 }
                 r = async { run.running.as_mut().expect("guarded").await }, if run.running.is_some() => {
-                    run.running = None;
-                    if let Some(e) = r.as_ref().err().filter(|e| e.is_panic()) {
-                        tracing::error!(lock = %describe, error = %e, "leader work panicked");
-                    }
-                    if let Some((token, at)) = run.told_to_stop.take() {
-                        tracing::debug!(lock = %describe, fencing_token = %token, took = ?at.elapsed(), "leader work returned after its term");
-                        event = Some(Event::Drained);
+                    event = Some(if run.work_returned(&r, &describe) {
+                        Event::Drained
                     } else {
-                        // It ended on its own while leading: end the run, as a failed runnable
-                        // ends a controller-runtime manager.
-                        tracing::warn!(lock = %describe, "leader work returned while leading; stepping down and releasing");
                         cancel_sent = true;
-                        drop(run.leadership.take());
-                        event = Some(Event::Cancel);
-                    }
+                        Event::Cancel
+                    });
                 }
                 item = async { watch.as_mut().expect("guarded").next().await }, if watch.is_some() => {
                     match item {
@@ -1030,10 +1037,7 @@ impl<B: Election> Elector<B> {
         let mut cancel_sent = false;
         let mut event = Some(E::Start);
         let mut cancelled = std::pin::pin!(cancel.cancelled());
-        let mut step_downs = self.step_down.subscribe();
-        if step_downs.borrow().seq > 0 {
-            step_downs.mark_changed();
-        }
+        let mut step_downs = self.step_down_requests();
         let mut sleep = std::pin::pin!(tokio::time::sleep_until(origin));
         loop {
             if let Some(ev) = event.take() {
@@ -1143,21 +1147,25 @@ impl<B: Election> Elector<B> {
                 _ = &mut sleep => E::Timer,
                 ev = io.next() => ev,
                 r = async { run.running.as_mut().expect("guarded").await }, if run.running.is_some() => {
-                    run.running = None;
-                    if let Some(e) = r.as_ref().err().filter(|e| e.is_panic()) {
-                        tracing::error!(lock = %describe, error = %e, "leader work panicked");
-                    }
-                    if run.told_to_stop.take().is_some() {
+                    if run.work_returned(&r, &describe) {
                         E::Drained
                     } else {
-                        tracing::warn!(lock = %describe, "leader work returned while leading; stepping down and releasing");
                         cancel_sent = true;
-                        drop(run.leadership.take());
                         E::Cancel
                     }
                 }
             });
         }
+    }
+
+    /// Step-down requests from handles. One made before the run started still counts (a
+    /// health gate that holds the candidate off until its first probe passes, say).
+    fn step_down_requests(&self) -> watch::Receiver<StepDownRequest> {
+        let mut rx = self.step_down.subscribe();
+        if rx.borrow().seq > 0 {
+            rx.mark_changed();
+        }
+        rx
     }
 
     /// A term begins: hand out its [`Leadership`], start the work, call back.
