@@ -18,6 +18,32 @@ pub enum Backend {
     Kube,
     /// A local JSON file.
     File,
+    /// An etcd v3 election, shared with `etcdctl elect` and Go's `concurrency.Election`.
+    Etcd,
+}
+
+/// How to reach etcd (`--backend etcd`).
+#[derive(Clone, Debug, Default)]
+pub struct EtcdArgs {
+    /// `--endpoints`, else `$ETCDCTL_ENDPOINTS`, else `http://127.0.0.1:2379` (etcdctl's
+    /// default), each with its scheme.
+    pub endpoints: Vec<String>,
+    /// `--etcd-ca`: the CA bundle that signs the servers' certificates (else the system's roots).
+    pub ca: Option<PathBuf>,
+    /// `--etcd-cert` and `--etcd-key`: a client certificate and its key.
+    pub cert_key: Option<(PathBuf, PathBuf)>,
+    /// `--etcd-user`, with the password from `--etcd-password-file` or `$ETCDCTL_PASSWORD`.
+    pub user: Option<(String, Secret)>,
+}
+
+/// A password: kept out of `Debug` output, so it never reaches a log.
+#[derive(Clone, Default)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(hidden)")
+    }
 }
 
 /// Options shared by `run` and `status`.
@@ -35,6 +61,8 @@ pub struct LockArgs {
     pub kubeconfig: Option<PathBuf>,
     /// `--lock-type` (kube backend).
     pub lock_type: leasehold::backend::kubernetes::LockType,
+    /// How to reach etcd, with `--backend etcd`.
+    pub etcd: Option<EtcdArgs>,
 }
 
 /// When `/readyz` reports ready.
@@ -137,28 +165,37 @@ pub enum Cli {
 
 /// The help text.
 pub const HELP: &str = "\
-leasehold: leader election for Kubernetes workloads (active/standby for any program)
+leasehold: leader election for Kubernetes workloads and etcd (active/standby for any program)
 
 USAGE:
-  leasehold run --name NAME [--namespace NS] [--id ID] [--backend kube|file] [--file PATH]
+  leasehold run --name NAME [--namespace NS] [--id ID] [--backend kube|file|etcd] [--file PATH]
                 [--kubeconfig PATH] [--lock-type TYPE] [--lease-duration DUR]
                 [--renew-deadline DUR] [--retry-period DUR] [--ttl DUR] [--http ADDR]
                 [--ready-when observed|leader] [--label-pod] [--pod-name POD]
                 [--label-key KEY] [--no-events] [--control ADDR]
                 [--health-cmd CMD | --health-url URL] [--health-period DUR]
                 [--health-timeout DUR] [--health-failures N] [-- COMMAND [ARGS...]]
-  leasehold status --name NAME [--namespace NS] [--backend kube|file] [--file PATH]
+  leasehold status --name NAME [--namespace NS] [--backend kube|file|etcd] [--file PATH]
                 [--kubeconfig PATH] [--lock-type TYPE] [--json]
+  (etcd: [--endpoints URLS] [--etcd-ca PATH] [--etcd-cert PATH --etcd-key PATH]
+         [--etcd-user NAME [--etcd-password-file PATH]])
   leasehold step-down --control ADDR [--hold-off DUR | --to ID] [--name NAME]
 
 OPTIONS:
-  --name NAME           election name: the Lease's name, or the file's stem (required)
+  --name NAME           election name: the Lease's name, the file's stem, or the etcd
+                        election's name (its keys' prefix, as in `etcdctl elect NAME`) (required)
   --namespace NS        Lease namespace (default: the Pod's own namespace, else `default`)
-  --id ID               this candidate's identity (default: $HOSTNAME; with the file
-                        backend and no --id, $HOSTNAME-PID so local candidates differ)
-  --backend kube|file   lock backend (default: kube)
+  --id ID               this candidate's identity (default: $HOSTNAME; with the file or
+                        etcd backend and no --id, $HOSTNAME-PID so local candidates differ)
+  --backend BACKEND     kube (default), file, or etcd
   --file PATH           record file for --backend file (default: leasehold-NAME.json in
                         $XDG_RUNTIME_DIR, else $TMPDIR)
+  --endpoints URLS      (etcd) comma-separated etcd endpoints (default $ETCDCTL_ENDPOINTS, else
+                        http://127.0.0.1:2379); host:port takes https:// with TLS flags
+  --etcd-ca PATH        (etcd) CA bundle for the servers' certificates (default: system roots)
+  --etcd-cert PATH      (etcd) client certificate, with --etcd-key PATH, its private key
+  --etcd-user NAME      (etcd) authenticate as NAME; the password is read from
+                        --etcd-password-file PATH, else $ETCDCTL_PASSWORD
   --kubeconfig PATH     kubeconfig (default: $KUBECONFIG, ~/.kube/config, then in-cluster)
   --lock-type TYPE      kube lock object: leases (default), configmaps, endpoints, or the
                         migration pairs configmapsleases, endpointsleases
@@ -330,6 +367,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
     let mut backend = Backend::Kube;
     let mut file = None;
     let mut kubeconfig = None;
+    let mut endpoints: Option<String> = None;
+    let (mut etcd_ca, mut etcd_cert, mut etcd_key) = (None, None, None);
+    let (mut etcd_user, mut etcd_password_file) = (None, None);
     let mut ttl = None;
     let mut lease = None;
     let mut renew = None;
@@ -435,6 +475,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--file",
             "--kubeconfig",
             "--lock-type",
+            "--endpoints",
+            "--etcd-ca",
+            "--etcd-cert",
+            "--etcd-key",
+            "--etcd-user",
+            "--etcd-password-file",
         ];
         let hidden = flag == "--x-clock-offset" && !fault_injection;
         if hidden
@@ -460,6 +506,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
         match flag.as_str() {
             "--file" => file = Some(path()),
             "--kubeconfig" => kubeconfig = Some(path()),
+            "--etcd-ca" => etcd_ca = Some(path()),
+            "--etcd-cert" => etcd_cert = Some(path()),
+            "--etcd-key" => etcd_key = Some(path()),
+            "--etcd-password-file" => etcd_password_file = Some(path()),
+            "--etcd-user" => etcd_user = Some(value?),
+            "--endpoints" => endpoints = Some(value?),
             "--name" => name = Some(value?),
             "--namespace" => namespace = Some(value?),
             "--id" => id = Some(value?),
@@ -467,8 +519,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
                 backend = match value?.as_str() {
                     "kube" => Backend::Kube,
                     "file" => Backend::File,
+                    "etcd" => Backend::Etcd,
                     other => {
-                        return Err(usage(format!("--backend: `{other}` is not kube or file")));
+                        return Err(usage(format!(
+                            "--backend: `{other}` is not kube, file or etcd"
+                        )));
                     }
                 }
             }
@@ -579,10 +634,35 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             "--namespace: `{ns}` is not a valid namespace (lowercase letters, digits, '-', at most 63)"
         )));
     }
-    if backend == Backend::Kube && file.is_some() {
+    if backend != Backend::File && file.is_some() {
         return Err(usage("--file applies only to --backend file".into()));
     }
-    if backend == Backend::File {
+    let etcd_flags = [
+        ("--endpoints", endpoints.is_some()),
+        ("--etcd-ca", etcd_ca.is_some()),
+        ("--etcd-cert", etcd_cert.is_some()),
+        ("--etcd-key", etcd_key.is_some()),
+        ("--etcd-user", etcd_user.is_some()),
+        ("--etcd-password-file", etcd_password_file.is_some()),
+    ];
+    if backend != Backend::Etcd
+        && let Some((flag, _)) = etcd_flags.iter().find(|(_, set)| *set)
+    {
+        return Err(usage(format!("{flag} applies only to --backend etcd")));
+    }
+    let etcd = if backend == Backend::Etcd {
+        Some(etcd_args(
+            endpoints,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_user,
+            etcd_password_file,
+        )?)
+    } else {
+        None
+    };
+    if backend != Backend::Kube {
         let kube_only = [
             ("--namespace", namespace.is_some()),
             ("--kubeconfig", kubeconfig.is_some()),
@@ -598,6 +678,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             return Err(usage(format!("{flag} applies only to --backend kube")));
         }
     }
+    // Only Kubernetes has an object to record Events on; --no-events is harmless elsewhere
+    // (a manifest shared by backends), so it is accepted and does nothing.
     let lock = LockArgs {
         name,
         namespace,
@@ -605,6 +687,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
         file,
         kubeconfig,
         lock_type: lock_type.unwrap_or_default(),
+        etcd,
     };
     if !is_run {
         return Ok(Cli::Status(StatusArgs { lock, json }));
@@ -747,6 +830,112 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, UsageError
             route,
         },
     })))
+}
+
+/// The etcd flags, checked: endpoints with their schemes, certificate and key together, a
+/// password for a user. Files are read when connecting, where a missing one is named.
+fn etcd_args(
+    endpoints: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+) -> Result<EtcdArgs, UsageError> {
+    let usage = |m: String| Err(UsageError(m));
+    let (list, from) = match endpoints {
+        Some(e) => (e, "--endpoints"),
+        None => match std::env::var("ETCDCTL_ENDPOINTS") {
+            Ok(e) if !e.trim().is_empty() => (e, "ETCDCTL_ENDPOINTS"),
+            _ => ("http://127.0.0.1:2379".to_owned(), "the default"),
+        },
+    };
+    let tls = ca.is_some() || cert.is_some();
+    let mut out = Vec::new();
+    for e in list.split(',').map(str::trim) {
+        if e.is_empty() {
+            return usage(format!("{from}: `{list}` has an empty endpoint"));
+        }
+        let url = match e.split_once("://") {
+            Some(("http" | "https", rest)) if !rest.is_empty() && !rest.contains('/') => {
+                e.to_owned()
+            }
+            Some(_) => {
+                return usage(format!(
+                    "{from}: `{e}` is not an etcd endpoint (http://HOST:PORT, https://HOST:PORT or HOST:PORT)"
+                ));
+            }
+            None if !e.contains('/') && e.contains(':') => {
+                format!("{}://{e}", if tls { "https" } else { "http" })
+            }
+            None => {
+                return usage(format!(
+                    "{from}: `{e}` has no port (HOST:PORT, or a URL with http:// or https://)"
+                ));
+            }
+        };
+        out.push(url);
+    }
+    let https = out.iter().filter(|u| u.starts_with("https://")).count();
+    if https != 0 && https != out.len() {
+        return usage(format!(
+            "{from}: `{list}` mixes http:// and https:// endpoints; one cluster speaks one"
+        ));
+    }
+    if tls && https == 0 {
+        let flag = if ca.is_some() {
+            "--etcd-ca"
+        } else {
+            "--etcd-cert"
+        };
+        return usage(format!(
+            "{flag} needs https:// endpoints, but {from} gives `{list}` (a TLS server is reached only over https://)"
+        ));
+    }
+    let cert_key = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => return usage("--etcd-cert needs --etcd-key, its private key".into()),
+        (None, Some(_)) => return usage("--etcd-key needs --etcd-cert, its certificate".into()),
+    };
+    let user = match (user, password_file) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return usage("--etcd-password-file applies only with --etcd-user".into());
+        }
+        (Some(u), file) => {
+            if u.is_empty() || u.contains(char::is_control) {
+                return usage("--etcd-user must be a user name".into());
+            }
+            let password = match file {
+                Some(f) => {
+                    let text = std::fs::read_to_string(&f).map_err(|e| {
+                        UsageError(format!("--etcd-password-file {}: {e}", f.display()))
+                    })?;
+                    // One line; its line break is not part of the password.
+                    text.strip_suffix('\n')
+                        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                        .unwrap_or(&text)
+                        .to_owned()
+                }
+                None => match std::env::var("ETCDCTL_PASSWORD") {
+                    Ok(p) if !p.is_empty() => p,
+                    _ => {
+                        return usage(format!(
+                            "--etcd-user {u} needs a password: --etcd-password-file PATH, or ETCDCTL_PASSWORD"
+                        ));
+                    }
+                },
+            };
+            Some((u, Secret(password)))
+        }
+    };
+    Ok(EtcdArgs {
+        endpoints: out,
+        ca,
+        cert_key,
+        user,
+    })
 }
 
 /// A duration flag that must be above zero.
@@ -919,6 +1108,8 @@ fn validate_name(name: &str, backend: Backend) -> Result<(), UsageError> {
         // A DNS subdomain, as Kubernetes requires of object names.
         Backend::Kube => is_object_name(name),
         Backend::File => !name.is_empty() && !name.contains('/') && name != "." && name != "..",
+        // Any text: etcd keys are bytes, and etcdctl takes any name.
+        Backend::Etcd => !name.is_empty() && name.len() <= 1024 && !name.contains(char::is_control),
     };
     if ok {
         Ok(())
@@ -928,6 +1119,10 @@ fn validate_name(name: &str, backend: Backend) -> Result<(), UsageError> {
                 "--name: `{name}` is not a valid Lease name (lowercase letters, digits, '-' and '.', at most 253)"
             ),
             Backend::File => format!("--name: `{name}` is not a valid file name"),
+            Backend::Etcd => format!(
+                "--name: `{}` is not a valid election name (1 to 1024 characters, no control characters)",
+                name.escape_debug()
+            ),
         }))
     }
 }
@@ -938,6 +1133,41 @@ mod tests {
 
     fn p(s: &str) -> Result<Cli, UsageError> {
         parse(s.split_whitespace().map(OsString::from))
+    }
+
+    #[test]
+    fn etcd_flags_take_etcdctls_forms_and_name_what_is_wrong() {
+        let Ok(Cli::Run(r)) = p("run --name my/app --backend etcd --endpoints h1:2379,h2:2379")
+        else {
+            panic!()
+        };
+        let e = r.lock.etcd.unwrap();
+        assert_eq!(e.endpoints, ["http://h1:2379", "http://h2:2379"]);
+        // With TLS flags, host:port means https.
+        let Ok(Cli::Status(s)) = p(
+            "status --name a --backend etcd --endpoints h:2379 --etcd-ca ca.pem --etcd-cert c.pem --etcd-key k.pem",
+        ) else {
+            panic!()
+        };
+        let e = s.lock.etcd.unwrap();
+        assert_eq!(e.endpoints, ["https://h:2379"]);
+        assert!(e.cert_key.is_some());
+        let err = |s: &str| p(s).unwrap_err().0;
+        assert!(
+            err("run --name a --backend etcd --label-pod")
+                .contains("applies only to --backend kube")
+        );
+        assert!(
+            err("run --name a --backend kube --endpoints h:1").contains("only to --backend etcd")
+        );
+        assert!(err("run --name a --backend etcd --file f").contains("only to --backend file"));
+        assert!(
+            err("run --name a --backend etcd --etcd-password-file f")
+                .contains("only with --etcd-user")
+        );
+        // A password never reaches Debug output (logs).
+        let secret = format!("{:?}", Secret("hunter2".into()));
+        assert!(!secret.contains("hunter2"));
     }
 
     #[test]

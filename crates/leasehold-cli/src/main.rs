@@ -13,6 +13,7 @@ macro_rules! say {
 
 mod args;
 mod child;
+mod etcd;
 mod health;
 mod http;
 mod route;

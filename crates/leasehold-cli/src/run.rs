@@ -5,7 +5,10 @@ use crate::{
     child::{self, Watchdog},
     supervisor::{Action, Event, Failure, Supervisor, Term, kill_grace},
 };
-use leasehold::{Elector, FencingToken, Leadership, LockBackend, backend::file::FileLock};
+use leasehold::{
+    Election, Elector, FencingToken, Leadership, LockBackend, backend::etcd::EtcdElection,
+    backend::file::FileLock,
+};
 use std::{
     ops::ControlFlow,
     path::PathBuf,
@@ -77,6 +80,18 @@ pub enum Error {
     /// The lock could not be read (`status`; exit 1).
     #[error("cannot read the lock")]
     Lock(#[source] leasehold::LockError),
+    /// etcd cannot be used: refused credentials, denied access, a TLS mismatch, or (for
+    /// `status`) unreachable (exit 1).
+    #[error("etcd at {endpoints}{hint}")]
+    Etcd {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What the flags suggest about the cause, if anything (a leading space when not empty).
+        hint: &'static str,
+        /// What went wrong.
+        #[source]
+        source: leasehold::backend::etcd::Error,
+    },
     /// `--route-service` cannot be set up (exit 1).
     #[error("leader routing")]
     Route(#[source] Box<crate::route::Error>),
@@ -162,15 +177,18 @@ fn check_file(path: &std::path::Path, real: &std::path::Path, create: bool) -> R
     Ok(())
 }
 
-/// Builds the backend from the lock flags and hands it to `f`, with the Kubernetes client and
-/// namespace for the kube backend. `contend`: for `run` (the lock will be written), not
-/// `status`. `events`: record Events on the lock object.
-pub async fn with_backend<R>(
-    lock: &LockArgs,
-    contend: bool,
-    events: bool,
-    f: impl AsyncFnOnce(Box<dyn LockBackend>, Option<(kube::Client, String)>) -> Result<R, Error>,
-) -> Result<R, Error> {
+/// What the lock flags name, ready to elect on.
+pub enum Opened {
+    /// A lock record (file, Lease, annotations), with the Kubernetes client and namespace for
+    /// the kube backend.
+    Lock(Box<dyn LockBackend>, Option<(kube::Client, String)>),
+    /// An etcd election (boxed: its client is several KiB).
+    Etcd(Box<EtcdElection>),
+}
+
+/// Builds the backend from the lock flags. `contend`: for `run` (the lock will be written),
+/// not `status`. `events`: record Events on the lock object.
+pub async fn open(lock: &LockArgs, contend: bool, events: bool) -> Result<Opened, Error> {
     match lock.backend {
         Backend::File => {
             let path = match &lock.file {
@@ -199,7 +217,13 @@ pub async fn with_backend<R>(
                 Error::Usage(format!("--file {}: {why}", path.display()))
             })?;
             check_file(&path, &real, contend)?;
-            f(Box::new(backend), None).await
+            Ok(Opened::Lock(Box::new(backend), None))
+        }
+        Backend::Etcd => {
+            let etcd = lock.etcd.as_ref().expect("parsed with --backend etcd");
+            crate::etcd::connect(&lock.name, etcd, contend)
+                .await
+                .map(|e| Opened::Etcd(Box::new(e)))
         }
         Backend::Kube => {
             use leasehold::backend::kubernetes as k8s;
@@ -222,7 +246,7 @@ pub async fn with_backend<R>(
                 .unwrap_or_else(k8s::default_namespace);
             let backend = k8s::KubeLock::new(client.clone(), lock.lock_type, &ns, &lock.name)
                 .with_events(events);
-            f(Box::new(backend), Some((client.into(), ns))).await
+            Ok(Opened::Lock(Box::new(backend), Some((client.into(), ns))))
         }
     }
 }
@@ -243,7 +267,7 @@ pub fn identity(args: &RunArgs) -> String {
                 .into_owned()
         });
     match args.lock.backend {
-        Backend::File => format!("{host}-{}", std::process::id()),
+        Backend::File | Backend::Etcd => format!("{host}-{}", std::process::id()),
         Backend::Kube => host,
     }
 }
@@ -264,14 +288,10 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         })?;
     }
     let identity = identity(&args);
-    let lock = args.lock.clone();
-    with_backend(
-        &lock,
-        true,
-        !args.sidecar.no_events,
-        async move |backend, kube| run_on(backend, kube, args, identity).await,
-    )
-    .await
+    match open(&args.lock, true, !args.sidecar.no_events).await? {
+        Opened::Lock(backend, kube) => run_on(backend, kube, args, identity).await,
+        Opened::Etcd(election) => run_on(*election, None, args, identity).await,
+    }
 }
 
 /// Keeps the Pod's role label (and, unless turned off, its deletion cost) at the latest wanted
@@ -358,8 +378,8 @@ impl Labeler {
     }
 }
 
-async fn run_on(
-    backend: Box<dyn LockBackend>,
+async fn run_on<B: Election>(
+    backend: B,
     kube: Option<(kube::Client, String)>,
     args: RunArgs,
     identity: String,

@@ -825,6 +825,7 @@ pub struct EtcdServer {
     port: u16,
     peer: u16,
     proc: Option<Proc>,
+    tls: bool,
 }
 
 // === impl EtcdServer ===
@@ -832,21 +833,44 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts it and waits until its client port accepts connections.
     pub async fn start() -> Self {
+        Self::start_with_tls(false).await
+    }
+
+    /// Starts one that serves clients over TLS only and requires a client certificate signed by
+    /// its CA ([`tls_files`](Self::tls_files)).
+    pub async fn start_tls() -> Self {
+        Self::start_with_tls(true).await
+    }
+
+    async fn start_with_tls(tls: bool) -> Self {
         let dir = std::env::temp_dir().join(unique("leasehold-etcd"));
         fs::create_dir_all(&dir).expect("etcd test directory");
+        if tls {
+            make_certs(&dir);
+            make_client_cert(&dir);
+            make_sni_certs(&dir, &[]);
+        }
         let mut s = Self {
             dir,
             port: free_port(),
             peer: free_port(),
             proc: None,
+            tls,
         };
         s.restart().await;
         s
     }
 
-    /// Its client URL.
+    /// Its client URL (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// With TLS: the CA that signs the server and client certificates, the client certificate
+    /// and its key, and another CA that signs neither.
+    pub fn tls_files(&self) -> [PathBuf; 4] {
+        ["ca.crt", "client.crt", "client.key", "sni-ca.crt"].map(|f| self.dir.join(f))
     }
 
     /// Its directory (data and log).
@@ -864,7 +888,7 @@ impl EtcdServer {
     /// Starts it (again) on the same ports and data, and waits for its client port.
     pub async fn restart(&mut self) {
         self.stop();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--name=default".into(),
             format!("--data-dir={}", self.dir.join("data").display()),
             format!("--listen-client-urls={}", self.url()),
@@ -877,6 +901,15 @@ impl EtcdServer {
             format!("--initial-cluster=default=http://127.0.0.1:{}", self.peer),
             "--log-level=warn".into(),
         ];
+        if self.tls {
+            let p = |f: &str| self.dir.join(f).display().to_string();
+            args.extend([
+                format!("--cert-file={}", p("server.crt")),
+                format!("--key-file={}", p("server.key")),
+                format!("--trusted-ca-file={}", p("ca.crt")),
+                "--client-cert-auth".into(),
+            ]);
+        }
         self.proc = Some(Proc::spawn(
             "etcd",
             &bins().etcd,
@@ -1144,6 +1177,41 @@ fn make_certs(dir: &Path) {
         "-pubout",
         "-out",
         &p("sa.pub"),
+    ]));
+}
+
+/// A client certificate (`client.crt`, `client.key`) signed by `make_certs`'s CA.
+fn make_client_cert(dir: &Path) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    run(Command::new("openssl").args([
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=leasehold-client",
+        "-keyout",
+        &p("client.key"),
+        "-out",
+        &p("client.csr"),
+    ]));
+    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("client.ext");
+    run(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-days",
+        "7",
+        "-in",
+        &p("client.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-extfile",
+        &p("client.ext"),
+        "-out",
+        &p("client.crt"),
     ]));
 }
 

@@ -1,11 +1,27 @@
 //! Elections on etcd v3 (feature `etcd`), held as etcd's own clients hold them.
 //!
-//! **Work in progress.** This module carries out the actions of the sans-IO election queue
+//! This module carries out the actions of the sans-IO election queue
 //! ([`leasehold_core::queue`]) against etcd through the `etcd-client` crate: a session lease
 //! with keepalives, one key `<name>/<lease hex>` per candidate, the queue watched on its
 //! prefix. Candidates here, `etcdctl elect` and Go programs on `concurrency.Election` share one
-//! election. [`Elector`](crate::Elector) runs on it like on any lock; the CLI and the fault run
-//! do not yet.
+//! election. [`Elector`](crate::Elector) runs on it like on any lock.
+//!
+//! The client is the application's: leasehold turns on none of `etcd-client`'s TLS features.
+//! [`etcd_client`] is re-exported so that the client the application builds is of the version
+//! this module takes.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use leasehold::backend::etcd::{EtcdElection, etcd_client};
+//! let client = etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
+//! let election = EtcdElection::new(client, "my-app");
+//! // Who is in line, leader first: a status page, or a check before contending.
+//! for c in election.candidates().await? {
+//!     println!("{} (revision {})", c.value, c.create_revision);
+//! }
+//! let elector = leasehold::Elector::new(election, "me", leasehold::Timing::default())?;
+//! # Ok(()) }
+//! ```
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
@@ -23,8 +39,123 @@ use leasehold_core::{
 use std::{sync::Arc, time::Duration};
 use tokio::time::{Instant, timeout_at};
 
+pub use etcd_client;
+
 #[cfg(test)]
 mod tests;
+
+/// Why a request to etcd failed, sorted by what the operator does about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No endpoint answered: down, unreachable, or the connection failed below gRPC (a TLS
+    /// handshake too, which the message names).
+    #[error("cannot reach etcd: {0}")]
+    Unreachable(String),
+    /// The TLS handshake failed: a plain endpoint for a TLS server or the other way round, a
+    /// server certificate the CA does not sign, a client certificate the server refuses.
+    #[error(
+        "TLS with etcd failed (check the endpoints' scheme, the CA, and the client certificate): {0}"
+    )]
+    Tls(String),
+    /// etcd refused the user name or password.
+    #[error("etcd refused the credentials: {0}")]
+    Unauthenticated(String),
+    /// The user may not read or write the election's keys: its role needs read and write on
+    /// the prefix.
+    #[error(
+        "etcd denied access to the keys under `{prefix}` (the user's role needs readwrite on that prefix): {message}"
+    )]
+    PermissionDenied {
+        /// The election's prefix.
+        prefix: String,
+        /// etcd's message.
+        message: String,
+    },
+    /// The request did not finish in time.
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Anything else etcd or the client said.
+    #[error("etcd request failed: {0}")]
+    Other(String),
+}
+
+// === impl Error ===
+
+impl Error {
+    /// Sorts `e`, a failure of a request on the election `prefix`.
+    pub fn classify(e: &etcd_client::Error, prefix: &str) -> Self {
+        use etcd_client::Error as E;
+        let message = describe(e);
+        let lower = message.to_ascii_lowercase();
+        if [
+            "tls",
+            "certificate",
+            "handshake",
+            "invalidcontenttype",
+            "corrupt message",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
+        {
+            return Self::Tls(message);
+        }
+        match e {
+            E::GRpcStatus(s) => match s.code() {
+                tonic_code::Unavailable | tonic_code::Unknown
+                    if !message.contains("etcdserver:") =>
+                {
+                    Self::Unreachable(message)
+                }
+                tonic_code::Unauthenticated => Self::Unauthenticated(message),
+                tonic_code::InvalidArgument if message.contains("authentication failed") => {
+                    Self::Unauthenticated(message)
+                }
+                tonic_code::PermissionDenied => Self::PermissionDenied {
+                    prefix: prefix.to_owned(),
+                    message,
+                },
+                tonic_code::DeadlineExceeded => Self::Unreachable(message),
+                _ => Self::Other(message),
+            },
+            E::TransportError(_) | E::IoError(_) => Self::Unreachable(message),
+            _ => Self::Other(message),
+        }
+    }
+}
+
+use tonic::Code as tonic_code;
+
+/// `e` with the chain of causes the client keeps (its own `Display` shows only the top).
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::TransportError(t) => crate::display_chain(t),
+        etcd_client::Error::GRpcStatus(s) => {
+            // The cause's chain usually repeats the message: then the chain alone.
+            let chain = std::error::Error::source(s).map(crate::display_chain);
+            match chain {
+                Some(c) if c.contains(s.message()) => format!("{:?}: {c}", s.code()),
+                Some(c) => format!("{:?}: {}: {c}", s.code(), s.message()),
+                None => format!("{:?}: {}", s.code(), s.message()),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A key in the election's queue, in the order etcd gives leadership: the first leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The whole key: `<name>/<lease hex>` for candidates of leasehold and etcd's own clients.
+    pub key: String,
+    /// The candidate's value: leasehold writes its identity, `etcdctl elect` its proposal.
+    pub value: String,
+    /// The key's create revision: its place in line, and the fencing token of its term.
+    pub create_revision: i64,
+    /// The session lease that keeps the key; 0 for none (a stray key, which no candidate will
+    /// ever delete, and which holds up everyone queued after it).
+    pub lease: i64,
+}
 
 /// One election on etcd: the client to reach it through, and the election's name (its keys'
 /// prefix is `<name>/`).
@@ -49,6 +180,59 @@ impl EtcdElection {
     /// The election's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The election's queue as etcd holds it now, the leader first: one read of the prefix.
+    /// Also a check that the client can reach etcd and read the election's keys.
+    ///
+    /// # Errors
+    /// [`Error`]: unreachable, refused credentials, denied access; at most 10 seconds.
+    pub async fn candidates(&self) -> Result<Vec<Candidate>, Error> {
+        const LIMIT: Duration = Duration::from_secs(10);
+        let prefix = format!("{}/", self.name);
+        let mut c = self.client.clone();
+        let r = tokio::time::timeout(
+            LIMIT,
+            c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(|_| Error::Timeout(LIMIT))?
+        .map_err(|e| Error::classify(&e, &prefix))?;
+        let mut all: Vec<Candidate> = r
+            .kvs()
+            .iter()
+            .map(|kv| Candidate {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                value: String::from_utf8_lossy(kv.value()).into_owned(),
+                create_revision: kv.create_revision(),
+                lease: kv.lease(),
+            })
+            .collect();
+        all.sort_by_key(|c| c.create_revision);
+        Ok(all)
+    }
+
+    /// The seconds left on each candidate's lease (`None`: no lease, gone, or no answer within
+    /// 2 seconds), for a status page.
+    pub async fn lease_ttls(&self, candidates: &[Candidate]) -> Vec<Option<i64>> {
+        let mut out = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let mut client = self.client.clone();
+            let ttl = match c.lease {
+                0 => None,
+                id => tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.lease_time_to_live(id, None),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|r| r.ttl())
+                .filter(|t| *t >= 0),
+            };
+            out.push(ttl);
+        }
+        out
     }
 }
 
@@ -77,6 +261,57 @@ pub(crate) struct Io {
     pending: FuturesUnordered<BoxFuture<'static, Event>>,
     keeper: Arc<std::sync::Mutex<Option<Keeper>>>,
     watch: Option<BoxStream<'static, Event>>,
+    report: Arc<Report>,
+}
+
+/// Logs failed requests, each different failure once until a request succeeds: the queue
+/// sees only their kind, the operator needs their words (wrong password, no route, bad
+/// certificate).
+struct Report {
+    prefix: String,
+    last: std::sync::Mutex<Option<String>>,
+}
+
+// === impl Report ===
+
+impl Report {
+    fn failed(&self, e: &etcd_client::Error) -> ErrorKind {
+        let error = Error::classify(e, &self.prefix);
+        let msg = error.to_string();
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.as_deref() != Some(msg.as_str()) {
+            tracing::warn!(election = %self.prefix.trim_end_matches('/'), error = %msg, "etcd request failed");
+            *last = Some(msg);
+        }
+        ErrorKind::Failed
+    }
+
+    fn ok(&self) {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.take().is_some() {
+            tracing::info!(election = %self.prefix.trim_end_matches('/'), "etcd answers again");
+        }
+    }
+
+    fn flatten<T>(
+        &self,
+        r: Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<T, ErrorKind> {
+        match r {
+            Ok(Ok(v)) => {
+                self.ok();
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(self.failed(&e)),
+            Err(_) => Err(ErrorKind::Timeout),
+        }
+    }
 }
 
 // === impl Io ===
@@ -91,12 +326,17 @@ impl Io {
             pending: FuturesUnordered::new(),
             keeper: Arc::default(),
             watch: None,
+            report: Arc::new(Report {
+                prefix: format!("{}/", election.name),
+                last: std::sync::Mutex::new(None),
+            }),
         }
     }
 
     /// Starts `action`'s request, or the watch; the leadership actions are not this executor's.
     pub(crate) fn execute(&mut self, action: &Action) {
         let mut c = self.client.clone();
+        let report = Arc::clone(&self.report);
         let origin = self.origin;
         let at = move |d: Duration| origin + d;
         let fut: BoxFuture<'static, Event> = match action.clone() {
@@ -105,7 +345,7 @@ impl Io {
                 let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
                 let secs = i64::try_from(secs.max(1)).unwrap_or(i64::MAX);
                 let r = timeout_at(at(deadline), c.lease_grant(secs, None)).await;
-                Event::Granted(flatten(r).map(|g| {
+                Event::Granted(report.flatten(r).map(|g| {
                     (
                         g.id(),
                         Duration::from_secs(u64::try_from(g.ttl()).unwrap_or(0)),
@@ -125,6 +365,7 @@ impl Io {
                     let r = timeout_at(at(deadline), keep_alive(&mut c, lease, held)).await;
                     Event::KeptAlive(match r {
                         Ok(Ok((ttl, k))) => {
+                            report.ok();
                             *keeper
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(k);
@@ -132,7 +373,7 @@ impl Io {
                         }
                         // Opening a stream for a lease etcd no longer has fails so.
                         Ok(Err(e)) if lease_not_found(&e) => Ok(None),
-                        Ok(Err(e)) => Err(kind(e)),
+                        Ok(Err(e)) => Err(report.failed(&e)),
                         Err(_) => Err(ErrorKind::Timeout),
                     })
                 })
@@ -157,7 +398,7 @@ impl Io {
                 {
                     return Event::LeaseGone;
                 }
-                Event::Campaigned(flatten(r).and_then(|resp| {
+                Event::Campaigned(report.flatten(r).and_then(|resp| {
                     if resp.succeeded() {
                         return resp.header().map(|h| h.revision()).ok_or(ErrorKind::Failed);
                     }
@@ -182,7 +423,7 @@ impl Io {
                         c.get(prefix, Some(GetOptions::new().with_prefix())),
                     )
                     .await;
-                    Event::Listed(flatten(r).and_then(|resp| {
+                    Event::Listed(report.flatten(r).and_then(|resp| {
                         let revision = resp
                             .header()
                             .map(|h| h.revision())
@@ -213,7 +454,7 @@ impl Io {
                     .and_then([TxnOp::delete(key, None)]);
                 let r = timeout_at(at(deadline), c.txn(txn)).await;
                 // Not succeeded: the key is not that one any more (gone, or queued anew).
-                Event::Resigned(flatten(r).map(|_| ()))
+                Event::Resigned(report.flatten(r).map(|_| ()))
             }),
             Action::Revoke { lease, deadline } => Box::pin(async move {
                 let r = timeout_at(at(deadline), c.lease_revoke(lease)).await;
@@ -221,7 +462,7 @@ impl Io {
                     Ok(Ok(_)) => Ok(()),
                     // Gone already, which is what was asked.
                     Ok(Err(e)) if lease_not_found(&e) => Ok(()),
-                    Ok(Err(e)) => Err(kind(e)),
+                    Ok(Err(e)) => Err(report.failed(&e)),
                     Err(_) => Err(ErrorKind::Timeout),
                 })
             }),
@@ -352,10 +593,6 @@ fn entry(kv: &etcd_client::KeyValue) -> Entry {
     }
 }
 
-fn kind(_: etcd_client::Error) -> ErrorKind {
-    ErrorKind::Failed
-}
-
 /// Whether etcd said the lease does not exist ("etcdserver: requested lease not found", or
 /// etcd-client's own "lease not found" for a keepalive answered with TTL 0).
 fn lease_not_found(e: &etcd_client::Error) -> bool {
@@ -364,13 +601,3 @@ fn lease_not_found(e: &etcd_client::Error) -> bool {
 
 /// How long opening a watch may take.
 const WATCH_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn flatten<T>(
-    r: Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>,
-) -> Result<T, ErrorKind> {
-    match r {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(kind(e)),
-        Err(_) => Err(ErrorKind::Timeout),
-    }
-}
