@@ -126,7 +126,7 @@ fn bound(kind: &str, lease: Duration) -> (Duration, String) {
         "SIGTERM leader" => (Duration::from_secs(1), "release: < 1 s".into()),
         // Others wait one lease from the last renewal they saw, which is at or after the last
         // write the old leader could make: the gap is at most a lease, plus scheduling.
-        "restart kube-apiserver" | "restart etcd" => (
+        "restart kube-apiserver" | "restart etcd" | "restart whole cluster" => (
             lease * 3 + Duration::from_secs(5),
             format!("outage + lease: ≤ {:.0} s", 3.0 * l + 5.0),
         ),

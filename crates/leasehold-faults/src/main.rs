@@ -1,7 +1,7 @@
 //! `leasehold-faults`: the fault-injection run.
 //!
 //! ```text
-//! leasehold-faults run [--duration 60s] [--backend kube|file|both] [--seed N] [--keep-logs]
+//! leasehold-faults run [--duration 60s] [--backend kube|file|etcd|both|all] [--seed N] [--keep-logs]
 //! ```
 //! Five candidates contend for one lock: three `leasehold run -- leasehold-faults recorder`
 //! sidecars (one of them with its wall clock five minutes off) and two library electors in one
@@ -18,13 +18,17 @@
 //!
 //! Against Kubernetes it starts the harness's real etcd + kube-apiserver, and puts a TCP proxy
 //! (latency, stall, cut-off, dropped connections) between each candidate process and the server.
+//! On etcd it starts a 3-member etcd cluster, with one proxy per member for each candidate
+//! process; the nemesis also kills and restarts members (the raft leader among them), stops
+//! (SIGSTOP) the raft leader, and restarts the whole cluster.
 
 mod checker;
 mod store;
 
 use checker::FaultRecord;
+use leasehold::backend::etcd::{EtcdElection, etcd_client};
 use leasehold::{Elector, Timing};
-use leasehold_testing::harness::{ADMIN_TOKEN, KubeServer};
+use leasehold_testing::harness::{ADMIN_TOKEN, EtcdCluster, KubeServer};
 use leasehold_testing::proxy::{Mode, Proxy};
 use rustix::process::{Pid, Signal, kill_process};
 use std::{
@@ -68,7 +72,7 @@ fn main() {
         Some("run") => runtime().block_on(run(&args[1..])),
         _ => {
             eprintln!(
-                "usage: leasehold-faults run [--duration 60s] [--backend kube|file|both] [--seed N]"
+                "usage: leasehold-faults run [--duration 60s] [--backend kube|file|etcd|both|all] [--seed N]"
             );
             64
         }
@@ -130,6 +134,21 @@ async fn electors(args: &[String]) -> i32 {
             tokio::spawn(async move { write_while_leading(&store, &id, l).await });
         };
         let task = match flag(args, "--backend") {
+            Some("etcd") => {
+                let endpoints: Vec<&str> = flag(args, "--endpoints")
+                    .expect("--endpoints")
+                    .split(',')
+                    .collect();
+                let client = etcd_client::Client::connect(&endpoints, Some(etcd_options()))
+                    .await
+                    .expect("etcd client");
+                tokio::spawn(
+                    Elector::new(EtcdElection::new(client, NAME), id, timing())
+                        .expect("elector")
+                        .on_started_leading(on_start)
+                        .run(cancel.clone()),
+                )
+            }
             Some("file") => {
                 let lock =
                     leasehold::backend::file::FileLock::new(flag(args, "--file").expect("--file"));
@@ -166,6 +185,14 @@ async fn electors(args: &[String]) -> i32 {
     0
 }
 
+/// The client options the CLI uses for `--backend etcd` without TLS.
+fn etcd_options() -> etcd_client::ConnectOptions {
+    etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_require_leader(true)
+}
+
 async fn write_while_leading(store: &str, id: &str, l: leasehold::Leadership) {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
     let Ok(stream) = tokio::net::TcpStream::connect(store).await else {
@@ -194,7 +221,8 @@ struct Proc {
     cli: bool,
     child: Option<Child>,
     spawn: Box<dyn Fn() -> Child + Send>,
-    proxy: Option<Proxy>,
+    /// Between it and the server: one for the API server, one per member for etcd.
+    proxies: Vec<Proxy>,
 }
 
 impl Proc {
@@ -286,9 +314,13 @@ async fn run(args: &[String]) -> i32 {
     let backends: Vec<&str> = match flag(args, "--backend").unwrap_or("both") {
         "kube" => vec!["kube"],
         "file" => vec!["file"],
+        "etcd" => vec!["etcd"],
         "both" => vec!["kube", "file"],
+        "all" => vec!["kube", "file", "etcd"],
         other => {
-            eprintln!("leasehold-faults: --backend: `{other}` is not kube, file or both");
+            eprintln!(
+                "leasehold-faults: --backend: `{other}` is not kube, file, etcd, both or all"
+            );
             return 64;
         }
     };
@@ -350,6 +382,23 @@ async fn one_run(
     } else {
         None
     };
+    let mut cluster = if backend == "etcd" {
+        Some(EtcdCluster::start().await)
+    } else {
+        None
+    };
+    // The members' client ports, for the proxies.
+    let member_ports: Vec<u16> = cluster.as_ref().map_or_else(Vec::new, |c| {
+        c.urls()
+            .iter()
+            .map(|u| {
+                u.rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .expect("port")
+            })
+            .collect()
+    });
     let dir =
         std::env::temp_dir().join(format!("leasehold-faults-{}-{backend}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -363,16 +412,26 @@ async fn one_run(
         (&["c3", "c4"], false, None),
     ];
     for (ids, cli, offset) in specs {
-        let proxy = match &server {
-            Some(s) => Some(Proxy::start(s.port()).await),
-            None => None,
-        };
-        let kubeconfig = match (&server, &proxy) {
+        let mut proxies = Vec::new();
+        if let Some(s) = &server {
+            proxies.push(Proxy::start(s.port()).await);
+        }
+        for port in &member_ports {
+            proxies.push(Proxy::start(*port).await);
+        }
+        let kubeconfig = match (&server, proxies.first()) {
             (Some(s), Some(p)) => {
                 Some(s.write_kubeconfig_for(&format!("proxy-{}", ids[0]), ADMIN_TOKEN, p.port))
             }
             _ => None,
         };
+        let endpoints = (!member_ports.is_empty()).then(|| {
+            proxies
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{}", p.port))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         let (me, leasehold, store_addr, file, ids_v) = (
             me.to_owned(),
             leasehold.to_owned(),
@@ -391,8 +450,8 @@ async fn one_run(
                 cmd.arg(&leasehold)
                     .args(["run", "--name", NAME, "--id", &id0])
                     .args(timing_args());
-                match &kubeconfig {
-                    Some(kc) => cmd
+                match (&kubeconfig, &endpoints) {
+                    (Some(kc), _) => cmd
                         .args([
                             "--backend",
                             "kube",
@@ -401,7 +460,8 @@ async fn one_run(
                             "--kubeconfig",
                         ])
                         .arg(kc),
-                    None => cmd.args(["--backend", "file", "--file"]).arg(&file),
+                    (None, Some(e)) => cmd.args(["--backend", "etcd", "--endpoints", e]),
+                    (None, None) => cmd.args(["--backend", "file", "--file"]).arg(&file),
                 };
                 if let Some(o) = &offset {
                     // A hidden knob that the binary accepts only for fault injection.
@@ -412,9 +472,10 @@ async fn one_run(
             } else {
                 cmd.arg(&me)
                     .args(["electors", "--ids", &ids_joined, "--store", &store_addr]);
-                match &kubeconfig {
-                    Some(kc) => cmd.args(["--backend", "kube", "--kubeconfig"]).arg(kc),
-                    None => cmd.args(["--backend", "file", "--file"]).arg(&file),
+                match (&kubeconfig, &endpoints) {
+                    (Some(kc), _) => cmd.args(["--backend", "kube", "--kubeconfig"]).arg(kc),
+                    (None, Some(e)) => cmd.args(["--backend", "etcd", "--endpoints", e]),
+                    (None, None) => cmd.args(["--backend", "file", "--file"]).arg(&file),
                 };
             }
             let out = std::fs::OpenOptions::new()
@@ -436,7 +497,7 @@ async fn one_run(
             cli,
             child,
             spawn,
-            proxy,
+            proxies,
         });
     }
 
@@ -450,7 +511,23 @@ async fn one_run(
         ),
         None => None,
     };
+    let watcher = match &cluster {
+        Some(c) => Some(EtcdElection::new(
+            etcd_client::Client::connect(c.urls(), Some(etcd_options()))
+                .await
+                .expect("etcd client"),
+            NAME,
+        )),
+        None => None,
+    };
     let holder = async |admin: &Option<kube::Client>| -> Option<String> {
+        if let Some(w) = &watcher {
+            let queue = tokio::time::timeout(Duration::from_secs(2), w.candidates())
+                .await
+                .ok()?
+                .ok()?;
+            return queue.into_iter().next().map(|c| c.value);
+        }
         match admin {
             Some(c) => {
                 let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
@@ -495,8 +572,25 @@ async fn one_run(
         "freeze elector only",
         "freeze watchdog only",
     ];
+    let kinds_etcd = [
+        "SIGKILL leader",
+        "SIGTERM leader",
+        "freeze leader tree",
+        "freeze elector only",
+        "freeze watchdog only",
+        "kill raft leader member",
+        "restart a member",
+        "stop raft leader member",
+        "restart whole cluster",
+        "proxy: stall leader",
+        "proxy: cut leader off",
+        "proxy: latency 300 ms",
+        "proxy: drop connections",
+    ];
     let kinds: &[&str] = if server.is_some() {
         &kinds_kube
+    } else if cluster.is_some() {
+        &kinds_etcd
     } else {
         &kinds_file
     };
@@ -592,40 +686,71 @@ async fn one_run(
                     s.wait_ready(Duration::from_secs(60)).await;
                 }
             }
+            "kill raft leader member" | "restart a member" | "stop raft leader member" => {
+                let Some(c) = cluster.as_mut() else { continue };
+                let member = match kind {
+                    "restart a member" => rng.next(3),
+                    _ => match c.raft_leader().await {
+                        Some(i) => i,
+                        None => continue,
+                    },
+                };
+                if kind == "stop raft leader member" {
+                    // Hangs without closing a connection: requests to it wait for their
+                    // deadlines; the other members elect a new raft leader.
+                    c.signal_member(member, Signal::STOP);
+                    sleep(Duration::from_secs(4)).await;
+                    c.signal_member(member, Signal::CONT);
+                } else {
+                    c.stop_member(member);
+                    sleep(Duration::from_secs(2)).await;
+                    c.restart_member(member).await;
+                }
+            }
+            "restart whole cluster" => {
+                if let Some(c) = cluster.as_mut() {
+                    for i in 0..3 {
+                        c.stop_member(i);
+                    }
+                    sleep(Duration::from_secs(2)).await;
+                    c.restart_all().await;
+                }
+            }
             "proxy: stall leader" | "proxy: cut leader off" => {
                 let mode = if kind == "proxy: stall leader" {
                     Mode::Stall
                 } else {
                     Mode::Cut
                 };
-                if let Some(p) = &procs[idx].proxy {
+                for p in &procs[idx].proxies {
                     p.set(mode);
                     if mode == Mode::Cut {
                         p.drop_all();
                     }
                 }
                 sleep(Duration::from_secs(4)).await;
-                if let Some(p) = &procs[idx].proxy {
+                for p in &procs[idx].proxies {
                     p.set(Mode::Normal);
                 }
             }
             "proxy: latency 300 ms" => {
-                for p in procs.iter().filter_map(|p| p.proxy.as_ref()) {
+                for p in procs.iter().flat_map(|p| &p.proxies) {
                     p.set(Mode::Latency(Duration::from_millis(300)));
                 }
                 sleep(Duration::from_secs(4)).await;
-                for p in procs.iter().filter_map(|p| p.proxy.as_ref()) {
+                for p in procs.iter().flat_map(|p| &p.proxies) {
                     p.set(Mode::Normal);
                 }
             }
             "proxy: drop connections" => {
-                for p in procs.iter().filter_map(|p| p.proxy.as_ref()) {
+                for p in procs.iter().flat_map(|p| &p.proxies) {
                     p.drop_all();
                 }
             }
             _ => {}
         }
         let target = if kind.starts_with("restart")
+            || kind.ends_with("member")
             || kind == "proxy: latency 300 ms"
             || kind == "proxy: drop connections"
         {
@@ -668,6 +793,7 @@ async fn one_run(
     let run_time = origin.elapsed();
     let report = checker::check(&store.log(), &faults, LEASE, run_time);
     drop(server.take());
+    drop(cluster.take());
     let failed = report.unexplained_overlaps
         + report.stale_accepted
         + report.token_regressions

@@ -1000,6 +1000,28 @@ impl EtcdCluster {
         self.wait_listening(i).await;
     }
 
+    /// Sends `sig` to member `i` (`STOP` and `CONT`: a member that hangs without closing its
+    /// connections).
+    pub fn signal_member(&self, i: usize, sig: rustix::process::Signal) {
+        if let Some(p) = &self.procs[i] {
+            p.signal(sig);
+        }
+    }
+
+    /// Kills all three members, then starts them again on their data: the whole cluster down
+    /// and back, as after a power cut.
+    pub async fn restart_all(&mut self) {
+        for i in 0..3 {
+            self.stop_member(i);
+        }
+        for i in 0..3 {
+            self.spawn(i, "existing");
+        }
+        for i in 0..3 {
+            self.wait_listening(i).await;
+        }
+    }
+
     /// The index of the member that is the raft leader, as the members that answer report it.
     pub async fn raft_leader(&self) -> Option<usize> {
         let endpoints = (0..3)
