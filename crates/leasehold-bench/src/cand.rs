@@ -267,6 +267,18 @@ impl Cand {
     ) -> std::io::Result<Self> {
         let mut c = imp.command(p, kc, name, id, d, count);
         c.args(extra);
+        Self::from_command(c, &format!("{name}-{id}"), move |line, is_err| {
+            imp.parse(line, is_err)
+        })
+    }
+
+    /// Starts `c`, reading its events with `parse` (a line, and whether it came on stderr), and
+    /// keeping its output in `logs()/LOG.log`.
+    pub fn from_command(
+        mut c: Command,
+        log: &str,
+        parse: impl Fn(&str, bool) -> Option<Ev> + Clone + Send + 'static,
+    ) -> std::io::Result<Self> {
         c.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null())
@@ -277,7 +289,7 @@ impl Cand {
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
         // Everything the candidate prints is kept, to explain an odd figure after the run.
-        let log = logs().join(format!("{name}-{id}.log"));
+        let log = logs().join(format!("{log}.log"));
         let started = Instant::now();
         for (stream, is_err) in [
             (
@@ -287,6 +299,7 @@ impl Cand {
             (Box::new(err), true),
         ] {
             let tx = tx.clone();
+            let parse = parse.clone();
             // Appends of one line each, so the two streams interleave by line.
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
@@ -296,7 +309,7 @@ impl Cand {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(ev) = imp.parse(&line, is_err) {
+                    if let Some(ev) = parse(&line, is_err) {
                         let _ = tx.send((ev, Instant::now()));
                     }
                     if let Some(f) = &mut file {

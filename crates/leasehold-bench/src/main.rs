@@ -9,6 +9,8 @@
 //!                                              [--window SECS] [--out docs/benchmarks-operators.md]
 //! cargo run --release -p leasehold-bench -- rollout [--replicas 5] [--runs 5]
 //!                                              [--out docs/benchmarks-rollout.md]
+//! cargo run --release -p leasehold-bench -- etcd [--runs 20] [--window 30]
+//!                                              [--out docs/benchmarks-etcd.md]
 //! cargo run --release -p leasehold-bench -- serve   # just the API server, for profiling
 //! cargo run --release -p leasehold-bench -- floor   # the server's own PUT and handover, 5 rounds
 //! ```
@@ -16,6 +18,7 @@
 //! Targets are printed as PASS/MISS beside the numbers, never asserted: the machine is noisy.
 
 mod cand;
+mod etcd;
 mod operator;
 mod report;
 mod rollout;
@@ -52,7 +55,7 @@ struct Opts {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "leasehold-bench: {msg}\nusage: leasehold-bench all [--runs N] [--window SECS] [--footprint SECS] [--scale M,M,..] [--scale-window SECS] [--out FILE] [--only lh-lib,go-elector,..]\n       leasehold-bench operators [--objects N,N,..] [--runs N] [--window SECS] [--out FILE]\n       leasehold-bench serve\n       leasehold-bench floor"
+        "leasehold-bench: {msg}\nusage: leasehold-bench all [--runs N] [--window SECS] [--footprint SECS] [--scale M,M,..] [--scale-window SECS] [--out FILE] [--only lh-lib,go-elector,..]\n       leasehold-bench operators [--objects N,N,..] [--runs N] [--window SECS] [--out FILE]\n       leasehold-bench etcd [--runs N] [--window SECS] [--out FILE]\n       leasehold-bench serve\n       leasehold-bench floor"
     );
     std::process::exit(64);
 }
@@ -144,6 +147,32 @@ fn main() {
         rt.block_on(rollouts(o));
         return;
     }
+    if cmd.as_deref() == Some("etcd") {
+        let mut o = etcd::Opts {
+            runs: 20,
+            window: Duration::from_secs(30),
+            out: Some(harness::workspace_root().join("docs/benchmarks-etcd.md")),
+        };
+        while let Some(flag) = args.next() {
+            let value = args
+                .next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .unwrap_or_else(|| usage(&format!("{flag}: `{v}` is not a number from 1")))
+            };
+            match flag.as_str() {
+                "--runs" => o.runs = num(&value) as usize,
+                "--window" => o.window = Duration::from_secs(num(&value)),
+                "--out" => o.out = (value != "none").then(|| PathBuf::from(value)),
+                other => usage(&format!("unknown flag {other}")),
+            }
+        }
+        rt.block_on(etcds(o));
+        return;
+    }
     if let Some(cmd @ ("serve" | "floor")) = cmd.as_deref() {
         if let Some(extra) = args.next() {
             usage(&format!("`{cmd}` takes no arguments, got {extra:?}"));
@@ -206,6 +235,35 @@ async fn operators(opts: operator::Opts) {
     eprintln!("leasehold-bench: starting etcd + kube-apiserver");
     let server = KubeServer::start().await;
     operator::run(&server, &binaries, &opts).await;
+}
+
+/// `leasehold-bench etcd`: see [`etcd`].
+async fn etcds(opts: etcd::Opts) {
+    let root = harness::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = std::process::Command::new(&cargo)
+        .args(["build", "--release", "-p", "leasehold-bench", "--bin", "lh-candidate"])
+        .current_dir(&root)
+        .status()
+        .is_ok_and(|s| s.success());
+    let dist = std::process::Command::new("bash")
+        .arg(root.join("scripts/build-dist.sh"))
+        .current_dir(&root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().last().map(|l| root.join(l.trim())));
+    let (true, Some(leasehold)) = (built, dist) else {
+        eprintln!("leasehold-bench: building lh-candidate or the shipped binary failed");
+        std::process::exit(1);
+    };
+    let binaries = etcd::Binaries {
+        lh_candidate: root.join("target/release/lh-candidate"),
+        leasehold,
+    };
+    let _ = std::fs::create_dir_all(cand::logs());
+    etcd::run(&binaries, &opts).await;
 }
 
 /// `leasehold-bench rollout`: see [`rollout`].
@@ -279,10 +337,10 @@ async fn run(opts: Opts) {
     if !build(&["build", "--release", "-p", "leasehold-bench"]) {
         std::process::exit(1);
     }
-    // The sidecar as shipped: `scripts/build-dist.sh` (the `dist` profile, statically linked),
-    // which prints the binary's path.
+    // The sidecar as the Kubernetes image ships it: `scripts/build-dist.sh --kube` (the `dist`
+    // profile, statically linked, no etcd backend), which prints the binary's path.
     let dist = std::process::Command::new("bash")
-        .arg("scripts/build-dist.sh")
+        .args(["scripts/build-dist.sh", "--kube"])
         .current_dir(&root)
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -23,6 +23,8 @@ pub enum Backend {
 }
 
 /// How to reach etcd (`--backend etcd`).
+// Read only by the etcd backend, which a build may leave out.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 #[derive(Clone, Debug, Default)]
 pub struct EtcdArgs {
     /// `--endpoints`, else `$ETCDCTL_ENDPOINTS`, else `http://127.0.0.1:2379` (etcdctl's
@@ -37,6 +39,8 @@ pub struct EtcdArgs {
 }
 
 /// A password: kept out of `Debug` output, so it never reaches a log.
+// Read only by the etcd backend, which a build may leave out.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 #[derive(Clone, Default)]
 pub struct Secret(pub String);
 
@@ -62,6 +66,7 @@ pub struct LockArgs {
     /// `--lock-type` (kube backend).
     pub lock_type: leasehold::backend::kubernetes::LockType,
     /// How to reach etcd, with `--backend etcd`.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub etcd: Option<EtcdArgs>,
 }
 

@@ -13,6 +13,7 @@ macro_rules! say {
 
 mod args;
 mod child;
+#[cfg(feature = "etcd")]
 mod etcd;
 mod health;
 mod http;

@@ -6,9 +6,10 @@ use crate::{
     supervisor::{Action, Event, Failure, Supervisor, Term, kill_grace},
 };
 use leasehold::{
-    Election, Elector, FencingToken, Leadership, LockBackend, backend::etcd::EtcdElection,
-    backend::file::FileLock,
+    Election, Elector, FencingToken, Leadership, LockBackend, backend::file::FileLock,
 };
+#[cfg(feature = "etcd")]
+use leasehold::backend::etcd::EtcdElection;
 use std::{
     ops::ControlFlow,
     path::PathBuf,
@@ -82,6 +83,7 @@ pub enum Error {
     Lock(#[source] leasehold::LockError),
     /// etcd cannot be used: refused credentials, denied access, a TLS mismatch, or (for
     /// `status`) unreachable (exit 1).
+    #[cfg(feature = "etcd")]
     #[error("etcd at {endpoints}{hint}")]
     Etcd {
         /// The endpoints tried.
@@ -183,6 +185,7 @@ pub enum Opened {
     /// the kube backend.
     Lock(Box<dyn LockBackend>, Option<(kube::Client, String)>),
     /// An etcd election (boxed: its client is several KiB).
+    #[cfg(feature = "etcd")]
     Etcd(Box<EtcdElection>),
 }
 
@@ -219,6 +222,13 @@ pub async fn open(lock: &LockArgs, contend: bool, events: bool) -> Result<Opened
             check_file(&path, &real, contend)?;
             Ok(Opened::Lock(Box::new(backend), None))
         }
+        #[cfg(not(feature = "etcd"))]
+        Backend::Etcd => Err(Error::Usage(
+            "--backend etcd: this leasehold was built without the etcd backend (cargo feature \
+             `etcd`, which the Kubernetes image leaves out); use the full build"
+                .into(),
+        )),
+        #[cfg(feature = "etcd")]
         Backend::Etcd => {
             let etcd = lock.etcd.as_ref().expect("parsed with --backend etcd");
             crate::etcd::connect(&lock.name, etcd, contend)
@@ -290,6 +300,7 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
     let identity = identity(&args);
     match open(&args.lock, true, !args.sidecar.no_events).await? {
         Opened::Lock(backend, kube) => run_on(backend, kube, args, identity).await,
+        #[cfg(feature = "etcd")]
         Opened::Etcd(election) => run_on(*election, None, args, identity).await,
     }
 }

@@ -14,6 +14,7 @@ pub async fn status(args: StatusArgs) -> Result<i32, Error> {
     let json = args.json;
     let backend = match open(&args.lock, false, false).await? {
         Opened::Lock(backend, _) => backend,
+        #[cfg(feature = "etcd")]
         Opened::Etcd(election) => return crate::etcd::status(&election, &args.lock, json).await,
     };
     let describe = backend.describe();

@@ -1,6 +1,7 @@
 //! `leasehold run --backend etcd` and `status` as processes against a real etcd, beside
 //! `etcdctl elect`; and the etcd flags' bad input (unreachable, TLS mismatch, refused
 //! credentials, denied access, a stray key) against real servers.
+#![cfg(feature = "etcd")]
 
 use leasehold_testing::{
     harness::{EtcdServer, bins, unique},

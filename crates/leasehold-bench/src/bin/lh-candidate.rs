@@ -2,7 +2,8 @@
 //! `started <id> <lease>` / `stopped <id> <lease>` on stdout, releasing on SIGTERM.
 //!
 //! `lh-candidate --kubeconfig PATH --namespace NS --name NAME --id ID --lease-duration-ms N
-//! --renew-deadline-ms N --retry-period-ms N [--count M]`
+//! --renew-deadline-ms N --retry-period-ms N [--count M]`; with `--etcd URL,...` instead of
+//! `--kubeconfig`, the elections are on etcd.
 
 use leasehold::{Elector, Timing, backend::kubernetes::LeaseLock};
 use std::{io::Write as _, path::PathBuf, time::Duration};
@@ -17,6 +18,7 @@ fn say(line: &str) {
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
     let (mut kubeconfig, mut ns, mut name, mut id) = (None, "default".to_owned(), None, None);
+    let mut etcd: Option<String> = None;
     let (mut lease, mut renew, mut retry, mut count) = (15_000u64, 10_000u64, 2_000u64, 1usize);
     while let Some(flag) = args.next() {
         let Some(value) = args.next() else {
@@ -30,6 +32,7 @@ fn main() -> std::process::ExitCode {
         let r: Result<(), String> = (|| {
             match flag.as_str() {
                 "--kubeconfig" => kubeconfig = Some(PathBuf::from(&value)),
+                "--etcd" => etcd = Some(value.clone()),
                 "--namespace" => ns = value.clone(),
                 "--name" => name = Some(value.clone()),
                 "--id" => id = Some(value.clone()),
@@ -81,6 +84,9 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("runtime");
     rt.block_on(async move {
+        if let Some(endpoints) = etcd {
+            return on_etcd(&endpoints, &name, &id, &timing, count).await;
+        }
         let client =
             match leasehold::backend::kubernetes::client_with_http2(kubeconfig.as_deref()).await {
                 Ok(c) => c,
@@ -126,4 +132,59 @@ fn main() -> std::process::ExitCode {
         }
         std::process::ExitCode::SUCCESS
     })
+}
+
+/// The elections `name` (or `name-0` ..) on etcd, one elector each.
+async fn on_etcd(
+    endpoints: &str,
+    name: &str,
+    id: &str,
+    timing: &Timing,
+    count: usize,
+) -> std::process::ExitCode {
+    use leasehold::backend::etcd::{EtcdElection, etcd_client};
+    let endpoints: Vec<&str> = endpoints.split(',').collect();
+    let client = match etcd_client::Client::connect(&endpoints, None).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lh-candidate: etcd: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let election = if count == 1 {
+            name.to_owned()
+        } else {
+            format!("{name}-{i}")
+        };
+        let (e1, e2, i1, i2) = (election.clone(), election.clone(), id.to_owned(), id.to_owned());
+        let elector = match Elector::new(
+            EtcdElection::new(client.clone(), election),
+            id,
+            timing.clone(),
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("lh-candidate: {}", leasehold::display_chain(&e));
+                return std::process::ExitCode::from(2);
+            }
+        };
+        let elector = elector
+            .on_started_leading(move |_| say(&format!("started {i1} {e1}")))
+            .on_stopped_leading(move || say(&format!("stopped {i2} {e2}")));
+        tasks.push(tokio::spawn(elector.run(cancel.clone())));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    cancel.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    std::process::ExitCode::SUCCESS
 }

@@ -1,0 +1,392 @@
+//! `leasehold-bench etcd`: leasehold on etcd against etcd's own election clients, on one etcd.
+//!
+//! Candidates: the leasehold library (`lh-candidate --etcd`), the `leasehold run --backend etcd`
+//! sidecar as it ships, `etcdctl elect` and a Go program on `concurrency.Election`
+//! (`etcd-elector`). For each: graceful handover (SIGTERM to the leader, until the next one
+//! says it leads) and crash failover (SIGKILL), each over fresh pairs of processes; the gRPC
+//! messages etcd receives per minute with 3 candidates in steady state (etcd's own
+//! `grpc_server_msg_received_total`, which counts every unary request and every stream
+//! message, keepalives too); and the leader's RSS. etcd's own put latency is measured in the
+//! same run, for the target: a handover median within 3× of it.
+
+use crate::cand::{Cand, Ev};
+use leasehold::backend::etcd::etcd_client;
+use leasehold_testing::harness::{EtcdServer, bins, unique};
+use std::{fmt::Write as _, path::PathBuf, process::Stdio, time::Duration};
+use tokio::{process::Command, time::Instant};
+
+/// What to run.
+pub struct Opts {
+    /// Handovers and failovers per candidate.
+    pub runs: usize,
+    /// The steady-state window.
+    pub window: Duration,
+    /// Where the table goes (also printed).
+    pub out: Option<PathBuf>,
+}
+
+/// Where the leasehold binaries are.
+pub struct Binaries {
+    /// `lh-candidate`.
+    pub lh_candidate: PathBuf,
+    /// The shipped `leasehold`.
+    pub leasehold: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Who {
+    LhLib,
+    LhSidecar,
+    Etcdctl,
+    Go,
+}
+
+impl Who {
+    const ALL: [Who; 4] = [Who::LhLib, Who::LhSidecar, Who::Go, Who::Etcdctl];
+
+    fn label(self) -> &'static str {
+        match self {
+            Who::LhLib => "leasehold (library)",
+            Who::LhSidecar => "leasehold run (sidecar)",
+            Who::Etcdctl => "etcdctl elect",
+            Who::Go => "Go concurrency.Election",
+        }
+    }
+
+    /// The session TTL: leasehold's lease duration (2 s, renew deadline 1 s, as on Kubernetes
+    /// in the main table); the Go program's `-ttl 2`; etcdctl's fixed 60 s.
+    fn ttl(self) -> Duration {
+        match self {
+            Who::Etcdctl => Duration::from_secs(60),
+            _ => Duration::from_secs(2),
+        }
+    }
+
+    fn spawn(self, b: &Binaries, url: &str, name: &str, id: &str) -> std::io::Result<Cand> {
+        let mut c = match self {
+            Who::LhLib => {
+                let mut c = Command::new(&b.lh_candidate);
+                c.args(["--etcd", url, "--name", name, "--id", id])
+                    .args(["--lease-duration-ms", "2000", "--renew-deadline-ms", "1000"])
+                    .args(["--retry-period-ms", "250"]);
+                c
+            }
+            Who::LhSidecar => {
+                let mut c = Command::new(&b.leasehold);
+                c.args(["run", "--backend", "etcd", "--endpoints", url])
+                    .args(["--name", name, "--id", id])
+                    .args(["--lease-duration", "2s", "--renew-deadline", "1s"])
+                    .args(["--retry-period", "250ms"])
+                    .env("LEASEHOLD_LOG", "warn");
+                c
+            }
+            Who::Etcdctl => {
+                let mut c = Command::new(bins().etcdctl);
+                c.args(["--endpoints", url, "elect", name, id]);
+                c
+            }
+            Who::Go => {
+                let mut c = Command::new(bins().etcd_elector);
+                c.args(["-endpoints", url, "-name", name, "-id", id, "-ttl", "2"]);
+                c
+            }
+        };
+        c.stdin(Stdio::null());
+        let prefix = format!("{name}/");
+        let parse = move |line: &str, stderr: bool| -> Option<Ev> {
+            if stderr {
+                return None;
+            }
+            match self {
+                Who::LhLib => parse_prefixed(line, "started ", "stopped "),
+                Who::LhSidecar => parse_prefixed(line, "leading: ", "stopped leading"),
+                Who::Go => parse_prefixed(line, "elected ", "resigned "),
+                // It prints the key it won (`NAME/LEASE`), then its value.
+                Who::Etcdctl => None,
+            }
+        };
+        if self == Who::Etcdctl {
+            let log = format!("etcd-{name}-{id}");
+            return Cand::from_command(c, &log, move |line, stderr| {
+                (!stderr && line.starts_with(prefix.as_str())).then_some(Ev::Started)
+            });
+        }
+        Cand::from_command(c, &format!("etcd-{name}-{id}"), parse)
+    }
+}
+
+fn parse_prefixed(line: &str, started: &str, stopped: &str) -> Option<Ev> {
+    if line.starts_with(started) {
+        Some(Ev::Started)
+    } else if line.starts_with(stopped) {
+        Some(Ev::Stopped)
+    } else {
+        None
+    }
+}
+
+/// One candidate kind's figures.
+struct Row {
+    who: Who,
+    handover: Vec<Duration>,
+    failover: Vec<Duration>,
+    msgs_per_min: Option<f64>,
+    rss_kib: Option<(u64, u64)>,
+}
+
+/// Keys under `name/` on etcd.
+async fn queued(client: &etcd_client::Client, name: &str) -> usize {
+    let mut c = client.clone();
+    c.get(
+        format!("{name}/"),
+        Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+    )
+    .await
+    .map_or(0, |r| usize::try_from(r.count()).unwrap_or(0))
+}
+
+/// The sum of etcd's `grpc_server_msg_received_total` from its `/metrics`.
+fn messages_received(url: &str) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with("grpc_server_msg_received_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// Starts a leader and a standby queued behind it, then signals the leader: the time until
+/// the standby says it leads.
+async fn one_handover(
+    who: Who,
+    b: &Binaries,
+    url: &str,
+    client: &etcd_client::Client,
+    sig: rustix::process::Signal,
+) -> Option<Duration> {
+    let name = unique("bench-etcd");
+    let mut leader = who.spawn(b, url, &name, "a").ok()?;
+    leader.wait(Ev::Started, Duration::from_secs(20)).await?;
+    let mut standby = who.spawn(b, url, &name, "b").ok()?;
+    let until = Instant::now() + Duration::from_secs(10);
+    while queued(client, &name).await < 2 {
+        if Instant::now() > until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Its watch on the key before its own is open once it is queued and has listed; a little
+    // slack for a process that is still setting up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    leader.signal(sig);
+    let limit = who.ttl() + Duration::from_secs(10);
+    let took = standby.wait(Ev::Started, limit).await.map(|t| t - t0);
+    let _ = tokio::time::timeout(Duration::from_secs(5), leader.child.wait()).await;
+    standby.stop().await;
+    took
+}
+
+fn stats(v: &[Duration]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let mut v = v.to_vec();
+    v.sort();
+    let p = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    let ms = |d: Duration| {
+        let m = d.as_secs_f64() * 1e3;
+        if m < 10.0 {
+            format!("{m:.1}")
+        } else {
+            format!("{m:.0}")
+        }
+    };
+    format!(
+        "{} / {} / {} / {} (n={})",
+        ms(v[0]),
+        ms(p(0.5)),
+        ms(p(0.9)),
+        ms(v[v.len() - 1]),
+        v.len()
+    )
+}
+
+/// The etcd version, from the harness's cache directory (`kube-VERSION-etcd-VERSION`).
+fn etcd_version() -> String {
+    bins()
+        .etcd
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.rsplit("etcd-").next())
+        .unwrap_or("(version unknown)")
+        .to_owned()
+}
+
+fn median(v: &[Duration]) -> Option<Duration> {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+/// Runs every row on one etcd and prints (and writes) the table.
+pub async fn run(b: &Binaries, opts: &Opts) {
+    let etcd = EtcdServer::start().await;
+    let url = etcd.url();
+    let client = etcd_client::Client::connect([url.as_str()], None)
+        .await
+        .expect("etcd client");
+
+    // etcd's own put latency, on this machine, now.
+    let mut puts = Vec::new();
+    let mut c = client.clone();
+    for i in 0..200 {
+        let t = Instant::now();
+        c.put(format!("bench-put/{}", i % 10), "x", None)
+            .await
+            .expect("put");
+        puts.push(t.elapsed());
+    }
+    let put = median(&puts).unwrap_or_default();
+    eprintln!("etcd put latency: {}", stats(&puts));
+
+    let mut rows = Vec::new();
+    for who in Who::ALL {
+        eprintln!("leasehold-bench etcd: {}", who.label());
+        let mut handover = Vec::new();
+        for _ in 0..opts.runs {
+            if let Some(d) =
+                one_handover(who, b, &url, &client, rustix::process::Signal::TERM).await
+            {
+                handover.push(d);
+            }
+        }
+        // etcdctl's session TTL is 60 s and cannot be set: its failover is a minute each.
+        let mut failover = Vec::new();
+        let failovers = if who == Who::Etcdctl { 0 } else { opts.runs };
+        for _ in 0..failovers {
+            if let Some(d) =
+                one_handover(who, b, &url, &client, rustix::process::Signal::KILL).await
+            {
+                failover.push(d);
+            }
+        }
+        // Steady state with 3 candidates.
+        let name = unique("bench-etcd-steady");
+        let mut cands = Vec::new();
+        for id in ["s0", "s1", "s2"] {
+            if let Ok(c) = who.spawn(b, &url, &name, id) {
+                cands.push(c);
+            }
+        }
+        let mut leader_pid = None;
+        if let Some(first) = cands.first_mut()
+            && first.wait(Ev::Started, Duration::from_secs(20)).await.is_some()
+        {
+            leader_pid = Some(first.pid);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = messages_received(&url);
+        tokio::time::sleep(opts.window).await;
+        let after = messages_received(&url);
+        let msgs_per_min = match (before, after) {
+            (Some(a), Some(b)) => Some((b - a) * 60.0 / opts.window.as_secs_f64()),
+            _ => None,
+        };
+        let rss_kib = leader_pid.and_then(|p| {
+            Some((
+                crate::cand::status_kib(p, "RssAnon:")?,
+                crate::cand::status_kib(p, "RssFile:")?,
+            ))
+        });
+        for c in cands {
+            c.stop().await;
+        }
+        rows.push(Row {
+            who,
+            handover,
+            failover,
+            msgs_per_min,
+            rss_kib,
+        });
+    }
+    let table = render(&rows, put, &puts, opts);
+    println!("{table}");
+    if let Some(out) = &opts.out {
+        let _ = std::fs::write(out, &table);
+        eprintln!("leasehold-bench etcd: wrote {}", out.display());
+    }
+}
+
+fn render(rows: &[Row], put: Duration, puts: &[Duration], opts: &Opts) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "# Benchmark: leasehold on etcd, beside etcd's own election clients\n");
+    let _ = writeln!(
+        t,
+        "`cargo run --release -p leasehold-bench -- etcd` on one etcd {} (built from its Go module by the harness), on the 2-core test machine. Times in ms: min / median / p90 / max. Handover: SIGTERM to the leader until the standby queued behind it says it leads (a fresh pair of processes each run). Failover: SIGKILL instead. Messages: etcd's `grpc_server_msg_received_total` (every unary request and every stream message: keepalives, watch requests) per minute, with 3 candidates, over {} s of steady state. RSS of the leader, anonymous + file-backed.\n",
+        etcd_version(),
+        opts.window.as_secs()
+    );
+    let _ = writeln!(t, "etcd's own put latency in this run: {}\n", stats(puts));
+    let _ = writeln!(
+        t,
+        "| candidate | session TTL | graceful handover | crash failover | failover / TTL | etcd messages/min, 3 candidates | RSS (anon + file) |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|");
+    for r in rows {
+        let ratio = median(&r.failover)
+            .map_or("-".into(), |m| format!("{:.2}", m.as_secs_f64() / r.who.ttl().as_secs_f64()));
+        let failover = if r.who == Who::Etcdctl {
+            "- (TTL fixed at 60 s)".into()
+        } else {
+            stats(&r.failover)
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} s | {} | {} | {} | {} | {} |",
+            r.who.label(),
+            r.who.ttl().as_secs(),
+            stats(&r.handover),
+            failover,
+            ratio,
+            r.msgs_per_min.map_or("-".into(), |m| format!("{m:.0}")),
+            r.rss_kib.map_or("-".into(), |(a, f)| format!(
+                "{:.1} MiB ({:.1} + {:.1})",
+                (a + f) as f64 / 1024.0,
+                a as f64 / 1024.0,
+                f as f64 / 1024.0
+            )),
+        );
+    }
+    let _ = writeln!(t, "\n## Targets\n");
+    let _ = writeln!(t, "| target | measured | verdict |\n|---|---|---|");
+    for who in [Who::LhLib, Who::LhSidecar] {
+        let Some(r) = rows.iter().find(|r| r.who == who) else {
+            continue;
+        };
+        let m = median(&r.handover);
+        let pass = m.is_some_and(|m| m <= put * 3);
+        let _ = writeln!(
+            t,
+            "| {} handover median ≤ 3 × etcd's put latency | {} vs 3 × {:.2} ms = {:.2} ms | {} |",
+            who.label(),
+            m.map_or("-".into(), |m| format!("{:.2} ms", m.as_secs_f64() * 1e3)),
+            put.as_secs_f64() * 1e3,
+            put.as_secs_f64() * 3e3,
+            if pass { "PASS" } else { "MISS" }
+        );
+    }
+    t
+}
