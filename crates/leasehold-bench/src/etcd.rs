@@ -139,7 +139,11 @@ async fn queued(client: &etcd_client::Client, name: &str) -> usize {
     let mut c = client.clone();
     c.get(
         format!("{name}/"),
-        Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+        Some(
+            etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only(),
+        ),
     )
     .await
     .map_or(0, |r| usize::try_from(r.count()).unwrap_or(0))
@@ -293,7 +297,10 @@ pub async fn run(b: &Binaries, opts: &Opts) {
         }
         let mut leader_pid = None;
         if let Some(first) = cands.first_mut()
-            && first.wait(Ev::Started, Duration::from_secs(20)).await.is_some()
+            && first
+                .wait(Ev::Started, Duration::from_secs(20))
+                .await
+                .is_some()
         {
             leader_pid = Some(first.pid);
         }
@@ -332,7 +339,10 @@ pub async fn run(b: &Binaries, opts: &Opts) {
 
 fn render(rows: &[Row], put: Duration, puts: &[Duration], opts: &Opts) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "# Benchmark: leasehold on etcd, beside etcd's own election clients\n");
+    let _ = writeln!(
+        t,
+        "# Benchmark: leasehold on etcd, beside etcd's own election clients\n"
+    );
     let _ = writeln!(
         t,
         "`cargo run --release -p leasehold-bench -- etcd` on one etcd {} (built from its Go module by the harness), on the 2-core test machine. Times in ms: min / median / p90 / max. Handover: SIGTERM to the leader until the standby queued behind it says it leads (a fresh pair of processes each run). Failover: SIGKILL instead. Messages: etcd's `grpc_server_msg_received_total` (every unary request and every stream message: keepalives, watch requests) per minute, with 3 candidates, over {} s of steady state. RSS of the leader, anonymous + file-backed.\n",
@@ -346,8 +356,9 @@ fn render(rows: &[Row], put: Duration, puts: &[Duration], opts: &Opts) -> String
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|---|");
     for r in rows {
-        let ratio = median(&r.failover)
-            .map_or("-".into(), |m| format!("{:.2}", m.as_secs_f64() / r.who.ttl().as_secs_f64()));
+        let ratio = median(&r.failover).map_or("-".into(), |m| {
+            format!("{:.2}", m.as_secs_f64() / r.who.ttl().as_secs_f64())
+        });
         let failover = if r.who == Who::Etcdctl {
             "- (TTL fixed at 60 s)".into()
         } else {

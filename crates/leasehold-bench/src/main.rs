@@ -242,7 +242,14 @@ async fn etcds(opts: etcd::Opts) {
     let root = harness::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = std::process::Command::new(&cargo)
-        .args(["build", "--release", "-p", "leasehold-bench", "--bin", "lh-candidate"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "leasehold-bench",
+            "--bin",
+            "lh-candidate",
+        ])
         .current_dir(&root)
         .status()
         .is_ok_and(|s| s.success());

@@ -202,7 +202,10 @@ impl State {
                     });
                     (200, "application/json", body.to_string() + "\n")
                 }
-                Err(e @ leasehold::TransferError::NotLeading) => (409, TEXT, format!("{e}\n")),
+                Err(
+                    e @ (leasehold::TransferError::NotLeading
+                    | leasehold::TransferError::NotNextInLine { .. }),
+                ) => (409, TEXT, format!("{e}\n")),
                 Err(e) => (400, TEXT, format!("{e}\n")),
             };
         }

@@ -5,11 +5,11 @@ use crate::{
     child::{self, Watchdog},
     supervisor::{Action, Event, Failure, Supervisor, Term, kill_grace},
 };
+#[cfg(feature = "etcd")]
+use leasehold::backend::etcd::EtcdElection;
 use leasehold::{
     Election, Elector, FencingToken, Leadership, LockBackend, backend::file::FileLock,
 };
-#[cfg(feature = "etcd")]
-use leasehold::backend::etcd::EtcdElection;
 use std::{
     ops::ControlFlow,
     path::PathBuf,

@@ -242,6 +242,9 @@ pub struct Status {
     /// driver): its kind, so a program can act on it (exit on
     /// [`Forbidden`](crate::FailureKind::Forbidden)), the object and the message.
     pub last_error: Option<crate::LastError>,
+    /// On elections that queue (etcd): the identity of the candidate queued right after this
+    /// one, the only one a leader can hand over to. `None` on locks, and at the end of a queue.
+    pub next_in_line: Option<String>,
 }
 
 #[derive(Debug)]

@@ -146,6 +146,8 @@ pub struct ElectorHandle {
     step_down: Arc<watch::Sender<StepDownRequest>>,
     /// The backend stores the handover mark a transfer needs.
     carries_handover: bool,
+    /// The election hands over only to the candidate next in line (etcd's queue).
+    next_in_line_only: bool,
     /// The lock, for errors.
     lock: Arc<str>,
 }
@@ -182,6 +184,21 @@ pub enum TransferError {
     /// The backend does not store the handover mark.
     #[error("{0} cannot carry a handover mark; use step-down")]
     Unsupported(String),
+    /// On etcd, leadership passes only to the candidate queued right after the leader.
+    #[error("cannot hand over to `{to}`: on etcd only the candidate next in line can take over ({})", next_is(.next))]
+    NotNextInLine {
+        /// The target asked for.
+        to: String,
+        /// The candidate next in line, if any.
+        next: Option<String>,
+    },
+}
+
+fn next_is(next: &Option<String>) -> String {
+    match next {
+        Some(n) => format!("that is `{n}`"),
+        None => "nobody is queued after this one".to_owned(),
+    }
 }
 
 // === impl ElectorHandle ===
@@ -295,6 +312,15 @@ impl ElectorHandle {
         if !self.carries_handover {
             return Err(TransferError::Unsupported(self.lock.to_string()));
         }
+        if self.next_in_line_only {
+            let next = self.rx.borrow().next_in_line.clone();
+            if next.as_deref() != Some(to) {
+                return Err(TransferError::NotNextInLine {
+                    to: to.to_owned(),
+                    next,
+                });
+            }
+        }
         self.step_down.send_modify(|r| {
             r.seq += 1;
             r.what = Request::Transfer(to.to_owned());
@@ -373,6 +399,11 @@ pub trait Election: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Whether a directed transfer ([`ElectorHandle::transfer`]) can be carried.
     fn carries_handover(&self) -> bool;
+    /// Whether a transfer can go only to the candidate next in line (etcd's queue, where
+    /// leadership passes in the order candidates queued), as [`Status::next_in_line`] names it.
+    fn hands_over_to_next_in_line_only(&self) -> bool {
+        false
+    }
     /// How the elector drives it.
     #[doc(hidden)]
     fn engine(self: Arc<Self>) -> Engine;
@@ -545,6 +576,7 @@ impl<B: Election> Elector<B> {
             term: self.term.subscribe(),
             step_down: Arc::clone(&self.step_down),
             carries_handover: self.backend.carries_handover(),
+            next_in_line_only: self.backend.hands_over_to_next_in_line_only(),
             lock: self.backend.describe().into(),
         }
     }
@@ -1102,12 +1134,15 @@ impl<B: Election> Elector<B> {
                     }
                 }
                 let (role, token) = (queue.role(), queue.fencing_token());
+                let next = queue.next_in_line();
                 self.tx.send_if_modified(|s| {
                     let changed = (s.role, s.fencing_token, s.observed, s.leader.as_str())
-                        != (role, token, observed, leader.as_str());
+                        != (role, token, observed, leader.as_str())
+                        || s.next_in_line.as_deref() != next;
                     if changed {
                         (s.role, s.fencing_token, s.observed) = (role, token, observed);
                         s.leader.clone_from(&leader);
+                        s.next_in_line = next.map(str::to_owned);
                     }
                     changed
                 });

@@ -159,7 +159,12 @@ async fn on_etcd(
         } else {
             format!("{name}-{i}")
         };
-        let (e1, e2, i1, i2) = (election.clone(), election.clone(), id.to_owned(), id.to_owned());
+        let (e1, e2, i1, i2) = (
+            election.clone(),
+            election.clone(),
+            id.to_owned(),
+            id.to_owned(),
+        );
         let elector = match Elector::new(
             EtcdElection::new(client.clone(), election),
             id,
@@ -176,8 +181,8 @@ async fn on_etcd(
             .on_stopped_leading(move || say(&format!("stopped {i2} {e2}")));
         tasks.push(tokio::spawn(elector.run(cancel.clone())));
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -241,9 +241,11 @@ impl crate::Election for EtcdElection {
         format!("etcd election {}", self.name)
     }
     fn carries_handover(&self) -> bool {
-        // The queue can hand over to the candidate next in line only; the handle cannot tell
-        // which that is yet, so a transfer is refused rather than accepted and dropped.
-        false
+        true
+    }
+    fn hands_over_to_next_in_line_only(&self) -> bool {
+        // Leadership passes in the order candidates queued: resigning hands it to the next.
+        true
     }
     fn engine(self: std::sync::Arc<Self>) -> crate::elector::Engine {
         crate::elector::Engine::Etcd(self)
