@@ -13,26 +13,21 @@
 # With --kube first, it builds the Kubernetes image's binary, without the etcd backend (cargo
 # feature `etcd`): etcd's gRPC stack turns on hyper's HTTP/2 code, which kube's client then
 # carries too, and the sidecar on a Lease is resident at 4.9 MiB with it, 4.2 MiB without
-# (docs/benchmarks.md). That binary is copied to dist/kube/leasehold, so both builds can sit
-# side by side.
+# (docs/benchmarks.md). It is built in target/kube, so that the two builds never replace each
+# other's binary (or rebuild each other's dependencies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-kube=0
+out=target
 if [ "${1:-}" = "--kube" ]; then
-  kube=1
   shift
   set -- --no-default-features "$@"
+  out=target/kube
+  export CARGO_TARGET_DIR="$out"
 fi
-# The path of the binary built, the Kubernetes build's copy with --kube.
+# The path of the binary built.
 emit() {
-  if [ "$kube" = 1 ]; then
-    mkdir -p "$(dirname "$1")/kube"
-    cp "$1" "$(dirname "$1")/kube/leasehold"
-    echo "$(dirname "$1")/kube/leasehold"
-  else
-    echo "$1"
-  fi
+  echo "$out/${1#target/}"
 }
 
 host=$(rustc -vV | sed -n 's/^host: //p')
