@@ -12,7 +12,7 @@
 #
 # With --kube first, it builds the Kubernetes image's binary, without the etcd backend (cargo
 # feature `etcd`): etcd's gRPC stack turns on hyper's HTTP/2 code, which kube's client then
-# carries too, and the sidecar on a Lease is resident at 4.9 MiB with it, 4.2 MiB without
+# carries too, and the sidecar on a Lease is resident at 4.9 MiB with it, 4.4 MiB without
 # (docs/benchmarks.md). It is built in target/kube, so that the two builds never replace each
 # other's binary (or rebuild each other's dependencies).
 set -euo pipefail
