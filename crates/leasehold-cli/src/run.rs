@@ -119,7 +119,7 @@ impl Error {
 /// `$XDG_RUNTIME_DIR` when set, else the temporary directory. Both may be private (to the user;
 /// to each service under systemd's `PrivateTmp=` or in a container), so candidates of one
 /// election run by other users or services may each get a file of their own and all lead:
-/// [`with_backend`] warns.
+/// [`open`] warns.
 pub fn default_file(name: &str) -> (PathBuf, &'static str) {
     let file = format!("leasehold-{name}.json");
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR")
