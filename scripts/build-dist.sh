@@ -10,8 +10,8 @@
 #
 # Prints the binary's path on stdout. Extra arguments go to cargo.
 #
-# With --kube first, it builds the Kubernetes image's binary, without the etcd backend (cargo
-# feature `etcd`): etcd's gRPC stack turns on hyper's HTTP/2 code, which kube's client then
+# It builds the full binary, with the etcd backend (cargo feature `etcd`, which needs protoc).
+# With --kube first, it builds the Kubernetes image's binary, without the etcd backend: etcd's gRPC stack turns on hyper's HTTP/2 code, which kube's client then
 # carries too, and the sidecar on a Lease is resident at 4.9 MiB with it, 4.4 MiB without
 # (docs/benchmarks.md). It is built in target/kube, so that the two builds never replace each
 # other's binary (or rebuild each other's dependencies).
@@ -21,9 +21,11 @@ cd "$(dirname "$0")/.."
 out=target
 if [ "${1:-}" = "--kube" ]; then
   shift
-  set -- --no-default-features "$@"
   out=target/kube
   export CARGO_TARGET_DIR="$out"
+else
+  # The full binary: every backend (the etcd client needs protoc to build).
+  set -- --features etcd "$@"
 fi
 # The path of the binary built.
 emit() {

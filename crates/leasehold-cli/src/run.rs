@@ -225,7 +225,8 @@ pub async fn open(lock: &LockArgs, contend: bool, events: bool) -> Result<Opened
         #[cfg(not(feature = "etcd"))]
         Backend::Etcd => Err(Error::Usage(
             "--backend etcd: this leasehold was built without the etcd backend (cargo feature \
-             `etcd`, which the Kubernetes image leaves out); use the full build"
+             `etcd`, which the Kubernetes image leaves out); use the full build \
+             (scripts/build-dist.sh, or cargo build -p leasehold-cli --features etcd)"
                 .into(),
         )),
         #[cfg(feature = "etcd")]
