@@ -20,6 +20,7 @@ pub mod lock;
 pub mod machine;
 pub mod queue;
 pub mod record;
+pub mod session;
 
 pub use config::{ConfigError, Timing};
 pub use lock::{

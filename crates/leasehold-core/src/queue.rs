@@ -105,6 +105,21 @@ pub enum Event {
         /// The identity (key value) of the candidate to hand over to.
         to: String,
     },
+    /// On a shared session ([`Queue::on_session`]): the session's lease is alive, its last
+    /// answered keepalive was sent at `sent` ([`crate::session::Action::Alive`]).
+    SessionAlive {
+        /// The lease.
+        lease: i64,
+        /// The TTL etcd answered.
+        ttl: Duration,
+        /// The send time of the last answered keepalive or grant.
+        sent: Tick,
+    },
+    /// On a shared session: the lease is gone, with this candidate's key on it.
+    SessionLost {
+        /// The lease.
+        lease: i64,
+    },
 }
 
 /// What the machine asks the driver to do.
@@ -285,6 +300,12 @@ pub struct Queue {
     cancelling: bool,
     /// When the watch was last lost: losses in a row list again after a retry period.
     watch_lost_at: Option<Tick>,
+    /// The session is shared ([`Queue::on_session`]): not this machine's to grant, keep alive
+    /// or revoke.
+    shared: bool,
+    /// On a shared session: the last lease this machine gave up on, never taken up again (a
+    /// late report of it alive must not bring back a term's key).
+    dropped: Option<i64>,
 }
 
 // === impl Queue ===
@@ -313,6 +334,22 @@ impl Queue {
             hold_off_until: None,
             cancelling: false,
             watch_lost_at: None,
+            shared: false,
+            dropped: None,
+        }
+    }
+
+    /// A candidate on a session that many elections share ([`crate::session`]): it takes the
+    /// session's lease from [`Event::SessionAlive`] and [`Event::SessionLost`] and never grants,
+    /// keeps alive or revokes it. Its term is bounded as on a session of its own: the renew
+    /// deadline after the send time of the session's last answered keepalive.
+    ///
+    /// Leaving the election always deletes the key (the session lives on, so a key left to
+    /// expire would stay): [`Timing::release_on_cancel`] does not apply.
+    pub fn on_session(identity: impl Into<String>, name: &str, timing: Timing) -> Self {
+        Self {
+            shared: true,
+            ..Self::new(identity, name, timing)
         }
     }
 
@@ -379,7 +416,7 @@ impl Queue {
         let mut at = self.retry_at;
         let mut earliest = |t: Tick| at = Some(at.map_or(t, |a| a.min(t)));
         if let Some(s) = &self.session {
-            if s.in_flight.is_none() {
+            if s.in_flight.is_none() && !self.shared {
                 earliest(s.keep_alive_at);
             }
             // A standby's session that was not renewed in time is gone on the server.
@@ -461,7 +498,7 @@ impl Queue {
             Event::Drained => {
                 if let State::Draining { rev, then } = self.state {
                     self.state = State::Resigning { rev, then };
-                    if then == After::Finish {
+                    if then == After::Finish && !self.shared {
                         // Revoking the lease deletes the key with it, in one request (or,
                         // without release, the key goes when the lease expires).
                         self.state = State::Revoking;
@@ -478,6 +515,32 @@ impl Queue {
             Event::Resume => {
                 self.hold_off_until = None;
                 self.step(now, &mut out);
+            }
+            Event::SessionAlive { lease, ttl, sent } => {
+                if self.shared && self.dropped != Some(lease) && now < sent + ttl {
+                    if self.session.as_ref().is_some_and(|s| s.lease != lease) {
+                        // A new lease: the old one is gone, with the key on it.
+                        self.lease_gone(&mut out);
+                    }
+                    let s = self.session.get_or_insert(Session {
+                        lease,
+                        ttl,
+                        last_ok_sent: sent,
+                        keep_alive_at: sent,
+                        in_flight: None,
+                    });
+                    s.last_ok_sent = s.last_ok_sent.max(sent);
+                    s.ttl = ttl;
+                    // A candidate first in the queue with a stale session may act now.
+                    if self.listed {
+                        self.evaluate(now, &mut out);
+                    }
+                }
+            }
+            Event::SessionLost { lease } => {
+                if self.session.as_ref().is_some_and(|s| s.lease == lease) {
+                    self.lease_gone(&mut out);
+                }
             }
             Event::Transfer { to } => {
                 let next = self.next_in_line().map(str::to_owned);
@@ -543,6 +606,8 @@ impl Queue {
                         self.state = State::Campaigning;
                         self.step(now, out);
                     }
+                    // The shared session's next lease comes as an event.
+                    _ if self.shared => {}
                     _ => {
                         self.session = None;
                         self.op = Some(Op::Grant { sent: now });
@@ -608,11 +673,15 @@ impl Queue {
         {
             // Gone on the server, with this candidate's key, or about to be (the server counts
             // from the keepalive's receipt): revoke it to be sure it does not block the queue,
-            // and start over with a new session.
-            out.push(Action::RevokeStale {
-                lease: s.lease,
-                deadline: self.request_deadline(now),
-            });
+            // and start over with a new session. (A shared one is its keeper's to revoke.)
+            if self.shared {
+                self.dropped = Some(s.lease);
+            } else {
+                out.push(Action::RevokeStale {
+                    lease: s.lease,
+                    deadline: self.request_deadline(now),
+                });
+            }
             self.session = None;
             if let Some(rev) = self.own_rev() {
                 if let State::Leading { .. } = self.state {
@@ -630,6 +699,7 @@ impl Queue {
         if let Some(s) = &mut self.session
             && s.in_flight.is_none()
             && now >= s.keep_alive_at
+            && !self.shared
         {
             s.in_flight = Some(now);
             let lease = s.lease;
@@ -700,7 +770,7 @@ impl Queue {
         self.op = None;
         if self.session.as_ref().is_none_or(|s| s.lease != lease) {
             // The session was given up on meanwhile: the key may have landed on its lease.
-            if r.is_ok() {
+            if r.is_ok() && !self.shared {
                 out.push(Action::RevokeStale {
                     lease,
                     deadline: self.request_deadline(now),
@@ -719,8 +789,7 @@ impl Queue {
             Ok(rev) if self.state == State::Campaigning => {
                 self.state = State::Queued { rev };
                 if self.cancelling {
-                    // Revoking the lease deletes the key with it.
-                    self.state = State::Revoking;
+                    self.state = self.release(rev);
                 } else if self.hold_off_until.is_some_and(|h| now < h) {
                     self.state = State::Resigning {
                         rev,
@@ -806,8 +875,8 @@ impl Queue {
                     then: After::Finish,
                 }
             }
-            // Revoking the lease deletes the key with it: one request.
-            State::Queued { .. } | State::Out => self.state = State::Revoking,
+            State::Queued { rev } => self.state = self.release(rev),
+            State::Out => self.state = State::Revoking,
             // Between a failed campaign and its retry: nothing to wait for.
             State::Campaigning if self.op.is_none() => self.state = State::Revoking,
             State::Campaigning | State::Revoking | State::Done => {}
@@ -836,7 +905,11 @@ impl Queue {
 
     /// etcd no longer has the session's lease, nor the key on it.
     fn lease_gone(&mut self, out: &mut Vec<Action>) {
-        self.session = None;
+        if let Some(s) = self.session.take()
+            && self.shared
+        {
+            self.dropped = Some(s.lease);
+        }
         if self.state == State::Campaigning {
             self.state = State::Out;
         }
@@ -855,6 +928,19 @@ impl Queue {
                     self.op = None;
                 }
             }
+        }
+    }
+
+    /// How a cancelled candidate queued with `rev` leaves: revoking its own session deletes
+    /// the key with it in one request; on a shared session it deletes the key.
+    fn release(&self, rev: i64) -> State {
+        if self.shared {
+            State::Resigning {
+                rev,
+                then: After::Finish,
+            }
+        } else {
+            State::Revoking
         }
     }
 
@@ -885,7 +971,7 @@ impl Queue {
     fn revoke_or_finish(&mut self, now: Tick, out: &mut Vec<Action>) {
         self.state = State::Revoking;
         match &self.session {
-            Some(s) if self.timing.release_on_cancel && self.session_alive(now) => {
+            Some(s) if self.timing.release_on_cancel && self.session_alive(now) && !self.shared => {
                 let lease = s.lease;
                 self.op = Some(Op::Revoke);
                 out.push(Action::Revoke {
@@ -1674,5 +1760,237 @@ mod tests {
             "my-election/694d99fafea88404"
         );
         assert_eq!(q.prefix(), "my-election/");
+    }
+
+    /// A candidate "me" on a shared session's lease 0x10 (granted at t=0), leading with `rev`.
+    fn shared_leader(rev: i64) -> Queue {
+        let mut q = Queue::on_session("me", "e", timing());
+        // No session of its own: it waits for the shared one.
+        assert_eq!(q.handle(Event::Start, ms(0)), vec![]);
+        assert_eq!(q.deadline(), None);
+        assert_eq!(
+            q.handle(
+                Event::SessionAlive {
+                    lease: 0x10,
+                    ttl: 15 * S,
+                    sent: ms(0)
+                },
+                ms(30)
+            ),
+            vec![Action::Campaign {
+                key: "e/10".into(),
+                value: "me".into(),
+                lease: 0x10,
+                deadline: ms(2530)
+            }]
+        );
+        assert_eq!(
+            q.handle(Event::Campaigned(Ok(rev)), ms(40)),
+            vec![Action::List { deadline: ms(2540) }]
+        );
+        assert_eq!(
+            q.handle(
+                Event::Listed(Ok((vec![entry("me", rev, 0x10)], rev))),
+                ms(50)
+            ),
+            vec![
+                Action::Watch { revision: rev + 1 },
+                Action::NewLeader {
+                    identity: "me".into()
+                },
+                Action::StartedLeading {
+                    token: FencingToken(rev as u64)
+                },
+            ]
+        );
+        q
+    }
+
+    #[test]
+    fn on_a_shared_session_the_term_counts_from_the_sessions_keepalives_and_none_are_sent() {
+        let mut q = shared_leader(7);
+        assert_eq!(q.leading_until(), Some(10 * S));
+        // Only the term's end and the lease's expiry are deadlines: no keepalive of its own.
+        assert_eq!(q.deadline(), Some(10 * S));
+        assert_eq!(q.handle(Event::Timer, 5 * S), vec![]);
+        let alive = |sent| Event::SessionAlive {
+            lease: 0x10,
+            ttl: 15 * S,
+            sent,
+        };
+        assert_eq!(q.handle(alive(5 * S), ms(5050)), vec![]);
+        assert_eq!(q.leading_until(), Some(15 * S));
+        // An older report (a coalesced channel) never moves the bound back.
+        q.handle(alive(ms(100)), ms(5060));
+        assert_eq!(q.leading_until(), Some(15 * S));
+        // No answered keepalive for a renew deadline: the term ends.
+        assert_eq!(
+            q.handle(Event::Timer, 15 * S),
+            vec![Action::StoppedLeading {
+                token: FencingToken(7),
+                reason: StepDown::DeadlineExceeded
+            }]
+        );
+        // The key is resigned (the session may live on), then it queues again.
+        assert_eq!(
+            q.handle(Event::Drained, ms(15_100)),
+            vec![Action::Resign {
+                key: "e/10".into(),
+                create_revision: 7,
+                deadline: ms(17_600)
+            }]
+        );
+        // Expired by this clock: given up on without revoking (the session's keeper does),
+        // and not taken up again.
+        assert_eq!(q.handle(Event::Timer, 20 * S), vec![]);
+        assert_eq!(q.handle(alive(6 * S), ms(20_010)), vec![]);
+        assert_eq!(
+            q.handle(
+                Event::SessionAlive {
+                    lease: 0x11,
+                    ttl: 15 * S,
+                    sent: 20 * S
+                },
+                ms(20_050)
+            ),
+            vec![
+                // Its own key was the queue: nobody leads now.
+                Action::NewLeader {
+                    identity: String::new()
+                },
+                Action::Campaign {
+                    key: "e/11".into(),
+                    value: "me".into(),
+                    lease: 0x11,
+                    deadline: ms(22_550)
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn on_a_shared_session_a_lost_lease_ends_the_term_and_the_next_lease_queues_anew() {
+        let mut q = shared_leader(7);
+        assert_eq!(
+            q.handle(Event::SessionLost { lease: 0x10 }, S),
+            vec![Action::StoppedLeading {
+                token: FencingToken(7),
+                reason: StepDown::Deleted
+            }]
+        );
+        // Its key went with the lease: nothing to resign, and no lease to campaign on yet.
+        assert_eq!(q.handle(Event::Drained, ms(1100)), vec![]);
+        assert_eq!(q.role(), Role::Standby);
+        // A late report of the lost lease alive is ignored.
+        let alive = |lease, sent| Event::SessionAlive {
+            lease,
+            ttl: 15 * S,
+            sent,
+        };
+        assert_eq!(q.handle(alive(0x10, ms(900)), ms(1200)), vec![]);
+        assert_eq!(
+            q.handle(alive(0x12, ms(1300)), ms(1400)),
+            vec![
+                // Its own key was the queue: nobody leads now.
+                Action::NewLeader {
+                    identity: String::new()
+                },
+                Action::Campaign {
+                    key: "e/12".into(),
+                    value: "me".into(),
+                    lease: 0x12,
+                    deadline: ms(3900)
+                }
+            ]
+        );
+        // A new lease reported while queued on the old one: the old key went with it.
+        assert_eq!(
+            q.handle(Event::Campaigned(Ok(9)), ms(1500)),
+            vec![Action::List { deadline: ms(4000) }]
+        );
+        q.handle(
+            Event::Listed(Ok((vec![entry("other", 8, 0x20), entry("me", 9, 0x12)], 9))),
+            ms(1600),
+        );
+        assert_eq!(
+            q.handle(alive(0x13, 2 * S), ms(2100)),
+            vec![Action::Campaign {
+                key: "e/13".into(),
+                value: "me".into(),
+                lease: 0x13,
+                deadline: ms(4600)
+            }]
+        );
+    }
+
+    #[test]
+    fn on_a_shared_session_cancel_deletes_the_key_and_never_revokes() {
+        for release in [true, false] {
+            let mut q = Queue::on_session(
+                "me",
+                "e",
+                Timing {
+                    release_on_cancel: release,
+                    ..timing()
+                },
+            );
+            q.handle(
+                Event::SessionAlive {
+                    lease: 0x10,
+                    ttl: 15 * S,
+                    sent: ms(0),
+                },
+                ms(10),
+            );
+            q.handle(Event::Campaigned(Ok(7)), ms(20));
+            q.handle(Event::Listed(Ok((vec![entry("me", 7, 0x10)], 7))), ms(30));
+            assert_eq!(q.role(), Role::Leader);
+            assert_eq!(
+                q.handle(Event::Cancel, S),
+                vec![Action::StoppedLeading {
+                    token: FencingToken(7),
+                    reason: StepDown::Cancelled
+                }]
+            );
+            assert_eq!(
+                q.handle(Event::Drained, ms(1100)),
+                vec![Action::Resign {
+                    key: "e/10".into(),
+                    create_revision: 7,
+                    deadline: ms(3600)
+                }]
+            );
+            assert_eq!(
+                q.handle(Event::Resigned(Ok(())), ms(1200)),
+                vec![Action::Unwatch, Action::Finished]
+            );
+        }
+        // A standby cancelled deletes its key too.
+        let mut q = Queue::on_session("me", "e", timing());
+        q.handle(
+            Event::SessionAlive {
+                lease: 0x10,
+                ttl: 15 * S,
+                sent: ms(0),
+            },
+            ms(10),
+        );
+        q.handle(Event::Campaigned(Ok(9)), ms(20));
+        q.handle(
+            Event::Listed(Ok((vec![entry("a", 8, 0x20), entry("me", 9, 0x10)], 9))),
+            ms(30),
+        );
+        assert_eq!(
+            q.handle(Event::Cancel, S),
+            vec![Action::Resign {
+                key: "e/10".into(),
+                create_revision: 9,
+                deadline: ms(3500)
+            }]
+        );
+        // Cancelled before any lease: nothing to delete.
+        let mut q = Queue::on_session("me", "e", timing());
+        q.handle(Event::Start, ms(0));
+        assert_eq!(q.handle(Event::Cancel, S), vec![Action::Finished]);
     }
 }
