@@ -151,23 +151,11 @@ async fn queued(client: &etcd_client::Client, name: &str) -> usize {
 
 /// The sum of etcd's `grpc_server_msg_received_total` from its `/metrics`.
 fn messages_received(url: &str) -> Option<f64> {
-    use std::io::{Read as _, Write as _};
-    let addr = url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with("grpc_server_msg_received_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    let text = leasehold_testing::harness::etcd_metrics(url)?;
+    Some(leasehold_testing::harness::metric_sum(
+        &text,
+        "grpc_server_msg_received_total{",
+    ))
 }
 
 /// Starts a leader and a standby queued behind it, then signals the leader: the time until

@@ -811,6 +811,32 @@ pub async fn next_pod_to_delete(client: &kube::Client, namespace: &str, pods: &[
     idx
 }
 
+/// etcd's own metrics, `/metrics` on a plain client URL (`http://HOST:PORT`), as text; `None`
+/// if it does not answer within 5 seconds.
+pub fn etcd_metrics(url: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The sum of a metric's samples whose line starts with `prefix` (a name, or a name and
+/// the start of its labels), in etcd's `/metrics` text.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A name no other test uses: `prefix-<pid>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

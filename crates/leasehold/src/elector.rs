@@ -1054,10 +1054,17 @@ impl<B: Election> Elector<B> {
         cancel: CancellationToken,
     ) {
         use leasehold_core::queue::{Action as Q, Event as E, Queue};
-        let origin = Instant::now();
         let describe = Election::describe(&*election);
         let timing = self.machine.timing().clone();
-        let mut queue = Queue::new(self.identity.to_string(), election.name(), timing);
+        // On a shared session, ticks count from the session's origin: the keepalive send
+        // times it reports are on that clock.
+        let session = election.session();
+        let origin = session.map_or_else(Instant::now, |s| s.origin());
+        let mut lease = session.map(crate::backend::etcd::EtcdSession::subscribe);
+        let mut queue = match session {
+            Some(_) => Queue::on_session(self.identity.to_string(), election.name(), timing),
+            None => Queue::new(self.identity.to_string(), election.name(), timing),
+        };
         let mut io = crate::backend::etcd::Io::new(&election, origin);
         let mut run = TermRun::default();
         // The boot-clock time of each recent keepalive's send, by the machine's tick: the
@@ -1180,6 +1187,20 @@ impl<B: Election> Elector<B> {
                 }
                 // The timer before the I/O: a busy stream of answers must not hold it off.
                 _ = &mut sleep => E::Timer,
+                Some(l) = async {
+                    let rx = lease.as_mut()?;
+                    rx.changed().await.ok()?;
+                    Some(*rx.borrow_and_update())
+                }, if lease.is_some() => {
+                    let Some(ev) = l.event() else { continue };
+                    if l.alive {
+                        if sends.len() == SENDS_KEPT {
+                            sends.pop_front();
+                        }
+                        sends.push_back((l.sent, l.boot_sent));
+                    }
+                    ev
+                }
                 ev = io.next() => ev,
                 r = async { run.running.as_mut().expect("guarded").await }, if run.running.is_some() => {
                     if run.work_returned(&r, &describe) {
@@ -1478,7 +1499,7 @@ const SENDS_KEPT: usize = 64;
 
 /// Now on `CLOCK_BOOTTIME` (Linux): like `CLOCK_MONOTONIC`, but it keeps counting while the
 /// host is suspended.
-fn boottime() -> Option<Duration> {
+pub(crate) fn boottime() -> Option<Duration> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);

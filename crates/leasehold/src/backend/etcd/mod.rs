@@ -40,7 +40,9 @@ use std::{sync::Arc, time::Duration};
 use tokio::time::{Instant, timeout_at};
 
 pub use etcd_client;
+pub use session::EtcdSession;
 
+mod session;
 #[cfg(test)]
 mod tests;
 
@@ -163,6 +165,9 @@ pub struct Candidate {
 pub struct EtcdElection {
     client: Client,
     name: String,
+    /// The session shared with other elections, if made by [`EtcdSession::election`]; else
+    /// each elector on it holds a session of its own.
+    session: Option<EtcdSession>,
 }
 
 // === impl EtcdElection ===
@@ -170,11 +175,20 @@ pub struct EtcdElection {
 impl EtcdElection {
     /// The election `name` on the etcd that `client` reaches. The client is the application's:
     /// its endpoints, TLS and credentials are used as they are.
+    ///
+    /// Each elector on it keeps a session (lease) of its own. A process in many elections
+    /// shares one instead: [`EtcdSession::election`].
     pub fn new(client: Client, name: impl Into<String>) -> Self {
         Self {
             client,
             name: name.into(),
+            session: None,
         }
+    }
+
+    /// The session it shares with other elections, if any.
+    pub fn session(&self) -> Option<&EtcdSession> {
+        self.session.as_ref()
     }
 
     /// The election's name.
@@ -263,7 +277,16 @@ pub(crate) struct Io {
     pending: FuturesUnordered<BoxFuture<'static, Event>>,
     keeper: Arc<std::sync::Mutex<Option<Keeper>>>,
     watch: Option<BoxStream<'static, Event>>,
+    /// The shared session whose watch stream carries this election's watch, if any, and the
+    /// watch's id on it.
+    session: Option<(EtcdSession, Option<i64>)>,
     report: Arc<Report>,
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        self.unwatch();
+    }
 }
 
 /// Logs failed requests, each different failure once until a request succeeds: the queue
@@ -321,17 +344,38 @@ impl Report {
 impl Io {
     /// An executor for `election`, with deadlines counted from `origin` (the machine's tick 0).
     pub(crate) fn new(election: &EtcdElection, origin: Instant) -> Self {
+        let mut io = Self::with_label(election.client.clone(), &election.name, origin);
+        io.session = election.session.clone().map(|s| (s, None));
+        io
+    }
+
+    /// An executor for a shared session's lease requests.
+    pub(crate) fn for_session(client: Client, origin: Instant) -> Self {
+        Self::with_label(client, "(shared session)", origin)
+    }
+
+    fn with_label(client: Client, name: &str, origin: Instant) -> Self {
         Self {
-            client: election.client.clone(),
-            prefix: format!("{}/", election.name),
+            client,
+            prefix: format!("{name}/"),
             origin,
             pending: FuturesUnordered::new(),
             keeper: Arc::default(),
             watch: None,
+            session: None,
             report: Arc::new(Report {
-                prefix: format!("{}/", election.name),
+                prefix: format!("{name}/"),
                 last: std::sync::Mutex::new(None),
             }),
+        }
+    }
+
+    /// Cancels this election's watch on the shared stream, if it has one there.
+    fn unwatch(&mut self) {
+        if let Some((session, id)) = &mut self.session
+            && let Some(id) = id.take()
+        {
+            session.unwatch(id);
         }
     }
 
@@ -435,10 +479,19 @@ impl Io {
                 })
             }
             Action::Watch { revision } => {
-                self.watch = Some(watch(self.client.clone(), self.prefix.clone(), revision));
+                self.unwatch();
+                self.watch = Some(match &mut self.session {
+                    Some((session, id)) => {
+                        let (new, events) = session.watch(self.prefix.clone(), revision);
+                        *id = Some(new);
+                        events
+                    }
+                    None => watch(self.client.clone(), self.prefix.clone(), revision),
+                });
                 return;
             }
             Action::Unwatch => {
+                self.unwatch();
                 self.watch = None;
                 return;
             }

@@ -496,3 +496,158 @@ async fn the_elector_runs_on_an_etcd_election() {
     }
     assert_eq!(ha.status().role, leasehold_core::Role::Stopped);
 }
+
+/// Electors on one shared session per process, in many elections at once: one lease, one
+/// keepalive stream and one watch stream per process, whatever the number of elections; the
+/// standby process takes over each election its leader leaves; a lost lease steps every leader
+/// on it down; and cut off from etcd, every leader stops before the lease can expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_elections_share_one_session_per_process() {
+    const N: usize = 40;
+    let mut etcd = harness::EtcdServer::start().await;
+    let url = etcd.url();
+    let base = unique("shared");
+    let names: Vec<String> = (0..N).map(|i| format!("{base}-{i}")).collect();
+    let process = |id: &'static str| {
+        let (url, names) = (url.clone(), names.clone());
+        async move {
+            let client = Client::connect([url.as_str()], None).await.unwrap();
+            let session = EtcdSession::new(client, timing());
+            let cancel = CancellationToken::new();
+            let mut handles = Vec::new();
+            let mut tasks = Vec::new();
+            for name in &names {
+                let elector =
+                    crate::Elector::new(session.election(name.clone()), id, timing()).unwrap();
+                handles.push(elector.handle());
+                let child = cancel.child_token();
+                tasks.push((child.clone(), tokio::spawn(elector.run(child))));
+            }
+            (session, cancel, handles, tasks)
+        }
+    };
+    let (sa, cancel_a, ha, mut tasks_a) = process("sh-a").await;
+    let mut firsts = Vec::new();
+    for h in &ha {
+        firsts.push(h.acquired().await.unwrap().fencing_token());
+    }
+    let (sb, cancel_b, hb, tasks_b) = process("sh-b").await;
+    let until = Instant::now() + Duration::from_secs(20);
+    while hb.iter().any(|h| h.leader() != "sh-a") {
+        assert!(
+            Instant::now() < until,
+            "sh-b never saw sh-a lead everywhere"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every key of a process is on its one lease.
+    let client = Client::connect([etcd.url()], None).await.unwrap();
+    let (la, lb) = (sa.lease().unwrap(), sb.lease().unwrap());
+    for name in &names {
+        let e = EtcdElection::new(client.clone(), name.clone());
+        let leases: Vec<i64> = e
+            .candidates()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.lease)
+            .collect();
+        assert_eq!(leases, [la, lb], "{name}");
+    }
+    // One keepalive stream and one watch stream per process, for 40 elections each; over 3 s
+    // of steady state, each process's keepalives every 1.5 s, not one per election.
+    let before = harness::etcd_metrics(&etcd.url()).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = harness::etcd_metrics(&etcd.url()).unwrap();
+    let sum = |text: &str, metric: &str, method: &str| {
+        harness::metric_sum(text, &format!("{metric}{{grpc_method=\"{method}\""))
+    };
+    // Streams ever opened (etcd counts a stream as started when it opens).
+    let keepalive_streams = sum(&metrics, "grpc_server_started_total", "LeaseKeepAlive");
+    let watch_opened = sum(&metrics, "grpc_server_started_total", "Watch");
+    let keepalives = sum(&metrics, "grpc_server_msg_received_total", "LeaseKeepAlive")
+        - sum(&before, "grpc_server_msg_received_total", "LeaseKeepAlive");
+    let watchers = harness::metric_sum(&metrics, "etcd_debugging_mvcc_watcher_total");
+    eprintln!(
+        "2 processes x {N} elections: keepalive streams opened {keepalive_streams}, keepalives in 3 s {keepalives}, watch streams opened {watch_opened}, watchers {watchers}"
+    );
+    assert!(keepalive_streams <= 2.0, "{keepalive_streams}");
+    // At most 3 per process in 3 s (sends at 0, 1.5 and 3 s), with 1 to spare each; one
+    // session per election would send 80 and more.
+    assert!(keepalives <= 8.0, "{keepalives} keepalives in 3 s");
+    assert!(watch_opened <= 2.0, "{watch_opened} watch streams");
+    assert_eq!(watchers, (2 * N) as f64);
+
+    // Half the elections' leaders leave: sh-b takes each over with a larger token.
+    for (child, task) in tasks_a.drain(..N / 2) {
+        child.cancel();
+        task.await.unwrap();
+    }
+    for (i, h) in hb.iter().enumerate().take(N / 2) {
+        let t = h.acquired().await.unwrap().fencing_token();
+        assert!(t > firsts[i], "{t:?} after {:?}", firsts[i]);
+    }
+    assert!(ha[N / 2..].iter().all(crate::ElectorHandle::is_leader));
+
+    // sh-a's lease revoked behind its back: every leader on it steps down, sh-b takes over,
+    // and sh-a queues again on a new lease.
+    let mut c = client.clone();
+    c.lease_revoke(la).await.unwrap();
+    for h in &hb[N / 2..] {
+        h.acquired().await.unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while ha[N / 2..].iter().any(crate::ElectorHandle::is_leader) || sa.lease() == Some(la) {
+        assert!(
+            Instant::now() < until,
+            "sh-a still leads on a revoked lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while sa.lease().is_none() {
+        assert!(Instant::now() < until, "sh-a has no new lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Cut off from etcd: every leader stops within the renew deadline (3 s), before the
+    // lease (5 s) can expire.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(hb.iter().all(crate::ElectorHandle::is_leader));
+    let cut = Instant::now();
+    etcd.stop();
+    while hb.iter().any(crate::ElectorHandle::is_leader) {
+        assert!(
+            cut.elapsed() < Duration::from_secs(5),
+            "a leader on the shared session still acts {:?} after the cut",
+            cut.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "etcd stopped: all {N} leaders stopped {:?} later",
+        cut.elapsed()
+    );
+    etcd.restart().await;
+    let back = Instant::now();
+    let until = back + Duration::from_secs(30);
+    while !names
+        .iter()
+        .enumerate()
+        .all(|(i, _)| ha[i].is_leader() || hb[i].is_leader())
+    {
+        assert!(
+            Instant::now() < until,
+            "not every election has a leader again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "etcd back: every election leads again {:?} later",
+        back.elapsed()
+    );
+    cancel_a.cancel();
+    cancel_b.cancel();
+    for (_, t) in tasks_a.into_iter().chain(tasks_b) {
+        t.await.unwrap();
+    }
+}
