@@ -23,6 +23,38 @@ pub struct Opts {
     pub window: Duration,
     /// Where the table goes (also printed).
     pub out: Option<PathBuf>,
+    /// The numbers of elections for the scale rows (empty: none).
+    pub scale: Vec<usize>,
+    /// The scale rows' steady-state window.
+    pub scale_window: Duration,
+}
+
+/// The scale rows' session TTL, for both: leasehold's lease duration (renew deadline 20 s, a
+/// keepalive every 10 s) and the Go program's `-ttl` (a keepalive every third of it, 10 s).
+const SCALE_TTL: Duration = Duration::from_secs(30);
+
+/// How long a scale row waits for its process to lead every election.
+const SCALE_ACQUIRE: Duration = Duration::from_secs(180);
+
+/// When the scale rows' RSS at rest is read, after acquiring: past Go's forced collection.
+const SCALE_REST: Duration = Duration::from_secs(150);
+
+/// One process holding `m` elections on one session.
+struct ScaleRow {
+    who: Who,
+    m: usize,
+    acquired: usize,
+    acquire: Duration,
+    cpu_secs: f64,
+    etcd_cpu_secs: f64,
+    window: Duration,
+    msgs_per_sec: Option<f64>,
+    /// Right after acquiring every election.
+    rss_acquired_kib: Option<(u64, u64)>,
+    /// At rest, [`SCALE_REST`] after acquiring.
+    rss_kib: Option<(u64, u64)>,
+    /// Terms that ended during the window.
+    lost: usize,
 }
 
 /// Where the leasehold binaries are.
@@ -63,7 +95,37 @@ impl Who {
     }
 
     fn spawn(self, b: &Binaries, url: &str, name: &str, id: &str) -> std::io::Result<Cand> {
+        self.spawn_many(b, url, name, id, 1)
+    }
+
+    /// With `m` > 1: the elections `name-0` .. in one process, on one session (the library
+    /// and the Go program only), with the scale rows' TTL.
+    fn spawn_many(
+        self,
+        b: &Binaries,
+        url: &str,
+        name: &str,
+        id: &str,
+        m: usize,
+    ) -> std::io::Result<Cand> {
         let mut c = match self {
+            Who::LhLib if m > 1 => {
+                let mut c = Command::new(&b.lh_candidate);
+                let ms = |d: Duration| d.as_millis().to_string();
+                c.args(["--etcd", url, "--name", name, "--id", id])
+                    .args(["--lease-duration-ms", &ms(SCALE_TTL)])
+                    .args(["--renew-deadline-ms", &ms(SCALE_TTL * 2 / 3)])
+                    .args(["--retry-period-ms", &ms(SCALE_TTL * 2 / 15)])
+                    .args(["--count", &m.to_string()]);
+                c
+            }
+            Who::Go if m > 1 => {
+                let mut c = Command::new(bins().etcd_elector);
+                c.args(["-endpoints", url, "-name", name, "-id", id])
+                    .args(["-ttl", &SCALE_TTL.as_secs().to_string()])
+                    .args(["-count", &m.to_string()]);
+                c
+            }
             Who::LhLib => {
                 let mut c = Command::new(&b.lh_candidate);
                 c.args(["--etcd", url, "--name", name, "--id", id])
@@ -321,7 +383,19 @@ pub async fn run(b: &Binaries, opts: &Opts) {
             rss_kib,
         });
     }
-    let table = render(&rows, put, &puts, opts);
+    drop(etcd);
+    let mut scale_rows = Vec::new();
+    for &m in &opts.scale {
+        for who in [Who::LhLib, Who::Go] {
+            eprintln!(
+                "leasehold-bench etcd: {} with {m} elections on one session",
+                who.label()
+            );
+            scale_rows.push(scale(who, b, m, opts.scale_window).await);
+        }
+    }
+    let mut table = render(&rows, put, &puts, opts);
+    table.push_str(&render_scale(&scale_rows));
     println!("{table}");
     if let Some(out) = &opts.out {
         let _ = std::fs::write(out, &table);
@@ -393,6 +467,158 @@ fn render(rows: &[Row], put: Duration, puts: &[Duration], opts: &Opts) -> String
             put.as_secs_f64() * 1e3,
             put.as_secs_f64() * 3e3,
             if pass { "PASS" } else { "MISS" }
+        );
+    }
+    t
+}
+
+/// One process of `who` holding `m` elections on one session, on a fresh etcd: the time until
+/// it leads all, then over `window` of steady state its CPU, etcd's CPU, the messages etcd
+/// receives, and its RSS.
+async fn scale(who: Who, b: &Binaries, m: usize, window: Duration) -> ScaleRow {
+    let etcd = EtcdServer::start().await;
+    let url = etcd.url();
+    let mut row = ScaleRow {
+        who,
+        m,
+        acquired: 0,
+        acquire: Duration::ZERO,
+        cpu_secs: 0.0,
+        etcd_cpu_secs: 0.0,
+        window,
+        msgs_per_sec: None,
+        rss_acquired_kib: None,
+        rss_kib: None,
+        lost: 0,
+    };
+    let t0 = Instant::now();
+    let Ok(mut c) = who.spawn_many(b, &url, &unique("scale"), "sc", m) else {
+        return row;
+    };
+    // etcd may refuse a burst ("too many requests"); the Go program's campaigns give up on
+    // it after their retries, so not every row reaches `m`.
+    let limit = t0 + SCALE_ACQUIRE;
+    while row.acquired < m {
+        match tokio::time::timeout_at(limit, c.rx.recv()).await {
+            Ok(Some((Ev::Started, _))) => row.acquired += 1,
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    row.acquire = t0.elapsed();
+    let acquired_at = Instant::now();
+    let rss = |pid| {
+        Some((
+            crate::cand::status_kib(pid, "RssAnon:")?,
+            crate::cand::status_kib(pid, "RssFile:")?,
+        ))
+    };
+    row.rss_acquired_kib = rss(c.pid);
+    // A full keepalive cycle and more before measuring: the acquisition is not steady state.
+    tokio::time::sleep(SCALE_TTL / 3 + Duration::from_secs(5)).await;
+    while c.rx.try_recv().is_ok() {}
+    let etcd_pid = etcd.pid().unwrap_or(0);
+    let cpu = |pid| crate::cand::cpu_secs(pid).unwrap_or(0.0);
+    let (cpu0, etcd0, msgs0) = (cpu(c.pid), cpu(etcd_pid), messages_received(&url));
+    let until = Instant::now() + window;
+    while let Ok(Some((ev, _))) = tokio::time::timeout_at(until, c.rx.recv()).await {
+        if ev == Ev::Stopped {
+            row.lost += 1;
+        }
+    }
+    row.cpu_secs = cpu(c.pid) - cpu0;
+    row.etcd_cpu_secs = cpu(etcd_pid) - etcd0;
+    row.msgs_per_sec = match (msgs0, messages_received(&url)) {
+        (Some(a), Some(b)) => Some((b - a) / window.as_secs_f64()),
+        _ => None,
+    };
+    // At rest: Go's runtime collects an idle heap only at its forced collection (every two
+    // minutes) and returns it to the system after; measured before that, its RSS is the
+    // acquisition's garbage.
+    tokio::time::sleep_until(acquired_at + SCALE_REST).await;
+    row.rss_kib = rss(c.pid);
+    c.stop().await;
+    row
+}
+
+fn render_scale(rows: &[ScaleRow]) -> String {
+    let mut t = String::new();
+    if rows.is_empty() {
+        return t;
+    }
+    let _ = writeln!(
+        t,
+        "\n## Scale: one process, M elections on one session\n\nEach row on a fresh etcd: one process campaigns in `scale-0` .. `scale-(M-1)`, alone in each, on one session (one lease, TTL {} s for both; keepalives every 10 s). Time to acquire all: from the process's start until it has said it leads every election (or gave up, after {} s). Then, after one keepalive cycle, over {} s of steady state: the process's CPU (per election and minute), etcd's CPU, the messages etcd receives per second (`grpc_server_msg_received_total`), and terms lost. RSS right after acquiring, and at rest {} s after (Go's runtime returns an idle heap to the system only after its forced collection, every two minutes).\n",
+        SCALE_TTL.as_secs(),
+        SCALE_ACQUIRE.as_secs(),
+        rows[0].window.as_secs(),
+        SCALE_REST.as_secs()
+    );
+    let _ = writeln!(
+        t,
+        "| candidate | elections | led | time to acquire all | CPU per election-minute | process CPU in window | etcd CPU in window | etcd messages/s | RSS after acquiring | RSS at rest (anon + file) | per election at rest | terms lost |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in rows {
+        let minutes = r.window.as_secs_f64() / 60.0;
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.1} s | {:.2} µs | {:.2} s | {:.2} s | {} | {} | {} | {} | {} |",
+            r.who.label(),
+            r.m,
+            r.acquired,
+            r.acquire.as_secs_f64(),
+            r.cpu_secs * 1e6 / (r.m.max(1) as f64 * minutes),
+            r.cpu_secs,
+            r.etcd_cpu_secs,
+            r.msgs_per_sec.map_or("-".into(), |m| format!("{m:.2}")),
+            r.rss_acquired_kib.map_or("-".into(), |(a, f)| format!(
+                "{:.1} MiB",
+                (a + f) as f64 / 1024.0
+            )),
+            r.rss_kib.map_or("-".into(), |(a, f)| format!(
+                "{:.1} MiB ({:.1} + {:.1})",
+                (a + f) as f64 / 1024.0,
+                a as f64 / 1024.0,
+                f as f64 / 1024.0
+            )),
+            r.rss_kib.map_or("-".into(), |(a, f)| format!(
+                "{:.1} KiB",
+                (a + f) as f64 / r.acquired.max(1) as f64
+            )),
+            r.lost,
+        );
+    }
+    let find = |who, m| rows.iter().find(|r| r.who == who && r.m == m);
+    let max = rows.iter().map(|r| r.m).max().unwrap_or(0);
+    let min = rows.iter().map(|r| r.m).min().unwrap_or(0);
+    let _ = writeln!(t, "\n| scale target | measured | verdict |\n|---|---|---|");
+    if let (Some(big), Some(small)) = (find(Who::LhLib, max), find(Who::LhLib, min))
+        && max > min
+        && let (Some(a), Some(b)) = (big.msgs_per_sec, small.msgs_per_sec)
+    {
+        // Independent: ten times the elections, not more than half again the messages (one
+        // message of slack for the window's edges).
+        let slack = 1.0 / big.window.as_secs_f64();
+        let _ = writeln!(
+            t,
+            "| leasehold (library) steady-state messages/s independent of the number of elections | {a:.2}/s at {max} vs {b:.2}/s at {min} | {} |",
+            if a <= b * 1.5 + slack { "PASS" } else { "MISS" }
+        );
+    }
+    if let (Some(lh), Some(go)) = (find(Who::LhLib, max), find(Who::Go, max))
+        && let (Some((la, lf)), Some((ga, gf))) = (lh.rss_kib, go.rss_kib)
+    {
+        // Per election led: a process that gave up on some elections holds less.
+        let (l, g) = ((la + lf) as f64 / 1024.0, (ga + gf) as f64 / 1024.0);
+        let per = |mib: f64, r: &ScaleRow| mib * 1024.0 / r.acquired.max(1) as f64;
+        let (lp, gp) = (per(l, lh), per(g, go));
+        let _ = writeln!(
+            t,
+            "| leasehold (library) RSS at rest at {max} elections ≤ 1/3 of the Go program's (per election led) | {l:.1} MiB for {} vs {g:.1} MiB for {}: {lp:.1} vs {gp:.1} KiB, {:.2}× | {} |",
+            lh.acquired,
+            go.acquired,
+            lp / gp,
+            if lp * 3.0 <= gp { "PASS" } else { "MISS" }
         );
     }
     t

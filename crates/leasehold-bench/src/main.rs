@@ -53,9 +53,25 @@ struct Opts {
     only: Option<Vec<String>>,
 }
 
+/// `--scale M,M,..` (or `none`): numbers of elections, each from 1.
+fn scale_list(value: &str) -> Vec<usize> {
+    if value == "none" {
+        return Vec::new();
+    }
+    value
+        .split(',')
+        .map(|v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .unwrap_or_else(|| usage(&format!("--scale: `{v}` is not a number from 1")))
+        })
+        .collect()
+}
+
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "leasehold-bench: {msg}\nusage: leasehold-bench all [--runs N] [--window SECS] [--footprint SECS] [--scale M,M,..] [--scale-window SECS] [--out FILE] [--only lh-lib,go-elector,..]\n       leasehold-bench operators [--objects N,N,..] [--runs N] [--window SECS] [--out FILE]\n       leasehold-bench etcd [--runs N] [--window SECS] [--out FILE]\n       leasehold-bench serve\n       leasehold-bench floor"
+        "leasehold-bench: {msg}\nusage: leasehold-bench all [--runs N] [--window SECS] [--footprint SECS] [--scale M,M,..] [--scale-window SECS] [--out FILE] [--only lh-lib,go-elector,..]\n       leasehold-bench operators [--objects N,N,..] [--runs N] [--window SECS] [--out FILE]\n       leasehold-bench etcd [--runs N] [--window SECS] [--scale M,M,..|none] [--scale-window SECS] [--out FILE]\n       leasehold-bench serve\n       leasehold-bench floor"
     );
     std::process::exit(64);
 }
@@ -88,13 +104,7 @@ fn parse_opts() -> Opts {
             "--window" => o.window = Duration::from_secs(num(&value).max(1)),
             "--footprint" => o.footprint = Duration::from_secs(num(&value).max(1)),
             "--scale-window" => o.scale_window = Duration::from_secs(num(&value).max(1)),
-            "--scale" => {
-                o.scale = if value == "none" {
-                    Vec::new()
-                } else {
-                    value.split(',').map(|v| num(v) as usize).collect()
-                }
-            }
+            "--scale" => o.scale = scale_list(&value),
             "--out" => o.out = (value != "none").then(|| PathBuf::from(value)),
             "--only" => o.only = Some(value.split(',').map(str::to_owned).collect()),
             other => usage(&format!("unknown flag {other}")),
@@ -152,6 +162,8 @@ fn main() {
             runs: 20,
             window: Duration::from_secs(30),
             out: Some(harness::workspace_root().join("docs/benchmarks-etcd.md")),
+            scale: vec![10_000, 100_000],
+            scale_window: Duration::from_secs(60),
         };
         while let Some(flag) = args.next() {
             let value = args
@@ -167,6 +179,8 @@ fn main() {
                 "--runs" => o.runs = num(&value) as usize,
                 "--window" => o.window = Duration::from_secs(num(&value)),
                 "--out" => o.out = (value != "none").then(|| PathBuf::from(value)),
+                "--scale" => o.scale = scale_list(&value),
+                "--scale-window" => o.scale_window = Duration::from_secs(num(&value)),
                 other => usage(&format!("unknown flag {other}")),
             }
         }

@@ -29,7 +29,7 @@
 //! result back as an [`Event`], with the time.
 
 use crate::{FencingToken, Role, StepDown, Timing, lock::ErrorKind};
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 /// Time on the driver's monotonic clock, as in [`crate::machine`].
 pub type Tick = Duration;
@@ -290,7 +290,7 @@ pub struct Queue {
     /// When a failed request (or the next step after a hold-off) is tried again.
     retry_at: Option<Tick>,
     /// The queue as listed and watched: create revision -> entry.
-    queue: BTreeMap<i64, Entry>,
+    queue: Line,
     /// Whether `queue` is current (listed, and the watch has not been lost since).
     listed: bool,
     watching: bool,
@@ -326,7 +326,7 @@ impl Queue {
             session: None,
             op: None,
             retry_at: None,
-            queue: BTreeMap::new(),
+            queue: Line::default(),
             listed: false,
             watching: false,
             reported_leader: None,
@@ -375,7 +375,7 @@ impl Queue {
 
     /// The identity of the leader as last seen (the first key's value), if any.
     pub fn leader(&self) -> Option<&str> {
-        self.queue.values().next().map(|e| e.value.as_str())
+        self.queue.0.first().map(|e| e.value.as_str())
     }
 
     /// The identity of the candidate queued right after this one, if any: the only target a
@@ -383,9 +383,10 @@ impl Queue {
     pub fn next_in_line(&self) -> Option<&str> {
         let rev = self.own_rev()?;
         self.queue
-            .range(rev + 1..)
-            .next()
-            .map(|(_, e)| e.value.as_str())
+            .0
+            .iter()
+            .find(|e| e.create_revision > rev)
+            .map(|e| e.value.as_str())
     }
 
     /// While leading: the term's token.
@@ -456,10 +457,9 @@ impl Queue {
                 for c in changes {
                     match c {
                         Change::Put(e) => {
-                            self.queue.retain(|_, old| old.key != e.key);
-                            self.queue.insert(e.create_revision, e);
+                            self.queue.put(e);
                         }
-                        Change::Delete { key } => self.queue.retain(|_, e| e.key != key),
+                        Change::Delete { key } => self.queue.0.retain(|e| e.key != key),
                     }
                 }
                 self.evaluate(now, &mut out);
@@ -502,7 +502,7 @@ impl Queue {
                         // Revoking the lease deletes the key with it, in one request (or,
                         // without release, the key goes when the lease expires).
                         self.state = State::Revoking;
-                    } else if self.listed && !self.queue.contains_key(&rev) {
+                    } else if self.listed && !self.queue.has(rev) {
                         // Deleted already (by someone else, or expired): nothing to resign.
                         self.key_gone(now, &mut out);
                     }
@@ -688,7 +688,7 @@ impl Queue {
                     self.end_term(rev, StepDown::DeadlineExceeded, After::Requeue, out);
                 }
                 if !matches!(self.state, State::Draining { .. }) {
-                    self.queue.retain(|&r, _| r != rev);
+                    self.queue.0.retain(|e| e.create_revision != rev);
                     self.state = State::Out;
                     if matches!(self.op, Some(Op::Resign)) {
                         self.op = None;
@@ -822,10 +822,8 @@ impl Queue {
         self.op = None;
         match r {
             Ok((entries, revision)) => {
-                self.queue = entries
-                    .into_iter()
-                    .map(|e| (e.create_revision, e))
-                    .collect();
+                self.queue = Line(entries);
+                self.queue.0.sort_unstable_by_key(|e| e.create_revision);
                 self.listed = true;
                 // Every change after the listing, in order: the view stays exact.
                 self.watching = true;
@@ -918,7 +916,7 @@ impl Queue {
                 self.end_term(rev, StepDown::Deleted, After::Requeue, out);
             }
             if !matches!(self.state, State::Draining { .. }) {
-                self.queue.retain(|&r, _| r != rev);
+                self.queue.0.retain(|e| e.create_revision != rev);
                 self.state = if self.cancelling {
                     State::Revoking
                 } else {
@@ -956,7 +954,7 @@ impl Queue {
     fn key_gone(&mut self, now: Tick, out: &mut Vec<Action>) {
         let then = match self.state {
             State::Resigning { rev, then } => {
-                self.queue.retain(|&r, _| r != rev);
+                self.queue.0.retain(|e| e.create_revision != rev);
                 then
             }
             _ => After::Requeue,
@@ -1000,7 +998,7 @@ impl Queue {
     /// Decides from the queue: report the leader and strays; lead when first; notice a key
     /// that went away.
     fn evaluate(&mut self, now: Tick, out: &mut Vec<Action>) {
-        for e in self.queue.values() {
+        for e in &self.queue.0 {
             if e.lease == 0 && !self.reported_strays.contains(&e.key) {
                 self.reported_strays.push(e.key.clone());
                 out.push(Action::StrayKey { key: e.key.clone() });
@@ -1016,7 +1014,7 @@ impl Queue {
         }
         match self.state.clone() {
             State::Queued { rev } => {
-                if !self.queue.contains_key(&rev) {
+                if !self.queue.has(rev) {
                     // Deleted by someone else, or expired: queue again.
                     self.state = State::Out;
                     return self.step(now, out);
@@ -1026,12 +1024,12 @@ impl Queue {
                     .session
                     .as_ref()
                     .is_some_and(|s| now < s.last_ok_sent + self.timing.renew_deadline);
-                if self.queue.keys().next() == Some(&rev) && fresh {
+                if self.queue.0.first().map(|e| e.create_revision) == Some(rev) && fresh {
                     self.state = State::Leading { rev };
                     out.push(Action::StartedLeading { token: token(rev) });
                 }
             }
-            State::Leading { rev } if !self.queue.contains_key(&rev) => {
+            State::Leading { rev } if !self.queue.has(rev) => {
                 self.end_term(rev, StepDown::Deleted, After::Requeue, out);
                 // The key is gone already: nothing to resign.
                 if let State::Draining { then, .. } = &mut self.state {
@@ -1040,6 +1038,36 @@ impl Queue {
             }
             _ => {}
         }
+    }
+}
+
+/// The queue as listed and watched, in create-revision order: a sorted `Vec`, since most
+/// elections have a handful of candidates, and a process may hold 100,000 elections.
+#[derive(Debug, Default)]
+struct Line(Vec<Entry>);
+
+impl Line {
+    /// Puts `e` in its place, replacing an entry with the same key (a re-put).
+    fn put(&mut self, e: Entry) {
+        self.0.retain(|old| old.key != e.key);
+        let at = self
+            .0
+            .partition_point(|old| old.create_revision < e.create_revision);
+        if self
+            .0
+            .get(at)
+            .is_some_and(|old| old.create_revision == e.create_revision)
+        {
+            self.0[at] = e;
+        } else {
+            self.0.insert(at, e);
+        }
+    }
+
+    fn has(&self, rev: i64) -> bool {
+        self.0
+            .binary_search_by_key(&rev, |e| e.create_revision)
+            .is_ok()
     }
 }
 

@@ -887,6 +887,11 @@ impl EtcdServer {
         s
     }
 
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
     /// Its client URL (`https://` with TLS).
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };

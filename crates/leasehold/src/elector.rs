@@ -370,7 +370,10 @@ impl ElectorHandle {
 #[doc(alias = "LeaderElector")]
 pub struct Elector<B> {
     backend: Arc<B>,
-    machine: Machine,
+    /// The record machine, for lock backends only (boxed: over a KiB, and an etcd election,
+    /// of which a process may hold 100,000, has none).
+    machine: Option<Box<Machine>>,
+    timing: Timing,
     identity: Arc<str>,
     tx: watch::Sender<Status>,
     on_started: Option<StartedFn>,
@@ -494,12 +497,21 @@ impl<B: Election> Elector<B> {
             use_observed_time,
         } = config;
         let seed = seed_from(&identity);
-        let machine = Machine::new(identity.clone(), timing, seed)?
+        let machine = Machine::new(identity.clone(), timing.clone(), seed)?
             .with_record_time_expiry(!use_observed_time);
+        let backend = Arc::new(backend);
+        // One arm without the feature `etcd`.
+        #[cfg_attr(not(feature = "etcd"), expect(irrefutable_let_patterns))]
+        let machine = if let Engine::Lock(_) = Arc::clone(&backend).engine() {
+            Some(Box::new(machine))
+        } else {
+            None
+        };
         let (tx, _) = watch::channel(Status::default());
         Ok(Self {
-            backend: Arc::new(backend),
+            backend,
             machine,
+            timing,
             identity: identity.into(),
             tx,
             on_started: None,
@@ -619,7 +631,7 @@ impl<B: Election> Elector<B> {
 
     /// The durations this elector runs with.
     pub fn timing(&self) -> &Timing {
-        self.machine.timing()
+        &self.timing
     }
 
     /// Contends until `cancel` fires, and runs `work` while leading: started on each
@@ -659,15 +671,18 @@ impl<B: Election> Elector<B> {
     /// As [`run`](Self::run): cancel through `cancel`.
     #[doc(alias = "NeedLeaderElection")]
     #[doc(alias = "LeaderElectionReleaseOnCancel")]
-    pub async fn run_while_leading<F, Fut>(mut self, cancel: CancellationToken, mut work: F)
+    pub fn run_while_leading<F, Fut>(
+        mut self,
+        cancel: CancellationToken,
+        mut work: F,
+    ) -> impl Future<Output = ()> + Send + 'static
     where
         F: FnMut(Leadership) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.work = Some(Box::new(move |term| Box::pin(work(term))));
-        let machine = self.machine;
-        self.machine = machine.with_drain(true);
-        self.run(cancel).await;
+        self.machine = self.machine.take().map(|m| Box::new(m.with_drain(true)));
+        self.run(cancel)
     }
 
     /// Contends until `cancel` fires; then steps down, releases (if configured) and returns.
@@ -679,10 +694,33 @@ impl<B: Election> Elector<B> {
     /// instead.
     #[doc(alias = "Run")]
     #[doc(alias = "RunOrDie")]
-    pub async fn run(mut self, cancel: CancellationToken) {
-        if !self.enabled {
-            return self.run_disabled(cancel).await;
-        }
+    pub fn run(mut self, cancel: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+        // The engine's loop on the heap, at its own size, and nothing else: a process in
+        // 100,000 elections on etcd holds 100,000 of these.
+        let run: Pin<Box<dyn Future<Output = ()> + Send>> = if !self.enabled {
+            Box::pin(self.run_disabled(cancel))
+        } else {
+            match Arc::clone(&self.backend).engine() {
+                Engine::Lock(b) => {
+                    let machine = self.machine.take().expect(
+                        "an elector on a lock backend has its machine (made in with_config)",
+                    );
+                    Box::pin(self.run_lock(b, *machine, cancel))
+                }
+                #[cfg(feature = "etcd")]
+                Engine::Etcd(e) => Box::pin(self.run_queue(e, cancel)),
+            }
+        };
+        run
+    }
+
+    /// The record machine's loop, over a lock backend.
+    async fn run_lock(
+        mut self,
+        backend: Arc<dyn LockBackend>,
+        mut machine: Machine,
+        cancel: CancellationToken,
+    ) {
         let origin = Instant::now();
         let mut pending: Option<Pending> = None;
         let mut watch: Option<WatchStream> = None;
@@ -706,13 +744,6 @@ impl<B: Election> Elector<B> {
         // A duplicate identity stays reported until none has been seen for two lease durations
         // (the machine repeats the report once per lease duration while it lasts).
         let mut duplicate: Option<(LastError, Instant)> = None;
-        // One arm without the feature `etcd`.
-        #[cfg_attr(not(feature = "etcd"), expect(clippy::infallible_destructuring_match))]
-        let backend = match Arc::clone(&self.backend).engine() {
-            Engine::Lock(b) => b,
-            #[cfg(feature = "etcd")]
-            Engine::Etcd(e) => return self.run_queue(e, cancel).await,
-        };
         let describe = backend.describe();
         let object: Arc<str> = describe.as_str().into();
 
@@ -737,7 +768,7 @@ impl<B: Election> Elector<B> {
                 }
                 // Every event and action, for explaining a failover afterwards from the log.
                 tracing::trace!(lock = %describe, identity = %self.identity, tick = ?(now - origin), event = ?ev, "machine event");
-                let actions = self.machine.handle(ev, now - origin, wall);
+                let actions = machine.handle(ev, now - origin, wall);
                 if !actions.is_empty() {
                     tracing::trace!(lock = %describe, identity = %self.identity, ?actions, "machine actions");
                 }
@@ -746,8 +777,8 @@ impl<B: Election> Elector<B> {
                     .any(|a| matches!(a, Action::Update { .. } | Action::Create { .. }))
                 {
                     // Sends before the one the term counts from are never looked up again.
-                    if let Some(until) = self.machine.leading_until() {
-                        let counted = until.saturating_sub(self.machine.timing().renew_deadline);
+                    if let Some(until) = machine.leading_until() {
+                        let counted = until.saturating_sub(machine.timing().renew_deadline);
                         while sends.front().is_some_and(|(tick, _)| *tick < counted) {
                             sends.pop_front();
                         }
@@ -788,7 +819,7 @@ impl<B: Election> Elector<B> {
                             );
                             let at = origin + deadline;
                             // A renewal: the record is ours and we lead.
-                            let renewal = self.machine.is_leader().then(Instant::now);
+                            let renewal = machine.is_leader().then(Instant::now);
                             pending = Some(Box::pin(async move {
                                 let r = timeout_at(at, b.update(&record, &version)).await;
                                 write_event(r, "update", &object, &m, renewal)
@@ -801,10 +832,9 @@ impl<B: Election> Elector<B> {
                         Action::Unwatch => watch = None,
                         Action::StartedLeading { token } => {
                             self.record_event(&backend, LockEventKind::BecameLeader, token);
-                            let until = self.machine.leading_until().unwrap_or_default();
+                            let until = machine.leading_until().unwrap_or_default();
                             let deadline = self.deadline(origin, until, &sends);
-                            let transitions =
-                                self.machine.leading_transitions().unwrap_or_default();
+                            let transitions = machine.leading_transitions().unwrap_or_default();
                             self.start_term(
                                 &mut run,
                                 &cancel,
@@ -851,7 +881,7 @@ impl<B: Election> Elector<B> {
                         Action::Finished => finished = true,
                     }
                 }
-                if let (Some(tx), Some(until)) = (&run.valid_until, self.machine.leading_until()) {
+                if let (Some(tx), Some(until)) = (&run.valid_until, machine.leading_until()) {
                     let moved = tx.send_if_modified(|v| {
                         if v.at == origin + until {
                             return false;
@@ -863,7 +893,7 @@ impl<B: Election> Elector<B> {
                         self.term_until.send_replace(Some(origin + until));
                     }
                 }
-                let lease = self.machine.timing().lease_duration;
+                let lease = machine.timing().lease_duration;
                 duplicate = duplicate.take().filter(|(_, at)| at.elapsed() < lease * 2);
                 let error = last_error
                     .as_ref()
@@ -872,7 +902,7 @@ impl<B: Election> Elector<B> {
                 // no handle to this elector, store the status silently (a later subscriber
                 // still reads it).
                 let listened = self.tx.receiver_count() > 0;
-                let machine = &self.machine;
+                let machine = &machine;
                 let mut leaderless = None;
                 self.tx.send_if_modified(|s| {
                     let mut changed = machine.update_status(s);
@@ -890,15 +920,15 @@ impl<B: Election> Elector<B> {
                 }
                 if finished {
                     if let Some(task) = run.running.take() {
-                        await_work(task, self.machine.timing().lease_duration, &describe).await;
+                        await_work(task, machine.timing().lease_duration, &describe).await;
                     }
                     return;
                 }
             }
 
-            let timer_at = self.machine.deadline().map_or_else(
+            let timer_at = machine.deadline().map_or_else(
                 || Instant::now() + Duration::from_secs(3600),
-                |d| on_shared_grid(origin + d, self.machine.timer_slack()),
+                |d| on_shared_grid(origin + d, machine.timer_slack()),
             );
 
             // One timer for the whole run, moved rather than replaced: dropping a timer and
@@ -1007,7 +1037,7 @@ impl<B: Election> Elector<B> {
         until: Duration,
         sends: &std::collections::VecDeque<(Duration, Option<Duration>)>,
     ) -> Deadline {
-        let renew = self.machine.timing().renew_deadline;
+        let renew = self.timing.renew_deadline;
         let sent = until.saturating_sub(renew);
         // The earliest at that tick: on a coarse clock two sends can share one.
         let boottime = sends
@@ -1055,7 +1085,7 @@ impl<B: Election> Elector<B> {
     ) {
         use leasehold_core::queue::{Action as Q, Event as E, Queue};
         let describe = Election::describe(&*election);
-        let timing = self.machine.timing().clone();
+        let timing = self.timing.clone();
         // On a shared session, ticks count from the session's origin: the keepalive send
         // times it reports are on that clock.
         let session = election.session();
@@ -1112,7 +1142,7 @@ impl<B: Election> Elector<B> {
                         }
                         Q::Finished => {
                             if let Some(task) = run.running.take() {
-                                await_work(task, queue_lease(&self.machine), &describe).await;
+                                await_work(task, self.timing.lease_duration, &describe).await;
                             }
                             self.tx.send_modify(|s| s.role = Role::Stopped);
                             return;
@@ -1324,7 +1354,7 @@ impl<B: Election> Elector<B> {
         cancel.cancelled().await;
         t.cancel();
         if let Some(task) = running {
-            let wait = self.machine.timing().lease_duration;
+            let wait = self.timing.lease_duration;
             await_work(task, wait, "(election disabled)").await;
         }
         self.term_until.send_replace(None);
@@ -1373,12 +1403,6 @@ fn on_shared_grid(at: Instant, slack: Duration) -> Instant {
     let up = since.div_ceil(step) * step;
     // `up - since < step <= slack`: fits in a Duration.
     at + Duration::from_nanos(u64::try_from(up - since).unwrap_or(0))
-}
-
-/// How long a work that overruns its term is awaited at the end of an etcd run.
-#[cfg(feature = "etcd")]
-fn queue_lease(machine: &Machine) -> Duration {
-    machine.timing().lease_duration
 }
 
 /// Reads the record from `backend` by `at`, into the event that reports it.

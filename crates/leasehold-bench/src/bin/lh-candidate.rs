@@ -3,7 +3,7 @@
 //!
 //! `lh-candidate --kubeconfig PATH --namespace NS --name NAME --id ID --lease-duration-ms N
 //! --renew-deadline-ms N --retry-period-ms N [--count M]`; with `--etcd URL,...` instead of
-//! `--kubeconfig`, the elections are on etcd.
+//! `--kubeconfig`, the elections are on etcd, all `--count` of them on one shared session.
 
 use leasehold::{Elector, Timing, backend::kubernetes::LeaseLock};
 use std::{io::Write as _, path::PathBuf, time::Duration};
@@ -142,7 +142,7 @@ async fn on_etcd(
     timing: &Timing,
     count: usize,
 ) -> std::process::ExitCode {
-    use leasehold::backend::etcd::{EtcdElection, etcd_client};
+    use leasehold::backend::etcd::{EtcdElection, EtcdSession, etcd_client};
     let endpoints: Vec<&str> = endpoints.split(',').collect();
     let client = match etcd_client::Client::connect(&endpoints, None).await {
         Ok(c) => c,
@@ -153,6 +153,9 @@ async fn on_etcd(
     };
     let cancel = CancellationToken::new();
     let mut tasks = Vec::with_capacity(count);
+    // One election: a session of its own, as a single-election service holds it. Many: one
+    // session for all, one lease and one keepalive stream, as Go's `-count` holds them.
+    let session = (count > 1).then(|| EtcdSession::new(client.clone(), timing.clone()));
     for i in 0..count {
         let election = if count == 1 {
             name.to_owned()
@@ -165,11 +168,11 @@ async fn on_etcd(
             id.to_owned(),
             id.to_owned(),
         );
-        let elector = match Elector::new(
-            EtcdElection::new(client.clone(), election),
-            id,
-            timing.clone(),
-        ) {
+        let on = match &session {
+            Some(s) => s.election(election),
+            None => EtcdElection::new(client.clone(), election),
+        };
+        let elector = match Elector::new(on, id, timing.clone()) {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("lh-candidate: {}", leasehold::display_chain(&e));

@@ -76,6 +76,11 @@ func main() {
 		go func(e *concurrency.Election, n string) {
 			defer wg.Done()
 			if err := e.Campaign(ctx, *id); err != nil {
+				if ctx.Err() == nil {
+					out.Lock()
+					fmt.Fprintf(os.Stderr, "campaign %s: %v\n", n, err)
+					out.Unlock()
+				}
 				return
 			}
 			emit("elected %s %s %s %d", *id, n, e.Key(), e.Rev())

@@ -163,7 +163,8 @@ pub struct Candidate {
 /// prefix is `<name>/`).
 #[derive(Clone)]
 pub struct EtcdElection {
-    client: Client,
+    /// Shared: a `Client` is several KiB, and a process may hold many elections.
+    client: Arc<Client>,
     name: String,
     /// The session shared with other elections, if made by [`EtcdSession::election`]; else
     /// each elector on it holds a session of its own.
@@ -180,7 +181,7 @@ impl EtcdElection {
     /// shares one instead: [`EtcdSession::election`].
     pub fn new(client: Client, name: impl Into<String>) -> Self {
         Self {
-            client,
+            client: Arc::new(client),
             name: name.into(),
             session: None,
         }
@@ -204,7 +205,7 @@ impl EtcdElection {
     pub async fn candidates(&self) -> Result<Vec<Candidate>, Error> {
         const LIMIT: Duration = Duration::from_secs(10);
         let prefix = format!("{}/", self.name);
-        let mut c = self.client.clone();
+        let mut c = self.client.kv_client();
         let r = tokio::time::timeout(
             LIMIT,
             c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
@@ -231,18 +232,15 @@ impl EtcdElection {
     pub async fn lease_ttls(&self, candidates: &[Candidate]) -> Vec<Option<i64>> {
         let mut out = Vec::with_capacity(candidates.len());
         for c in candidates {
-            let mut client = self.client.clone();
+            let mut client = self.client.lease_client();
             let ttl = match c.lease {
                 0 => None,
-                id => tokio::time::timeout(
-                    Duration::from_secs(2),
-                    client.lease_time_to_live(id, None),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|r| r.ttl())
-                .filter(|t| *t >= 0),
+                id => tokio::time::timeout(Duration::from_secs(2), client.time_to_live(id, None))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|r| r.ttl())
+                    .filter(|t| *t >= 0),
             };
             out.push(ttl);
         }
@@ -271,15 +269,23 @@ type Keeper = (i64, LeaseKeeper, LeaseKeepAliveStream);
 
 /// Carries out the queue's actions and yields their results as events.
 pub(crate) struct Io {
-    client: Client,
-    prefix: String,
-    origin: Instant,
+    requests: Requests,
     pending: FuturesUnordered<BoxFuture<'static, Event>>,
-    keeper: Arc<std::sync::Mutex<Option<Keeper>>>,
     watch: Option<BoxStream<'static, Event>>,
     /// The shared session whose watch stream carries this election's watch, if any, and the
     /// watch's id on it.
     session: Option<(EtcdSession, Option<i64>)>,
+}
+
+/// What a request needs, cheap to clone: a request waiting for its turn on a shared session
+/// holds this, and makes its (larger) future only when it goes.
+#[derive(Clone)]
+struct Requests {
+    client: Arc<Client>,
+    prefix: String,
+    origin: Instant,
+    /// Boxed: most elections never hold one (on a shared session, the session keeps the lease).
+    keeper: Arc<std::sync::Mutex<Option<Box<Keeper>>>>,
     report: Arc<Report>,
 }
 
@@ -291,10 +297,11 @@ impl Drop for Io {
 
 /// Logs failed requests, each different failure once until a request succeeds: the queue
 /// sees only their kind, the operator needs their words (wrong password, no route, bad
-/// certificate).
+/// certificate). Elections on one shared session share what was said last, so that etcd going
+/// away is one warning, not one per election.
 struct Report {
     prefix: String,
-    last: std::sync::Mutex<Option<String>>,
+    last: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 // === impl Report ===
@@ -344,30 +351,92 @@ impl Report {
 impl Io {
     /// An executor for `election`, with deadlines counted from `origin` (the machine's tick 0).
     pub(crate) fn new(election: &EtcdElection, origin: Instant) -> Self {
-        let mut io = Self::with_label(election.client.clone(), &election.name, origin);
-        io.session = election.session.clone().map(|s| (s, None));
+        let mut io = Self::with_label(Arc::clone(&election.client), &election.name, origin);
+        if let Some(session) = &election.session {
+            io.requests.report = Arc::new(Report {
+                prefix: io.requests.prefix.clone(),
+                last: session.last_failure(),
+            });
+            io.session = Some((session.clone(), None));
+        }
         io
     }
 
     /// An executor for a shared session's lease requests.
-    pub(crate) fn for_session(client: Client, origin: Instant) -> Self {
+    pub(crate) fn for_session(client: Arc<Client>, origin: Instant) -> Self {
         Self::with_label(client, "(shared session)", origin)
     }
 
-    fn with_label(client: Client, name: &str, origin: Instant) -> Self {
+    fn with_label(client: Arc<Client>, name: &str, origin: Instant) -> Self {
         Self {
-            client,
-            prefix: format!("{name}/"),
-            origin,
+            requests: Requests {
+                client,
+                prefix: format!("{name}/"),
+                origin,
+                keeper: Arc::default(),
+                report: Arc::new(Report {
+                    prefix: format!("{name}/"),
+                    last: Arc::default(),
+                }),
+            },
             pending: FuturesUnordered::new(),
-            keeper: Arc::default(),
             watch: None,
             session: None,
-            report: Arc::new(Report {
-                prefix: format!("{name}/"),
-                last: std::sync::Mutex::new(None),
-            }),
         }
+    }
+
+    /// Starts `action`'s request, or the watch; the leadership actions are not this executor's.
+    pub(crate) fn execute(&mut self, action: &Action) {
+        match action {
+            Action::Watch { revision } => {
+                self.unwatch();
+                let prefix = self.requests.prefix.clone();
+                self.watch = Some(match &mut self.session {
+                    Some((session, id)) => {
+                        let (new, events) = session.watch(prefix, *revision);
+                        *id = Some(new);
+                        events
+                    }
+                    None => watch(self.requests.client.watch_client(), prefix, *revision),
+                });
+                return;
+            }
+            Action::Unwatch => {
+                self.unwatch();
+                self.watch = None;
+                return;
+            }
+            _ => {}
+        }
+        let fut = match (&self.session, action) {
+            // On a shared session, thousands of elections may ask at once (at start, or when
+            // the lease is replaced): a bounded number of requests go at a time, and the rest
+            // wait small, within their deadlines.
+            (
+                Some((session, _)),
+                Action::Campaign { deadline, .. }
+                | Action::List { deadline }
+                | Action::Resign { deadline, .. },
+            ) => {
+                let permits = session.permits();
+                let (requests, action) = (self.requests.clone(), action.clone());
+                let until = self.requests.origin + *deadline;
+                Box::pin(async move {
+                    let Ok(Ok(_turn)) = timeout_at(until, permits.acquire_owned()).await else {
+                        return timed_out(&action);
+                    };
+                    match requests.make(action) {
+                        Some(request) => request.await,
+                        None => std::future::pending().await,
+                    }
+                })
+            }
+            _ => match self.requests.make(action.clone()) {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        self.pending.push(fut);
     }
 
     /// Cancels this election's watch on the shared stream, if it has one there.
@@ -378,27 +447,54 @@ impl Io {
             session.unwatch(id);
         }
     }
+}
 
-    /// Starts `action`'s request, or the watch; the leadership actions are not this executor's.
-    pub(crate) fn execute(&mut self, action: &Action) {
-        let mut c = self.client.clone();
+/// The answer of a request that could not be sent before its deadline.
+fn timed_out(action: &Action) -> Event {
+    let e = ErrorKind::Timeout;
+    match action {
+        Action::Grant { .. } => Event::Granted(Err(e)),
+        Action::KeepAlive { .. } => Event::KeptAlive(Err(e)),
+        Action::Campaign { .. } => Event::Campaigned(Err(e)),
+        Action::List { .. } => Event::Listed(Err(e)),
+        Action::Resign { .. } => Event::Resigned(Err(e)),
+        _ => Event::Revoked(Err(e)),
+    }
+}
+
+// === impl Requests ===
+
+impl Requests {
+    /// The request for `action`, if it is one whose answer the queue waits for.
+    fn make(&self, action: Action) -> Option<BoxFuture<'static, Event>> {
+        // Each request takes only the service client it calls (a few hundred bytes, where a
+        // whole `Client` is several KiB): thousands of elections start at once.
+        let (kv, lease) = (|| self.client.kv_client(), || self.client.lease_client());
         let report = Arc::clone(&self.report);
         let origin = self.origin;
         let at = move |d: Duration| origin + d;
-        let fut: BoxFuture<'static, Event> = match action.clone() {
-            Action::Grant { ttl, deadline } => Box::pin(async move {
-                // Whole seconds, rounded up: never a shorter lease than the timing assumes.
-                let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-                let secs = i64::try_from(secs.max(1)).unwrap_or(i64::MAX);
-                let r = timeout_at(at(deadline), c.lease_grant(secs, None)).await;
-                Event::Granted(report.flatten(r).map(|g| {
-                    (
-                        g.id(),
-                        Duration::from_secs(u64::try_from(g.ttl()).unwrap_or(0)),
-                    )
-                }))
-            }),
-            Action::KeepAlive { lease, deadline } => {
+        Some(match action {
+            Action::Grant { ttl, deadline } => {
+                let mut c = lease();
+                Box::pin(async move {
+                    // Whole seconds, rounded up: never a shorter lease than the timing assumes.
+                    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+                    let secs = i64::try_from(secs.max(1)).unwrap_or(i64::MAX);
+                    let r = timeout_at(at(deadline), c.grant(secs, None)).await;
+                    Event::Granted(report.flatten(r).map(|g| {
+                        (
+                            g.id(),
+                            Duration::from_secs(u64::try_from(g.ttl()).unwrap_or(0)),
+                        )
+                    }))
+                })
+            }
+            Action::KeepAlive {
+                lease: id,
+                deadline,
+            } => {
+                let mut c = lease();
+                let lease = id;
                 let keeper = Arc::clone(&self.keeper);
                 Box::pin(async move {
                     // Taken out while in flight: a keepalive given up on leaves its answer in
@@ -407,14 +503,15 @@ impl Io {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .take()
-                        .filter(|(id, _, _)| *id == lease);
+                        .filter(|k| k.0 == lease);
                     let r = timeout_at(at(deadline), keep_alive(&mut c, lease, held)).await;
                     Event::KeptAlive(match r {
                         Ok(Ok((ttl, k))) => {
                             report.ok();
                             *keeper
                                 .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(k);
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(k.into());
                             Ok(ttl)
                         }
                         // Opening a stream for a lease etcd no longer has fails so.
@@ -429,39 +526,43 @@ impl Io {
                 value,
                 lease,
                 deadline,
-            } => Box::pin(async move {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(
-                        key.clone(),
-                        value,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )])
-                    .or_else([TxnOp::get(key, None)]);
-                let r = timeout_at(at(deadline), c.txn(txn)).await;
-                if let Ok(Err(e)) = &r
-                    && lease_not_found(e)
-                {
-                    return Event::LeaseGone;
-                }
-                Event::Campaigned(report.flatten(r).and_then(|resp| {
-                    if resp.succeeded() {
-                        return resp.header().map(|h| h.revision()).ok_or(ErrorKind::Failed);
+            } => {
+                let mut c = kv();
+                Box::pin(async move {
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(
+                            key.clone(),
+                            value,
+                            Some(PutOptions::new().with_lease(lease)),
+                        )])
+                        .or_else([TxnOp::get(key, None)]);
+                    let r = timeout_at(at(deadline), c.txn(txn)).await;
+                    if let Ok(Err(e)) = &r
+                        && lease_not_found(e)
+                    {
+                        return Event::LeaseGone;
                     }
-                    // The key was there already (a campaign that landed before its answer was
-                    // lost): its create revision.
-                    resp.op_responses()
-                        .into_iter()
-                        .find_map(|op| match op {
-                            TxnOpResponse::Get(g) => {
-                                g.kvs().first().map(etcd_client::KeyValue::create_revision)
-                            }
-                            _ => None,
-                        })
-                        .ok_or(ErrorKind::Failed)
-                }))
-            }),
+                    Event::Campaigned(report.flatten(r).and_then(|resp| {
+                        if resp.succeeded() {
+                            return resp.header().map(|h| h.revision()).ok_or(ErrorKind::Failed);
+                        }
+                        // The key was there already (a campaign that landed before its answer was
+                        // lost): its create revision.
+                        resp.op_responses()
+                            .into_iter()
+                            .find_map(|op| match op {
+                                TxnOpResponse::Get(g) => {
+                                    g.kvs().first().map(etcd_client::KeyValue::create_revision)
+                                }
+                                _ => None,
+                            })
+                            .ok_or(ErrorKind::Failed)
+                    }))
+                })
+            }
             Action::List { deadline } => {
+                let mut c = kv();
                 let prefix = self.prefix.clone();
                 Box::pin(async move {
                     let r = timeout_at(
@@ -478,61 +579,58 @@ impl Io {
                     }))
                 })
             }
-            Action::Watch { revision } => {
-                self.unwatch();
-                self.watch = Some(match &mut self.session {
-                    Some((session, id)) => {
-                        let (new, events) = session.watch(self.prefix.clone(), revision);
-                        *id = Some(new);
-                        events
-                    }
-                    None => watch(self.client.clone(), self.prefix.clone(), revision),
-                });
-                return;
-            }
-            Action::Unwatch => {
-                self.unwatch();
-                self.watch = None;
-                return;
-            }
             Action::Resign {
                 key,
                 create_revision,
                 deadline,
-            } => Box::pin(async move {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        create_revision,
-                    )])
-                    .and_then([TxnOp::delete(key, None)]);
-                let r = timeout_at(at(deadline), c.txn(txn)).await;
-                // Not succeeded: the key is not that one any more (gone, or queued anew).
-                Event::Resigned(report.flatten(r).map(|_| ()))
-            }),
-            Action::Revoke { lease, deadline } => Box::pin(async move {
-                let r = timeout_at(at(deadline), c.lease_revoke(lease)).await;
-                Event::Revoked(match r {
-                    Ok(Ok(_)) => Ok(()),
-                    // Gone already, which is what was asked.
-                    Ok(Err(e)) if lease_not_found(&e) => Ok(()),
-                    Ok(Err(e)) => Err(report.failed(&e)),
-                    Err(_) => Err(ErrorKind::Timeout),
+            } => {
+                let mut c = kv();
+                Box::pin(async move {
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            create_revision,
+                        )])
+                        .and_then([TxnOp::delete(key, None)]);
+                    let r = timeout_at(at(deadline), c.txn(txn)).await;
+                    // Not succeeded: the key is not that one any more (gone, or queued anew).
+                    Event::Resigned(report.flatten(r).map(|_| ()))
                 })
-            }),
-            Action::RevokeStale { lease, deadline } => {
+            }
+            Action::Revoke {
+                lease: id,
+                deadline,
+            } => {
+                let mut c = lease();
+                Box::pin(async move {
+                    let r = timeout_at(at(deadline), c.revoke(id)).await;
+                    Event::Revoked(match r {
+                        Ok(Ok(_)) => Ok(()),
+                        // Gone already, which is what was asked.
+                        Ok(Err(e)) if lease_not_found(&e) => Ok(()),
+                        Ok(Err(e)) => Err(report.failed(&e)),
+                        Err(_) => Err(ErrorKind::Timeout),
+                    })
+                })
+            }
+            Action::RevokeStale {
+                lease: id,
+                deadline,
+            } => {
+                let mut c = lease();
                 // Best effort, on its own: nothing waits for it.
                 tokio::spawn(async move {
-                    let _ = timeout_at(at(deadline), c.lease_revoke(lease)).await;
+                    let _ = timeout_at(at(deadline), c.revoke(id)).await;
                 });
-                return;
+                return None;
             }
-            _ => return,
-        };
-        self.pending.push(fut);
+            _ => return None,
+        })
     }
+}
 
+impl Io {
     /// The next result or watch event; pending forever if there is nothing to wait for.
     pub(crate) async fn next(&mut self) -> Event {
         loop {
@@ -554,16 +652,16 @@ impl Io {
 /// One keepalive on `held`'s stream, or on a new one. Answers the TTL (`None`: the lease is
 /// gone) and the stream to keep.
 async fn keep_alive(
-    c: &mut Client,
+    c: &mut etcd_client::LeaseClient,
     lease: i64,
-    held: Option<Keeper>,
+    held: Option<Box<Keeper>>,
 ) -> Result<(Option<Duration>, Keeper), etcd_client::Error> {
     let (_, mut keeper, mut stream) = match held {
-        Some(k) => k,
+        Some(k) => *k,
         None => {
             // Opening the stream sends a keepalive and reads its answer (an error if the lease
             // is gone); the one below is the one counted, sent now.
-            let (k, s) = c.lease_keep_alive(lease).await?;
+            let (k, s) = c.keep_alive(lease).await?;
             (lease, k, s)
         }
     };
@@ -582,60 +680,58 @@ async fn keep_alive(
 
 /// The watch on the prefix from `revision`, as events: changes, then `WatchLost` when it ends
 /// (compacted past, cancelled, or broken).
-fn watch(client: Client, prefix: String, revision: i64) -> BoxStream<'static, Event> {
+fn watch(
+    client: etcd_client::WatchClient,
+    prefix: String,
+    revision: i64,
+) -> BoxStream<'static, Event> {
     enum S {
-        // `Client` is several KiB: boxed, so the open stream's state stays small.
-        Opening(Box<Client>, String, i64),
+        Opening(etcd_client::WatchClient, String, i64),
         Open(etcd_client::WatchStream),
         Done,
     }
-    futures_util::stream::unfold(
-        S::Opening(Box::new(client), prefix, revision),
-        |s| async move {
-            let mut stream = match s {
-                S::Opening(mut c, prefix, revision) => {
-                    let opts = WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision);
-                    // Bounded: an open that hangs (a black-holed connection) is a lost watch.
-                    match tokio::time::timeout(WATCH_OPEN_TIMEOUT, c.watch(prefix, Some(opts)))
-                        .await
-                    {
-                        Ok(Ok(w)) => w,
-                        _ => return Some((Event::WatchLost, S::Done)),
-                    }
-                }
-                S::Open(w) => w,
-                S::Done => return None,
-            };
-            loop {
-                match stream.message().await {
-                    Ok(Some(resp)) if resp.canceled() || resp.compact_revision() > 0 => {
-                        return Some((Event::WatchLost, S::Done));
-                    }
-                    Ok(Some(resp)) => {
-                        let changes: Vec<Change> = resp
-                            .events()
-                            .iter()
-                            .filter_map(|e| {
-                                let kv = e.kv()?;
-                                Some(match e.event_type() {
-                                    EventType::Put => Change::Put(entry(kv)),
-                                    EventType::Delete => Change::Delete {
-                                        key: String::from_utf8_lossy(kv.key()).into_owned(),
-                                    },
-                                })
-                            })
-                            .collect();
-                        if !changes.is_empty() {
-                            return Some((Event::Changed(changes), S::Open(stream)));
-                        }
-                    }
-                    Ok(None) | Err(_) => return Some((Event::WatchLost, S::Done)),
+    futures_util::stream::unfold(S::Opening(client, prefix, revision), |s| async move {
+        let mut stream = match s {
+            S::Opening(mut c, prefix, revision) => {
+                let opts = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision);
+                // Bounded: an open that hangs (a black-holed connection) is a lost watch.
+                match tokio::time::timeout(WATCH_OPEN_TIMEOUT, c.watch(prefix, Some(opts))).await {
+                    Ok(Ok(w)) => w,
+                    _ => return Some((Event::WatchLost, S::Done)),
                 }
             }
-        },
-    )
+            S::Open(w) => w,
+            S::Done => return None,
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(resp)) if resp.canceled() || resp.compact_revision() > 0 => {
+                    return Some((Event::WatchLost, S::Done));
+                }
+                Ok(Some(resp)) => {
+                    let changes: Vec<Change> = resp
+                        .events()
+                        .iter()
+                        .filter_map(|e| {
+                            let kv = e.kv()?;
+                            Some(match e.event_type() {
+                                EventType::Put => Change::Put(entry(kv)),
+                                EventType::Delete => Change::Delete {
+                                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                                },
+                            })
+                        })
+                        .collect();
+                    if !changes.is_empty() {
+                        return Some((Event::Changed(changes), S::Open(stream)));
+                    }
+                }
+                Ok(None) | Err(_) => return Some((Event::WatchLost, S::Done)),
+            }
+        }
+    })
     .boxed()
 }
 

@@ -65,12 +65,16 @@ pub struct EtcdSession {
 }
 
 struct Inner {
-    client: Client,
+    client: Arc<Client>,
     /// Tick 0 of the session's machine, and of every election's on it.
     origin: Instant,
     lease: watch::Receiver<Lease>,
     watches: mpsc::UnboundedSender<Cmd>,
     next_watch: AtomicI64,
+    /// The elections' last failure, logged once for all of them.
+    last_failure: Arc<Mutex<Option<String>>>,
+    /// Turns for the elections' requests: a bounded number in flight at a time.
+    permits: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the last handle goes: the keeper revokes the lease.
     closed: CancellationToken,
 }
@@ -118,12 +122,19 @@ impl EtcdSession {
     /// duration. Call it from within a Tokio runtime: it starts the session's tasks (the
     /// keepalives, and the watch stream the elections share).
     pub fn new(client: Client, timing: Timing) -> Self {
+        let client = Arc::new(client);
         let origin = Instant::now();
         let (tx, rx) = watch::channel(Lease::default());
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
         let closed = CancellationToken::new();
-        tokio::spawn(keep(client.clone(), timing, origin, tx, closed.clone()));
-        tokio::spawn(watches(client.clone(), cmd_rx));
+        tokio::spawn(keep(
+            Arc::clone(&client),
+            timing,
+            origin,
+            tx,
+            closed.clone(),
+        ));
+        tokio::spawn(watches(client.watch_client(), cmd_rx));
         Self {
             inner: Arc::new(Inner {
                 client,
@@ -131,6 +142,8 @@ impl EtcdSession {
                 lease: rx,
                 watches: cmds,
                 next_watch: AtomicI64::new(1),
+                last_failure: Arc::default(),
+                permits: Arc::new(tokio::sync::Semaphore::new(REQUESTS_IN_FLIGHT)),
                 closed,
             }),
         }
@@ -140,7 +153,7 @@ impl EtcdSession {
     /// the session's lease, as for [`EtcdElection::new`](super::EtcdElection::new).
     pub fn election(&self, name: impl Into<String>) -> super::EtcdElection {
         super::EtcdElection {
-            client: self.inner.client.clone(),
+            client: Arc::clone(&self.inner.client),
             name: name.into(),
             session: Some(self.clone()),
         }
@@ -167,22 +180,38 @@ impl EtcdSession {
     /// [`Event::WatchLost`] when the watch ends. Returns the watch's id, to cancel it.
     pub(crate) fn watch(&self, prefix: String, revision: i64) -> (i64, BoxStream<'static, Event>) {
         let id = self.inner.next_watch.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let mailbox = Arc::new(Mailbox::default());
         let _ = self.inner.watches.send(Cmd::Watch {
             id,
             prefix,
             revision,
-            tx,
+            to: Arc::clone(&mailbox),
         });
-        // The hub drops the sender when the watch ends, whatever the reason: that is the loss.
-        let events = futures_util::stream::unfold(Some(rx), |rx| async move {
-            let mut rx = rx?;
-            match rx.recv().await {
-                Some(ev) => Some((ev, Some(rx))),
-                None => Some((Event::WatchLost, None)),
+        // The hub closes the mailbox when the watch ends, whatever the reason: that is the loss.
+        let events = futures_util::stream::unfold(Some(mailbox), |mailbox| async move {
+            let mailbox = mailbox?;
+            loop {
+                let (changes, closed) = mailbox.take();
+                if !changes.is_empty() {
+                    return Some((Event::Changed(changes), Some(mailbox)));
+                }
+                if closed {
+                    return Some((Event::WatchLost, None));
+                }
+                mailbox.ready.notified().await;
             }
         });
         (id, events.boxed())
+    }
+
+    /// What the elections' requests last failed with, shared so each failure is logged once.
+    pub(crate) fn last_failure(&self) -> Arc<Mutex<Option<String>>> {
+        Arc::clone(&self.inner.last_failure)
+    }
+
+    /// The turns for the elections' requests.
+    pub(crate) fn permits(&self) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(&self.inner.permits)
     }
 
     pub(crate) fn unwatch(&self, id: i64) {
@@ -198,12 +227,17 @@ impl std::fmt::Debug for EtcdSession {
     }
 }
 
+/// How many of the elections' requests are in flight at a time on one session. etcd answers
+/// them one raft entry or read at a time anyway; the rest wait as a few hundred bytes each
+/// instead of as whole requests (and HTTP/2 streams) in flight.
+const REQUESTS_IN_FLIGHT: usize = 256;
+
 /// How many recent sends keep their boot-clock time.
 const SENDS_KEPT: usize = 8;
 
 /// The keeper: runs the session machine until the session is closed and its lease revoked.
 async fn keep(
-    client: Client,
+    client: Arc<Client>,
     timing: Timing,
     origin: Instant,
     tx: watch::Sender<Lease>,
@@ -286,13 +320,44 @@ async fn keep(
     }
 }
 
+/// Where one watch's changes wait for its election: a few dozen bytes, where a channel
+/// would allocate a block of slots for each of 100,000 elections.
+#[derive(Default)]
+struct Mailbox {
+    inbox: Mutex<(Vec<Change>, bool)>,
+    ready: tokio::sync::Notify,
+}
+
+impl Mailbox {
+    fn put(&self, changes: Vec<Change>) {
+        self.inbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .extend(changes);
+        self.ready.notify_one();
+    }
+
+    /// No more changes: the watch is lost.
+    fn close(&self) {
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.ready.notify_one();
+    }
+
+    /// The changes so far, in order, and whether the watch ended after them.
+    fn take(&self) -> (Vec<Change>, bool) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+        (std::mem::take(&mut inbox.0), inbox.1)
+    }
+}
+
 /// A request to the shared watch stream.
 enum Cmd {
     Watch {
         id: i64,
         prefix: String,
         revision: i64,
-        tx: mpsc::UnboundedSender<Event>,
+        to: Arc<Mailbox>,
     },
     Cancel {
         id: i64,
@@ -303,7 +368,16 @@ enum Cmd {
 #[derive(Default)]
 struct Routes {
     open: bool,
-    to: HashMap<i64, mpsc::UnboundedSender<Event>>,
+    to: HashMap<i64, Arc<Mailbox>>,
+}
+
+impl Routes {
+    /// Ends watch `id`, if it is still routed: its election hears that it is lost.
+    fn end(&mut self, id: i64) {
+        if let Some(m) = self.to.remove(&id) {
+            m.close();
+        }
+    }
 }
 
 fn lock(r: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
@@ -313,7 +387,7 @@ fn lock(r: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
 /// The writing half of the shared watch stream: opens it with the first watch after it
 /// ended, and sends every other watch and cancel on it. Reading is another task's, so a slow
 /// write never holds up the answers (etcd stops reading requests while its answers wait).
-async fn watches(client: Client, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+async fn watches(client: etcd_client::WatchClient, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     let routes = Arc::new(Mutex::new(Routes::default()));
     let mut sender: Option<WatchRequestSender> = None;
     while let Some(cmd) = cmds.recv().await {
@@ -322,7 +396,7 @@ async fn watches(client: Client, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                 id,
                 prefix,
                 revision,
-                tx,
+                to,
             } => {
                 let opts = WatchOptions::new()
                     .with_prefix()
@@ -333,12 +407,12 @@ async fn watches(client: Client, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                     if !r.open {
                         sender = None;
                     }
-                    r.to.insert(id, tx);
+                    r.to.insert(id, to);
                 }
                 match &mut sender {
                     Some(s) => {
                         if s.watch(prefix, Some(opts)).await.is_err() {
-                            lock(&routes).to.remove(&id);
+                            lock(&routes).end(id);
                         }
                     }
                     None => {
@@ -355,13 +429,13 @@ async fn watches(client: Client, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                                 tokio::spawn(read(answers, Arc::clone(&routes)));
                                 sender = Some(s);
                             }
-                            // Dropping its sender tells the election the watch is lost.
-                            _ => drop(lock(&routes).to.remove(&id)),
+                            _ => lock(&routes).end(id),
                         }
                     }
                 }
             }
             Cmd::Cancel { id } => {
+                // Cancelled by its election, which no longer listens.
                 let open = {
                     let mut r = lock(&routes);
                     r.to.remove(&id);
@@ -383,7 +457,7 @@ async fn read(mut answers: WatchResponseStream, routes: Arc<Mutex<Routes>>) {
             Ok(Some(resp)) => {
                 let id = resp.watch_id();
                 if resp.canceled() || resp.compact_revision() > 0 {
-                    lock(&routes).to.remove(&id);
+                    lock(&routes).end(id);
                     continue;
                 }
                 let changes: Vec<Change> = resp
@@ -400,15 +474,17 @@ async fn read(mut answers: WatchResponseStream, routes: Arc<Mutex<Routes>>) {
                     })
                     .collect();
                 if !changes.is_empty()
-                    && let Some(tx) = lock(&routes).to.get(&id)
+                    && let Some(m) = lock(&routes).to.get(&id)
                 {
-                    let _ = tx.send(Event::Changed(changes));
+                    m.put(changes);
                 }
             }
             Ok(None) | Err(_) => {
                 let mut r = lock(&routes);
                 r.open = false;
-                r.to.clear();
+                for (_, m) in r.to.drain() {
+                    m.close();
+                }
                 return;
             }
         }
