@@ -404,7 +404,7 @@ pub async fn run(b: &Binaries, opts: &Opts) {
 }
 
 /// What the table shows, and what it does not yet.
-const NOTE: &str = "What the rows show: leasehold hands over fastest (SIGTERM to the leader, which resigns, to the standby's watch event), and fails over when etcd expires the dead leader's lease, like Go's election. It sends about twice the messages of Go's session with the same TTL: a leasehold leader keeps its lease alive every half renew deadline (0.5 s here) because it stops acting at the renew deadline after its last answered keepalive, where Go's session sends every third of the TTL and its leader never stops on its own. Not measured yet: many elections on one session (10,000 and 100,000), because leasehold gives each election its own session; sharing one is the next step.";
+const NOTE: &str = "What the rows show: leasehold hands over fastest (SIGTERM to the leader, which resigns, to the standby's watch event), and fails over when etcd expires the dead leader's lease, like Go's election. It sends about twice the messages of Go's session with the same TTL: a leasehold leader keeps its lease alive every half renew deadline (0.5 s here) because it stops acting at the renew deadline after its last answered keepalive, where Go's session sends every third of the TTL and its leader never stops on its own. A single election holds a session of its own; the scale rows below put many elections on one shared session (`EtcdSession`), as Go's program does with `-count`.";
 
 fn render(rows: &[Row], put: Duration, puts: &[Duration], opts: &Opts) -> String {
     let mut t = String::new();
@@ -548,7 +548,7 @@ fn render_scale(rows: &[ScaleRow]) -> String {
     }
     let _ = writeln!(
         t,
-        "\n## Scale: one process, M elections on one session\n\nEach row on a fresh etcd: one process campaigns in `scale-0` .. `scale-(M-1)`, alone in each, on one session (one lease, TTL {} s for both; keepalives every 10 s). Time to acquire all: from the process's start until it has said it leads every election (or gave up, after {} s). Then, after one keepalive cycle, over {} s of steady state: the process's CPU (per election and minute), etcd's CPU, the messages etcd receives per second (`grpc_server_msg_received_total`), and terms lost. RSS right after acquiring, and at rest {} s after (Go's runtime returns an idle heap to the system only after its forced collection, every two minutes).\n",
+        "\n## Scale: one process, M elections on one session\n\nEach row on a fresh etcd: one process campaigns in `scale-0` .. `scale-(M-1)`, alone in each, on one session (one lease, TTL {} s for both; keepalives every 10 s). Time to acquire all: from the process's start until it has said it leads every election (or gave up, after {} s). Then, after one keepalive cycle, over {} s of steady state: the process's CPU (per election led and minute), etcd's CPU, the messages etcd receives per second (`grpc_server_msg_received_total`), and terms lost. RSS right after acquiring, and at rest {} s after (Go's runtime returns an idle heap to the system only after its forced collection, every two minutes).\n",
         SCALE_TTL.as_secs(),
         SCALE_ACQUIRE.as_secs(),
         rows[0].window.as_secs(),
@@ -567,7 +567,8 @@ fn render_scale(rows: &[ScaleRow]) -> String {
             r.m,
             r.acquired,
             r.acquire.as_secs_f64(),
-            r.cpu_secs * 1e6 / (r.m.max(1) as f64 * minutes),
+            // Per election led: a process that gave up on some holds fewer.
+            r.cpu_secs * 1e6 / (r.acquired.max(1) as f64 * minutes),
             r.cpu_secs,
             r.etcd_cpu_secs,
             r.msgs_per_sec.map_or("-".into(), |m| format!("{m:.2}")),

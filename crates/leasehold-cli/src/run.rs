@@ -403,10 +403,12 @@ async fn run_on<B: Election>(
         lock = %backend.describe(), identity = %identity,
         lease_duration = ?timing.lease_duration, renew_deadline = ?timing.renew_deadline,
         retry_period = ?timing.retry_period, kill_grace = ?grace,
-        command = ?args.command, lock_type = %args.lock.lock_type,
+        command = ?args.command,
+        // Kubernetes only: elsewhere there is no lock type, and no Events are recorded.
+        lock_type = %kube.as_ref().map_or_else(|| "-".to_owned(), |_| args.lock.lock_type.to_string()),
         http = ?args.sidecar.http, ready_when = ?args.sidecar.ready_when,
         pod_label = ?args.sidecar.pod_name.as_ref().map(|p| format!("{p}: {}", args.sidecar.label_key)),
-        events = !args.sidecar.no_events, "leasehold starting"
+        events = kube.is_some() && !args.sidecar.no_events, "leasehold starting"
     );
     let labeler = match (&kube, &args.sidecar.pod_name) {
         (Some((client, ns)), Some(pod)) => Some(Labeler::start(

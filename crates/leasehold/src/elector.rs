@@ -23,6 +23,15 @@ pub enum Error {
     /// The identity or timing is invalid.
     #[error("invalid election config")]
     Config(#[from] ConfigError),
+    /// Another elector of this process already runs in the election on the same etcd session:
+    /// both would put the same key (`<name>/<lease>`), and both would lead.
+    #[error(
+        "election `{name}` already has an elector on this etcd session: two candidates on one session share one key, and would both lead; use another session for the second"
+    )]
+    SessionTaken {
+        /// The election's name.
+        name: String,
+    },
 }
 
 /// A `Result` with this module's [`Error`].
@@ -391,6 +400,9 @@ pub struct Elector<B> {
     step_down: Arc<watch::Sender<StepDownRequest>>,
     /// The leader work of [`run_while_leading`](Self::run_while_leading), started each term.
     work: Option<WorkFn>,
+    /// This elector's place in its election on a shared etcd session, held while it lives.
+    #[cfg(feature = "etcd")]
+    _claim: Option<crate::backend::etcd::Claim>,
 }
 
 /// What an [`Elector`] elects on: every [`LockBackend`] (a record compare-and-swapped by all
@@ -507,8 +519,17 @@ impl<B: Election> Elector<B> {
         } else {
             None
         };
+        #[cfg(feature = "etcd")]
+        let claim = match Arc::clone(&backend).engine() {
+            Engine::Etcd(e) => e.claim().ok_or_else(|| Error::SessionTaken {
+                name: e.name().to_owned(),
+            })?,
+            Engine::Lock(_) => None,
+        };
         let (tx, _) = watch::channel(Status::default());
         Ok(Self {
+            #[cfg(feature = "etcd")]
+            _claim: claim,
             backend,
             machine,
             timing,

@@ -40,6 +40,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::time::{Instant, timeout_at};
 
 pub use etcd_client;
+pub(crate) use session::Claim;
 pub use session::EtcdSession;
 
 mod session;
@@ -184,6 +185,15 @@ impl EtcdElection {
             client: Arc::new(client),
             name: name.into(),
             session: None,
+        }
+    }
+
+    /// On a shared session: this election's place on it, for one elector (`Some(None)`: not
+    /// on a shared session; `None`: taken by another elector of this process).
+    pub(crate) fn claim(&self) -> Option<Option<Claim>> {
+        match &self.session {
+            Some(s) => s.claim(&self.name).map(Some),
+            None => Some(None),
         }
     }
 
@@ -711,19 +721,7 @@ fn watch(
                     return Some((Event::WatchLost, S::Done));
                 }
                 Ok(Some(resp)) => {
-                    let changes: Vec<Change> = resp
-                        .events()
-                        .iter()
-                        .filter_map(|e| {
-                            let kv = e.kv()?;
-                            Some(match e.event_type() {
-                                EventType::Put => Change::Put(entry(kv)),
-                                EventType::Delete => Change::Delete {
-                                    key: String::from_utf8_lossy(kv.key()).into_owned(),
-                                },
-                            })
-                        })
-                        .collect();
+                    let changes = changes(&resp);
                     if !changes.is_empty() {
                         return Some((Event::Changed(changes), S::Open(stream)));
                     }
@@ -733,6 +731,22 @@ fn watch(
         }
     })
     .boxed()
+}
+
+/// The changes a watch answer carries, in etcd's order.
+fn changes(resp: &etcd_client::WatchResponse) -> Vec<Change> {
+    resp.events()
+        .iter()
+        .filter_map(|e| {
+            let kv = e.kv()?;
+            Some(match e.event_type() {
+                EventType::Put => Change::Put(entry(kv)),
+                EventType::Delete => Change::Delete {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                },
+            })
+        })
+        .collect()
 }
 
 fn entry(kv: &etcd_client::KeyValue) -> Entry {

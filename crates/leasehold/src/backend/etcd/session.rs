@@ -10,7 +10,7 @@
 //! send time of the session's last answered keepalive ([`leasehold_core::session`]).
 
 use super::{Client, Io};
-use etcd_client::{EventType, WatchOptions, WatchRequestSender, WatchResponseStream};
+use etcd_client::{WatchOptions, WatchRequestSender, WatchResponseStream};
 use futures_util::{StreamExt as _, stream::BoxStream};
 use leasehold_core::{
     Timing,
@@ -71,6 +71,8 @@ struct Inner {
     lease: watch::Receiver<Lease>,
     watches: mpsc::UnboundedSender<Cmd>,
     next_watch: AtomicI64,
+    /// The elections that have an elector on this session.
+    claimed: Mutex<std::collections::HashSet<String>>,
     /// The elections' last failure, logged once for all of them.
     last_failure: Arc<Mutex<Option<String>>>,
     /// Turns for the elections' requests: a bounded number in flight at a time.
@@ -142,6 +144,7 @@ impl EtcdSession {
                 lease: rx,
                 watches: cmds,
                 next_watch: AtomicI64::new(1),
+                claimed: Mutex::default(),
                 last_failure: Arc::default(),
                 permits: Arc::new(tokio::sync::Semaphore::new(REQUESTS_IN_FLIGHT)),
                 closed,
@@ -204,6 +207,20 @@ impl EtcdSession {
         (id, events.boxed())
     }
 
+    /// Takes the election `name` for one elector, until the [`Claim`] is dropped; `None` if
+    /// another elector holds it.
+    pub(crate) fn claim(&self, name: &str) -> Option<Claim> {
+        let mut claimed = self
+            .inner
+            .claimed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        claimed.insert(name.to_owned()).then(|| Claim {
+            session: self.clone(),
+            name: name.to_owned(),
+        })
+    }
+
     /// What the elections' requests last failed with, shared so each failure is logged once.
     pub(crate) fn last_failure(&self) -> Arc<Mutex<Option<String>>> {
         Arc::clone(&self.inner.last_failure)
@@ -216,6 +233,30 @@ impl EtcdSession {
 
     pub(crate) fn unwatch(&self, id: i64) {
         let _ = self.inner.watches.send(Cmd::Cancel { id });
+    }
+}
+
+/// An elector's hold on its election on a shared session (see [`crate::Error::SessionTaken`]):
+/// released when the elector is dropped or its run ends.
+pub(crate) struct Claim {
+    session: EtcdSession,
+    name: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.session
+            .inner
+            .claimed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.name);
+    }
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim").field("name", &self.name).finish()
     }
 }
 
@@ -460,19 +501,7 @@ async fn read(mut answers: WatchResponseStream, routes: Arc<Mutex<Routes>>) {
                     lock(&routes).end(id);
                     continue;
                 }
-                let changes: Vec<Change> = resp
-                    .events()
-                    .iter()
-                    .filter_map(|e| {
-                        let kv = e.kv()?;
-                        Some(match e.event_type() {
-                            EventType::Put => Change::Put(super::entry(kv)),
-                            EventType::Delete => Change::Delete {
-                                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                            },
-                        })
-                    })
-                    .collect();
+                let changes = super::changes(&resp);
                 if !changes.is_empty()
                     && let Some(m) = lock(&routes).to.get(&id)
                 {

@@ -578,6 +578,20 @@ async fn many_elections_share_one_session_per_process() {
     assert!(watch_opened <= 2.0, "{watch_opened} watch streams");
     assert_eq!(watchers, (2 * N) as f64);
 
+    // A second elector in an election on the same session would share the first one's key:
+    // refused, by name.
+    let again = crate::Elector::new(sa.election(names[0].clone()), "sh-a2", timing());
+    let Err(e) = again else {
+        panic!("a second elector in one election on one session")
+    };
+    assert!(
+        e.to_string().contains(&format!(
+            "election `{}` already has an elector on this etcd session",
+            names[0]
+        )),
+        "{e}"
+    );
+
     // Half the elections' leaders leave: sh-b takes each over with a larger token.
     for (child, task) in tasks_a.drain(..N / 2) {
         child.cancel();
@@ -588,6 +602,8 @@ async fn many_elections_share_one_session_per_process() {
         assert!(t > firsts[i], "{t:?} after {:?}", firsts[i]);
     }
     assert!(ha[N / 2..].iter().all(crate::ElectorHandle::is_leader));
+    // An elector whose run ended leaves its place for another.
+    drop(crate::Elector::new(sa.election(names[0].clone()), "sh-a2", timing()).unwrap());
 
     // sh-a's lease revoked behind its back: every leader on it steps down, sh-b takes over,
     // and sh-a queues again on a new lease.
