@@ -274,7 +274,9 @@ async fn pod_labels_follow_leadership_and_select_one_pod_at_a_time() {
 /// otherwise: lower `controller.kubernetes.io/pod-deletion-cost` first, then the newer Pod
 /// first. The leader starts on the newest old Pod. Returns the holders in order, one entry per
 /// change of holder (empty holders, released leases, left out).
-async fn rollout(n: usize, extra: &[&str]) -> Vec<String> {
+/// Returns the holders as they changed, and how many old Pods were still running when the
+/// first change was seen.
+async fn rollout(n: usize, extra: &[&str]) -> (Vec<String>, Option<usize>) {
     let server = harness::shared().await;
     let kc = server.kubeconfig("admin");
     let client = server.client("admin").await;
@@ -318,10 +320,13 @@ async fn rollout(n: usize, extra: &[&str]) -> Vec<String> {
     for name in names.iter().take(n - 1) {
         old.insert(old.len() - 1, (name.clone(), start(name)));
     }
-    // The holders as they change, sampled every 10 ms in the background.
+    // The holders as they change, sampled every 10 ms in the background, and the old Pods
+    // still running at the first change.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![names[n - 1].clone()]));
+    let old_left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(n));
+    let first_move = std::sync::Arc::new(std::sync::Mutex::new(None));
     let sampler = {
-        let seen = seen.clone();
+        let (seen, old_left, first_move) = (seen.clone(), old_left.clone(), first_move.clone());
         let holder = holder.clone();
         tokio::spawn(async move {
             loop {
@@ -330,6 +335,10 @@ async fn rollout(n: usize, extra: &[&str]) -> Vec<String> {
                     let mut s = seen.lock().unwrap();
                     if !h.is_empty() && s.last() != Some(&h) {
                         s.push(h);
+                        first_move
+                            .lock()
+                            .unwrap()
+                            .get_or_insert(old_left.load(std::sync::atomic::Ordering::SeqCst));
                     }
                 }
                 sleep(Duration::from_millis(10)).await;
@@ -347,6 +356,7 @@ async fn rollout(n: usize, extra: &[&str]) -> Vec<String> {
         let names: Vec<&str> = old.iter().map(|(n, _)| n.as_str()).collect();
         let idx = harness::next_pod_to_delete(&client, "default", &names).await;
         let (name, mut proc) = old.remove(idx);
+        old_left.store(old.len(), std::sync::atomic::Ordering::SeqCst);
         proc.term();
         assert!(proc.wait().success(), "{name} exits 0 on SIGTERM");
         pods.delete(&name, &Default::default()).await.unwrap();
@@ -359,18 +369,28 @@ async fn rollout(n: usize, extra: &[&str]) -> Vec<String> {
     for mut p in new {
         p.wait();
     }
-    seen.lock().unwrap().clone()
+    let holders = seen.lock().unwrap().clone();
+    let first = *first_move.lock().unwrap();
+    (holders, first)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_moves_leadership_once_to_a_pod_of_the_new_revision() {
-    let holders = rollout(5, &[]).await;
-    eprintln!("with the deletion cost: {holders:?}");
+    let (holders, first) = rollout(5, &[]).await;
+    eprintln!("with the deletion cost: {holders:?}, first move with {first:?} old Pods left");
     assert_eq!(holders.len(), 2, "one move per rollout: {holders:?}");
     assert!(holders[1].contains("-new-"), "{holders:?}");
-    let holders = rollout(5, &["--no-deletion-cost"]).await;
-    eprintln!("without it: {} moves: {holders:?}", holders.len() - 1);
-    assert!(holders.len() > 2, "the contrast: {holders:?}");
+    // The leader's Pod is the last old one deleted.
+    assert_eq!(first, Some(0), "{holders:?}");
+    // The contrast: without the cost the ReplicaSet deletes the leader's Pod (the newest) first,
+    // while the other old Pods still run. Whoever takes over is then a race among the standbys:
+    // an old Pod (deleted later: another move) or the first new one.
+    let (holders, first) = rollout(5, &["--no-deletion-cost"]).await;
+    eprintln!(
+        "without it: {} moves: {holders:?}, first move with {first:?} old Pods left",
+        holders.len() - 1
+    );
+    assert_eq!(first, Some(4), "the contrast: {holders:?}");
 }
 
 /// `--route-service`: each new leader points the selector-less Service at itself. A leader cut
