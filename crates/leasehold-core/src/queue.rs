@@ -29,7 +29,7 @@
 //! result back as an [`Event`], with the time.
 
 use crate::{FencingToken, Role, StepDown, Timing, lock::ErrorKind};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 /// Time on the driver's monotonic clock, as in [`crate::machine`].
 pub type Tick = Duration;
@@ -280,10 +280,12 @@ enum Op {
 /// One candidate in one etcd election. See the [module docs](self).
 #[derive(Debug)]
 pub struct Queue {
-    identity: String,
+    /// Shared: a process in 100,000 elections holds one copy.
+    identity: Arc<str>,
     /// `<name>/`.
     prefix: String,
-    timing: Timing,
+    /// Shared, as the identity.
+    timing: Arc<Timing>,
     state: State,
     session: Option<Session>,
     op: Option<Op>,
@@ -317,11 +319,11 @@ impl Queue {
     /// deadline after the last answered keepalive's send time; keepalives go every
     /// [`Timing::renew_interval`], and every failed request is tried again after the retry
     /// period.
-    pub fn new(identity: impl Into<String>, name: &str, timing: Timing) -> Self {
+    pub fn new(identity: impl Into<Arc<str>>, name: &str, timing: impl Into<Arc<Timing>>) -> Self {
         Self {
             identity: identity.into(),
             prefix: format!("{name}/"),
-            timing,
+            timing: timing.into(),
             state: State::Out,
             session: None,
             op: None,
@@ -346,7 +348,11 @@ impl Queue {
     ///
     /// Leaving the election always deletes the key (the session lives on, so a key left to
     /// expire would stay): [`Timing::release_on_cancel`] does not apply.
-    pub fn on_session(identity: impl Into<String>, name: &str, timing: Timing) -> Self {
+    pub fn on_session(
+        identity: impl Into<Arc<str>>,
+        name: &str,
+        timing: impl Into<Arc<Timing>>,
+    ) -> Self {
         Self {
             shared: true,
             ..Self::new(identity, name, timing)
@@ -626,7 +632,7 @@ impl Queue {
                 self.op = Some(Op::Campaign { lease });
                 out.push(Action::Campaign {
                     key: self.key_for(lease),
-                    value: self.identity.clone(),
+                    value: self.identity.to_string(),
                     lease,
                     deadline: self.request_deadline(now),
                 });
@@ -1004,8 +1010,10 @@ impl Queue {
                 out.push(Action::StrayKey { key: e.key.clone() });
             }
         }
-        let leader = self.leader().unwrap_or_default().to_owned();
-        if self.reported_leader.as_deref() != Some(leader.as_str()) {
+        // Compared before it is copied: on a shared session every keepalive comes here, for
+        // every election.
+        if self.reported_leader.as_deref() != Some(self.leader().unwrap_or_default()) {
+            let leader = self.leader().unwrap_or_default().to_owned();
             self.reported_leader = Some(leader.clone());
             out.push(Action::NewLeader { identity: leader });
         }

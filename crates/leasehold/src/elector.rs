@@ -75,6 +75,23 @@ pub struct Deadline {
 // === impl Leadership ===
 
 impl Leadership {
+    /// A term of an election in an [`ElectionSet`](crate::backend::etcd::ElectionSet).
+    #[cfg(feature = "etcd")]
+    pub(crate) fn for_set(
+        token: CancellationToken,
+        fencing_token: FencingToken,
+        identity: Arc<str>,
+        valid_until: watch::Receiver<Deadline>,
+    ) -> Self {
+        Self {
+            token,
+            fencing_token,
+            transitions: 0,
+            identity,
+            valid_until,
+        }
+    }
+
     /// The term's fencing token: attach it to every write to a fenced store.
     pub fn fencing_token(&self) -> FencingToken {
         self.fencing_token
@@ -1113,8 +1130,8 @@ impl<B: Election> Elector<B> {
         let origin = session.map_or_else(Instant::now, |s| s.origin());
         let mut lease = session.map(crate::backend::etcd::EtcdSession::subscribe);
         let mut queue = match session {
-            Some(_) => Queue::on_session(self.identity.to_string(), election.name(), timing),
-            None => Queue::new(self.identity.to_string(), election.name(), timing),
+            Some(_) => Queue::on_session(Arc::clone(&self.identity), election.name(), timing),
+            None => Queue::new(Arc::clone(&self.identity), election.name(), timing),
         };
         let mut io = crate::backend::etcd::Io::new(&election, origin);
         let mut run = TermRun::default();

@@ -3,7 +3,8 @@
 //!
 //! `lh-candidate --kubeconfig PATH --namespace NS --name NAME --id ID --lease-duration-ms N
 //! --renew-deadline-ms N --retry-period-ms N [--count M]`; with `--etcd URL,...` instead of
-//! `--kubeconfig`, the elections are on etcd, all `--count` of them on one shared session.
+//! `--kubeconfig`, the elections are on etcd, all `--count` of them on one shared session: an
+//! elector each, or with `--engine set` one `ElectionSet` for all.
 
 use leasehold::{Elector, Timing, backend::kubernetes::LeaseLock};
 use std::{io::Write as _, path::PathBuf, time::Duration};
@@ -19,6 +20,7 @@ fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
     let (mut kubeconfig, mut ns, mut name, mut id) = (None, "default".to_owned(), None, None);
     let mut etcd: Option<String> = None;
+    let mut set = false;
     let (mut lease, mut renew, mut retry, mut count) = (15_000u64, 10_000u64, 2_000u64, 1usize);
     while let Some(flag) = args.next() {
         let Some(value) = args.next() else {
@@ -40,6 +42,13 @@ fn main() -> std::process::ExitCode {
                 "--renew-deadline-ms" => renew = num(&value)?,
                 "--retry-period-ms" => retry = num(&value)?,
                 "--count" => count = num(&value)? as usize,
+                "--engine" => {
+                    set = match value.as_str() {
+                        "set" => true,
+                        "electors" => false,
+                        v => return Err(format!("--engine: `{v}` is not `set` or `electors`")),
+                    }
+                }
                 other => return Err(format!("unknown flag {other}")),
             }
             Ok(())
@@ -85,7 +94,7 @@ fn main() -> std::process::ExitCode {
         .expect("runtime");
     rt.block_on(async move {
         if let Some(endpoints) = etcd {
-            return on_etcd(&endpoints, &name, &id, &timing, count).await;
+            return on_etcd(&endpoints, &name, &id, &timing, count, set).await;
         }
         let client =
             match leasehold::backend::kubernetes::client_with_http2(kubeconfig.as_deref()).await {
@@ -141,6 +150,7 @@ async fn on_etcd(
     id: &str,
     timing: &Timing,
     count: usize,
+    set: bool,
 ) -> std::process::ExitCode {
     use leasehold::backend::etcd::{EtcdElection, EtcdSession, etcd_client};
     let endpoints: Vec<&str> = endpoints.split(',').collect();
@@ -152,6 +162,9 @@ async fn on_etcd(
         }
     };
     let cancel = CancellationToken::new();
+    if set {
+        return on_set(client, name, id, timing, count, cancel).await;
+    }
     let mut tasks = Vec::with_capacity(count);
     // One election: a session of its own, as a single-election service holds it. Many: one
     // session for all, one lease and one keepalive stream, as Go's `-count` holds them.
@@ -194,5 +207,41 @@ async fn on_etcd(
     for t in tasks {
         let _ = t.await;
     }
+    std::process::ExitCode::SUCCESS
+}
+
+/// The elections `name-0` .. as one `ElectionSet` on one session.
+async fn on_set(
+    client: leasehold::backend::etcd::etcd_client::Client,
+    name: &str,
+    id: &str,
+    timing: &Timing,
+    count: usize,
+    cancel: CancellationToken,
+) -> std::process::ExitCode {
+    use leasehold::backend::etcd::{ElectionSet, EtcdSession, SetEvent};
+    let session = EtcdSession::new(client, timing.clone());
+    let names = (0..count).map(|i| format!("{name}-{i}")).collect();
+    let id2 = id.to_owned();
+    let set = ElectionSet::new(&session, id, timing.clone()).on_event(move |e| match e {
+        SetEvent::StartedLeading { name, .. } => say(&format!("started {id2} {name}")),
+        SetEvent::StoppedLeading { name, .. } => say(&format!("stopped {id2} {name}")),
+        _ => {}
+    });
+    let run = match set.run(names, cancel.clone()) {
+        Ok(r) => tokio::spawn(r),
+        Err(e) => {
+            eprintln!("lh-candidate: {}", leasehold::display_chain(&e));
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    cancel.cancel();
+    let _ = run.await;
     std::process::ExitCode::SUCCESS
 }

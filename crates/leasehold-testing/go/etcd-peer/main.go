@@ -7,7 +7,8 @@
 //	lost <id> <name>                  the session ended (its lease expired or was revoked)
 //
 // With -count M it campaigns in the elections NAME-0 .. NAME-(M-1) on one session (benchmarks:
-// one keepalive stream keeps them all).
+// one keepalive stream keeps them all); -parallel N lets at most N of them campaign at a time (etcd
+// refuses a burst of 100,000 with "too many requests", and a Campaign that fails gives up).
 package main
 
 import (
@@ -39,6 +40,7 @@ func main() {
 	id := flag.String("id", "", "this candidate's proposal (identity)")
 	ttl := flag.Int("ttl", 60, "session TTL in seconds (concurrency's default: 60)")
 	count := flag.Int("count", 1, "campaign in NAME-0 .. NAME-(count-1) on one session")
+	parallel := flag.Int("parallel", 0, "at most this many campaigns at a time (0: all at once)")
 	flag.Parse()
 	if *name == "" || *id == "" {
 		fmt.Fprintln(os.Stderr, "etcd-elector: -name and -id are required")
@@ -69,13 +71,24 @@ func main() {
 		}
 	}
 	var wg sync.WaitGroup
+	var turns chan struct{}
+	if *parallel > 0 {
+		turns = make(chan struct{}, *parallel)
+	}
 	elections := make([]*concurrency.Election, len(names))
 	for i, n := range names {
 		elections[i] = concurrency.NewElection(session, n)
 		wg.Add(1)
+		if turns != nil {
+			turns <- struct{}{}
+		}
 		go func(e *concurrency.Election, n string) {
 			defer wg.Done()
-			if err := e.Campaign(ctx, *id); err != nil {
+			err := e.Campaign(ctx, *id)
+			if turns != nil {
+				<-turns
+			}
+			if err != nil {
 				if ctx.Err() == nil {
 					out.Lock()
 					fmt.Fprintf(os.Stderr, "campaign %s: %v\n", n, err)

@@ -42,8 +42,10 @@ use tokio::time::{Instant, timeout_at};
 pub use etcd_client;
 pub(crate) use session::Claim;
 pub use session::EtcdSession;
+pub use set::{ElectionSet, SetEvent};
 
 mod session;
+mod set;
 #[cfg(test)]
 mod tests;
 

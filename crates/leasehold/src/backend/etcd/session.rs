@@ -71,14 +71,30 @@ struct Inner {
     lease: watch::Receiver<Lease>,
     watches: mpsc::UnboundedSender<Cmd>,
     next_watch: AtomicI64,
-    /// The elections that have an elector on this session.
-    claimed: Mutex<std::collections::HashSet<String>>,
+    /// The elections that have an elector or a set on this session.
+    claimed: Mutex<Claimed>,
     /// The elections' last failure, logged once for all of them.
     last_failure: Arc<Mutex<Option<String>>>,
     /// Turns for the elections' requests: a bounded number in flight at a time.
     permits: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the last handle goes: the keeper revokes the lease.
     closed: CancellationToken,
+}
+
+/// Who runs which election on a session: two candidates there would share one key.
+#[derive(Default)]
+struct Claimed {
+    /// Elections with an [`Elector`](crate::Elector).
+    names: std::collections::HashSet<String>,
+    /// Elections in an [`ElectionSet`](super::ElectionSet), by [`hash`]. Two names with one
+    /// hash (about one chance in 10^14 among 100,000 names) refuse the second: never two leaders.
+    sets: std::collections::HashSet<u64>,
+}
+
+/// A name's hash, stable within the process.
+pub(crate) fn hash(name: &str) -> u64 {
+    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(name)
 }
 
 impl Drop for Inner {
@@ -188,7 +204,7 @@ impl EtcdSession {
             id,
             prefix,
             revision,
-            to: Arc::clone(&mailbox),
+            to: Route::One(Arc::clone(&mailbox)),
         });
         // The hub closes the mailbox when the watch ends, whatever the reason: that is the loss.
         let events = futures_util::stream::unfold(Some(mailbox), |mailbox| async move {
@@ -215,7 +231,10 @@ impl EtcdSession {
             .claimed
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        claimed.insert(name.to_owned()).then(|| Claim {
+        if claimed.sets.contains(&hash(name)) {
+            return None;
+        }
+        claimed.names.insert(name.to_owned()).then(|| Claim {
             session: self.clone(),
             name: name.to_owned(),
         })
@@ -229,6 +248,60 @@ impl EtcdSession {
     /// The turns for the elections' requests.
     pub(crate) fn permits(&self) -> Arc<tokio::sync::Semaphore> {
         Arc::clone(&self.inner.permits)
+    }
+
+    /// Watches `prefix` from `revision` for election `index` of a set: its changes go to
+    /// the set's `inbox`. Returns the watch's id, which the inbox names with them.
+    pub(crate) fn watch_for(
+        &self,
+        prefix: String,
+        revision: i64,
+        inbox: &Arc<Inbox>,
+        index: u32,
+    ) -> i64 {
+        let id = self.inner.next_watch.fetch_add(1, Ordering::Relaxed);
+        let _ = self.inner.watches.send(Cmd::Watch {
+            id,
+            prefix,
+            revision,
+            to: Route::Set(Arc::clone(inbox), index),
+        });
+        id
+    }
+
+    /// Whether `name` has an elector or a set on this session; else it is claimed for a set.
+    /// A set's names are kept as hashes: a few bytes each for 100,000 elections.
+    pub(crate) fn claim_for_set(&self, names: &[String]) -> Result<(), String> {
+        let mut claimed = self
+            .inner
+            .claimed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut mine = std::collections::HashSet::with_capacity(names.len());
+        for n in names {
+            if claimed.names.contains(n) || claimed.sets.contains(&hash(n)) || !mine.insert(hash(n))
+            {
+                return Err(n.clone());
+            }
+        }
+        claimed.sets.extend(mine);
+        Ok(())
+    }
+
+    /// Gives back what [`claim_for_set`](Self::claim_for_set) took.
+    pub(crate) fn release_set(&self, names: impl Iterator<Item = u64>) {
+        let mut claimed = self
+            .inner
+            .claimed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for h in names {
+            claimed.sets.remove(&h);
+        }
+    }
+
+    pub(crate) fn client(&self) -> &Arc<Client> {
+        &self.inner.client
     }
 
     pub(crate) fn unwatch(&self, id: i64) {
@@ -250,6 +323,7 @@ impl Drop for Claim {
             .claimed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .names
             .remove(&self.name);
     }
 }
@@ -392,13 +466,75 @@ impl Mailbox {
     }
 }
 
+/// Where the changes of the elections of an [`ElectionSet`](super::ElectionSet) wait for its
+/// task: one inbox for all, each batch marked with its election and watch.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    items: Mutex<Vec<Delivery>>,
+    pub(crate) ready: tokio::sync::Notify,
+}
+
+/// Changes for election `index` from watch `watch`; `None`: the watch ended (lost).
+pub(crate) struct Delivery {
+    pub(crate) index: u32,
+    pub(crate) watch: i64,
+    pub(crate) changes: Option<Vec<Change>>,
+}
+
+impl Inbox {
+    fn put(&self, d: Delivery) {
+        self.items
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(d);
+        self.ready.notify_one();
+    }
+
+    /// Everything delivered so far, in order.
+    pub(crate) fn take(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.items.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Where one watch's changes go.
+enum Route {
+    /// An elector's mailbox.
+    One(Arc<Mailbox>),
+    /// Election `index` of a set.
+    Set(Arc<Inbox>, u32),
+}
+
+impl Route {
+    fn put(&self, id: i64, changes: Vec<Change>) {
+        match self {
+            Self::One(m) => m.put(changes),
+            Self::Set(inbox, index) => inbox.put(Delivery {
+                index: *index,
+                watch: id,
+                changes: Some(changes),
+            }),
+        }
+    }
+
+    fn close(&self, id: i64) {
+        match self {
+            Self::One(m) => m.close(),
+            Self::Set(inbox, index) => inbox.put(Delivery {
+                index: *index,
+                watch: id,
+                changes: None,
+            }),
+        }
+    }
+}
+
 /// A request to the shared watch stream.
 enum Cmd {
     Watch {
         id: i64,
         prefix: String,
         revision: i64,
-        to: Arc<Mailbox>,
+        to: Route,
     },
     Cancel {
         id: i64,
@@ -409,14 +545,14 @@ enum Cmd {
 #[derive(Default)]
 struct Routes {
     open: bool,
-    to: HashMap<i64, Arc<Mailbox>>,
+    to: HashMap<i64, Route>,
 }
 
 impl Routes {
     /// Ends watch `id`, if it is still routed: its election hears that it is lost.
     fn end(&mut self, id: i64) {
-        if let Some(m) = self.to.remove(&id) {
-            m.close();
+        if let Some(r) = self.to.remove(&id) {
+            r.close(id);
         }
     }
 }
@@ -503,16 +639,16 @@ async fn read(mut answers: WatchResponseStream, routes: Arc<Mutex<Routes>>) {
                 }
                 let changes = super::changes(&resp);
                 if !changes.is_empty()
-                    && let Some(m) = lock(&routes).to.get(&id)
+                    && let Some(r) = lock(&routes).to.get(&id)
                 {
-                    m.put(changes);
+                    r.put(id, changes);
                 }
             }
             Ok(None) | Err(_) => {
                 let mut r = lock(&routes);
                 r.open = false;
-                for (_, m) in r.to.drain() {
-                    m.close();
+                for (id, route) in r.to.drain() {
+                    route.close(id);
                 }
                 return;
             }

@@ -667,3 +667,260 @@ async fn many_elections_share_one_session_per_process() {
         t.await.unwrap();
     }
 }
+
+/// What a set reported, per election.
+#[derive(Debug)]
+enum SetNote {
+    Started(usize, crate::Leadership),
+    Stopped(usize, u64),
+    Leader(usize, String),
+}
+
+/// Runs a set of `names` for `id` on its own session; its events on the channel.
+async fn run_set(
+    url: &str,
+    id: &str,
+    names: &[String],
+    cancel: CancellationToken,
+) -> (
+    EtcdSession,
+    mpsc::UnboundedReceiver<SetNote>,
+    tokio::task::JoinHandle<()>,
+) {
+    let client = Client::connect([url], None).await.unwrap();
+    let session = EtcdSession::new(client, timing());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let set = ElectionSet::new(&session, id, timing()).on_event(move |e| {
+        let _ = tx.send(match e {
+            SetEvent::StartedLeading {
+                index, leadership, ..
+            } => SetNote::Started(index, leadership),
+            SetEvent::StoppedLeading {
+                index,
+                fencing_token,
+                ..
+            } => SetNote::Stopped(index, fencing_token.0),
+            SetEvent::NewLeader {
+                index, identity, ..
+            } => SetNote::Leader(index, identity.to_owned()),
+        });
+    });
+    let run = tokio::spawn(set.run(names.to_vec(), cancel).unwrap());
+    (session, rx, run)
+}
+
+/// The terms a set holds, by election, as its events tell them.
+#[derive(Default)]
+struct Terms {
+    leading: std::collections::HashMap<usize, crate::Leadership>,
+    leader: std::collections::HashMap<usize, String>,
+    stopped: Vec<(usize, u64)>,
+}
+
+impl Terms {
+    /// Takes in events until `done` holds, within `limit`.
+    async fn until(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<SetNote>,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&Self) -> bool,
+    ) {
+        let until = Instant::now() + limit;
+        while !done(self) {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(SetNote::Started(i, l))) => {
+                    self.leading.insert(i, l);
+                }
+                Ok(Some(SetNote::Stopped(i, t))) => {
+                    let l = self.leading.remove(&i).expect("stopped without a start");
+                    assert_eq!(l.fencing_token().0, t);
+                    assert!(l.is_lost(), "a stopped term's token is cancelled");
+                    self.stopped.push((i, t));
+                }
+                Ok(Some(SetNote::Leader(i, id))) => {
+                    self.leader.insert(i, id);
+                }
+                _ => panic!(
+                    "{what}: not within {limit:?} ({} leading, {} stopped)",
+                    self.leading.len(),
+                    self.stopped.len()
+                ),
+            }
+        }
+    }
+}
+
+/// One `ElectionSet` per process holds every election on one task: sets in the same elections
+/// queue behind each other, take over when a lease is revoked, stop before their lease can
+/// expire when etcd goes away, lead again when it is back, and delete their keys on cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_sets_hold_many_elections_on_one_task_each() {
+    const N: usize = 300;
+    let mut etcd = harness::EtcdServer::start().await;
+    let url = etcd.url();
+    let base = unique("set");
+    let names: Vec<String> = (0..N).map(|i| format!("{base}-{i}")).collect();
+    let (cancel_a, cancel_b) = (CancellationToken::new(), CancellationToken::new());
+    let t0 = Instant::now();
+    let (sa, mut rx_a, run_a) = run_set(&url, "set-a", &names, cancel_a.clone()).await;
+    let mut a = Terms::default();
+    a.until(&mut rx_a, Duration::from_secs(20), "set-a leads all", |t| {
+        t.leading.len() == N
+    })
+    .await;
+    eprintln!(
+        "set-a leads all {N} elections {:?} after its start",
+        t0.elapsed()
+    );
+    let (sb, mut rx_b, run_b) = run_set(&url, "set-b", &names, cancel_b.clone()).await;
+    let mut b = Terms::default();
+    b.until(
+        &mut rx_b,
+        Duration::from_secs(20),
+        "set-b sees set-a lead",
+        |t| t.leader.len() == N && t.leader.values().all(|l| l == "set-a"),
+    )
+    .await;
+    assert!(b.leading.is_empty());
+
+    // Each process's keys on its one lease, one keepalive stream and one watch stream each.
+    let client = Client::connect([url.as_str()], None).await.unwrap();
+    let (la, lb) = (sa.lease().unwrap(), sb.lease().unwrap());
+    for name in [&names[0], &names[N - 1]] {
+        let e = EtcdElection::new(client.clone(), name.clone());
+        let leases: Vec<i64> = e
+            .candidates()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.lease)
+            .collect();
+        assert_eq!(leases, [la, lb], "{name}");
+    }
+    // Past the first keepalives (every 1.5 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics = harness::etcd_metrics(&url).unwrap();
+    let sum = |metric: &str, method: &str| {
+        harness::metric_sum(&metrics, &format!("{metric}{{grpc_method=\"{method}\""))
+    };
+    let watchers = harness::metric_sum(&metrics, "etcd_debugging_mvcc_watcher_total");
+    eprintln!(
+        "2 sets x {N}: keepalive streams {}, watch streams {}, watchers {watchers}",
+        sum("grpc_server_started_total", "LeaseKeepAlive"),
+        sum("grpc_server_started_total", "Watch")
+    );
+    assert!(sum("grpc_server_started_total", "LeaseKeepAlive") <= 2.0);
+    assert!(sum("grpc_server_started_total", "Watch") <= 2.0);
+    assert_eq!(watchers, (2 * N) as f64);
+
+    // Names taken on a session: by the set, for another set or an elector; twice in one set.
+    let taken = |r: crate::Result<()>| {
+        let e = r.expect_err("taken");
+        assert!(matches!(e, crate::Error::SessionTaken { .. }), "{e}");
+    };
+    taken(
+        ElectionSet::new(&sa, "x", timing())
+            .run(vec![names[7].clone()], CancellationToken::new())
+            .map(drop),
+    );
+    taken(crate::Elector::new(sa.election(names[7].clone()), "x", timing()).map(drop));
+    taken(
+        ElectionSet::new(&sa, "x", timing())
+            .run(vec!["d".into(), "d".into()], CancellationToken::new())
+            .map(drop),
+    );
+
+    // set-a's lease revoked behind its back: every term on it ends, set-b takes over every
+    // election with a larger token, and set-a queues again on a new lease.
+    let firsts: std::collections::HashMap<usize, u64> = a
+        .leading
+        .iter()
+        .map(|(i, l)| (*i, l.fencing_token().0))
+        .collect();
+    client.clone().lease_revoke(la).await.unwrap();
+    let revoked = Instant::now();
+    b.until(
+        &mut rx_b,
+        Duration::from_secs(20),
+        "set-b takes over",
+        |t| t.leading.len() == N,
+    )
+    .await;
+    for (i, l) in &b.leading {
+        assert!(l.fencing_token().0 > firsts[i]);
+    }
+    a.until(&mut rx_a, Duration::from_secs(10), "set-a stops", |t| {
+        t.leading.is_empty()
+    })
+    .await;
+    eprintln!(
+        "lease revoked: set-b leads all {N} {:?} later",
+        revoked.elapsed()
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while sa.lease().is_none_or(|l| l == la) {
+        assert!(Instant::now() < until, "set-a has no new lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Cut off from etcd: every term ends within the renew deadline (3 s), before the lease
+    // (5 s) can expire.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cut = Instant::now();
+    etcd.stop();
+    b.until(
+        &mut rx_b,
+        Duration::from_secs(5),
+        "set-b's terms end",
+        |t| t.leading.is_empty(),
+    )
+    .await;
+    eprintln!(
+        "etcd stopped: all {N} terms ended {:?} later",
+        cut.elapsed()
+    );
+    assert!(cut.elapsed() < Duration::from_secs(5));
+    etcd.restart().await;
+    let back = Instant::now();
+    let until = back + Duration::from_secs(30);
+    loop {
+        while let Ok(n) = rx_a.try_recv() {
+            if let SetNote::Started(i, l) = n {
+                a.leading.insert(i, l);
+            }
+        }
+        while let Ok(n) = rx_b.try_recv() {
+            if let SetNote::Started(i, l) = n {
+                b.leading.insert(i, l);
+            }
+        }
+        let leading = (0..N)
+            .filter(|i| {
+                a.leading.get(i).is_some_and(|l| !l.is_lost())
+                    || b.leading.get(i).is_some_and(|l| !l.is_lost())
+            })
+            .count();
+        if leading == N {
+            break;
+        }
+        assert!(Instant::now() < until, "{leading} of {N} lead again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "etcd back: every election leads again {:?} later",
+        back.elapsed()
+    );
+
+    // Cancelled: every term ends and every key is deleted.
+    cancel_a.cancel();
+    cancel_b.cancel();
+    run_a.await.unwrap();
+    run_b.await.unwrap();
+    for name in [&names[0], &names[N / 2], &names[N - 1]] {
+        let e = EtcdElection::new(client.clone(), name.clone());
+        assert_eq!(e.candidates().await.unwrap(), [], "{name}");
+    }
+    // Their names are free again.
+    drop(crate::Elector::new(sa.election(names[7].clone()), "x", timing()).unwrap());
+}
