@@ -16,6 +16,16 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// Until SIGTERM or SIGINT.
+async fn signalled() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
     let (mut kubeconfig, mut ns, mut name, mut id) = (None, "default".to_owned(), None, None);
@@ -197,12 +207,7 @@ async fn on_etcd(
             .on_stopped_leading(move || say(&format!("stopped {i2} {e2}")));
         tasks.push(tokio::spawn(elector.run(cancel.clone())));
     }
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    signalled().await;
     cancel.cancel();
     for t in tasks {
         let _ = t.await;
@@ -235,12 +240,7 @@ async fn on_set(
             return std::process::ExitCode::from(2);
         }
     };
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    signalled().await;
     cancel.cancel();
     let _ = run.await;
     std::process::ExitCode::SUCCESS

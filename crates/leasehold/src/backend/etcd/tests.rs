@@ -831,6 +831,19 @@ async fn election_sets_hold_many_elections_on_one_task_each() {
             .map(drop),
     );
 
+    // A set's run dropped unpolled gives its names back.
+    let free = || vec![format!("{base}-free")];
+    let dropped = ElectionSet::new(&sa, "x", timing())
+        .run(free(), CancellationToken::new())
+        .unwrap();
+    taken(crate::Elector::new(sa.election(free()[0].clone()), "x", timing()).map(drop));
+    drop(dropped);
+    drop(
+        ElectionSet::new(&sa, "x", timing())
+            .run(free(), CancellationToken::new())
+            .unwrap(),
+    );
+
     // set-a's lease revoked behind its back: every term on it ends, set-b takes over every
     // election with a larger token, and set-a queues again on a new lease.
     let firsts: std::collections::HashMap<usize, u64> = a
