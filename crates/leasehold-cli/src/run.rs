@@ -441,9 +441,6 @@ async fn run_on<B: Election>(
     let config = leasehold::Config::new(identity.clone()).timing(timing_c);
     let elector = Elector::with_config(backend, config)
         .map_err(|e| Error::Usage(format!("{e}: {}", leasehold_error_source(&e))))?
-        .on_started_leading(move |l| {
-            let _ = lead_tx.send(l);
-        })
         .on_new_leader(move |who| {
             let _ = note_tx.send(Note::Leader(who.to_owned()));
         })
@@ -488,7 +485,19 @@ async fn run_on<B: Election>(
         );
         tasks.push(tokio::spawn(crate::health::run(health, handle.clone())));
     }
-    let elector_task = tokio::spawn(elector.run(cancel.clone()));
+    // Each term's work hands the term to the run loop, and ends once the supervisor says the
+    // command is gone for it: only then does the elector release the lock.
+    let (drained_tx, drained_rx) = tokio::sync::watch::channel(None::<FencingToken>);
+    let elector_task = tokio::spawn(elector.run_while_leading(cancel.clone(), move |l| {
+        let _ = lead_tx.send(l.clone());
+        let mut drained = drained_rx.clone();
+        async move {
+            l.lost().await;
+            let token = l.fencing_token();
+            // A closed channel: the run loop has ended, and with it the command.
+            let _ = drained.wait_for(|d| d.is_some_and(|d| d >= token)).await;
+        }
+    }));
 
     let sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
@@ -518,7 +527,17 @@ async fn run_on<B: Election>(
     };
     loop {
         let event = shell.next(supervisor.deadline()).await;
-        for action in supervisor.handle(event, Instant::now()) {
+        let actions = supervisor.handle(event, Instant::now());
+        // Before the actions: one of them may wait for the elector, which waits for this.
+        let drained = supervisor.drained();
+        drained_tx.send_if_modified(|d| {
+            let moved = *d != drained && drained.is_some();
+            if moved {
+                *d = drained;
+            }
+            moved
+        });
+        for action in actions {
             if let ControlFlow::Break(result) = shell.execute(action).await {
                 return result;
             }

@@ -209,6 +209,8 @@ pub(crate) struct Supervisor {
     grace: Duration,
     /// The latest term; without a command, dropped once its end has been reported.
     current: Option<Term>,
+    /// The latest term, kept after its end: what [`drained`](Self::drained) answers for.
+    last: Option<Term>,
     child: Option<Child>,
     shutting_down: bool,
     /// The lease should be released (once the Pod is unlabelled).
@@ -231,6 +233,7 @@ impl Supervisor {
             has_command,
             grace,
             current: None,
+            last: None,
             child: None,
             shutting_down: false,
             want_release: false,
@@ -247,6 +250,15 @@ impl Supervisor {
             .as_ref()
             .filter(|c| matches!(c.state, State::Running { .. }))
             .and_then(|c| c.kill_at)
+    }
+
+    /// The latest term that is over for the command: ended (or the run is shutting down, so no
+    /// command will start for it), with nothing of the command's group left. The elector
+    /// releases the lock only once its term is drained: a step-down, a transfer or a health
+    /// gate never hands over while the command still runs, as a shutdown never does.
+    pub(crate) fn drained(&self) -> Option<FencingToken> {
+        let t = self.last?;
+        ((t.lost || self.shutting_down) && self.child.is_none()).then_some(t.token)
     }
 
     /// Takes `event`, which happened at `now`; returns what to do, in order.
@@ -282,6 +294,7 @@ impl Supervisor {
                 )));
                 out.push(Action::Announce { token: term.token });
                 self.current = Some(term);
+                self.last = Some(term);
             }
             Event::TermLost { token } => {
                 self.update(token, |t| t.lost = true);
@@ -556,7 +569,10 @@ impl Supervisor {
     /// Applies `f` to term `token`, as current term and as the child's.
     fn update(&mut self, token: FencingToken, f: impl Fn(&mut Term)) {
         let child = self.child.as_mut().map(|c| &mut c.term);
-        for t in [self.current.as_mut(), child].into_iter().flatten() {
+        for t in [self.current.as_mut(), self.last.as_mut(), child]
+            .into_iter()
+            .flatten()
+        {
             if t.token == token {
                 f(t);
             }
@@ -734,6 +750,43 @@ mod tests {
         s.handle(Event::Signal("SIGTERM"), t0 + 20 * S);
         assert_eq!(s.deadline(), Some(t0 + 20 * S));
         assert_eq!(s.handle(Event::Timer, t0 + 20 * S), vec![Action::Kill]);
+    }
+
+    #[test]
+    fn a_term_is_drained_for_the_elector_only_once_its_command_is_gone() {
+        let t0 = Instant::now();
+        let lost = |token| Event::TermLost {
+            token: FencingToken(token),
+        };
+        // Stepped down (or handed over): the command still runs, so the lock is not released.
+        let mut s = running(t0);
+        assert_eq!(s.drained(), None);
+        assert_eq!(s.handle(lost(0), t0 + S), vec![Action::Terminate]);
+        assert_eq!(s.drained(), None);
+        assert_eq!(
+            s.handle(child_exited(signalled(15)), t0 + 2 * S),
+            vec![Action::Reap]
+        );
+        assert_eq!(s.drained(), None, "its group may still act");
+        s.handle(Event::GroupGone, t0 + 2 * S);
+        assert_eq!(s.drained(), Some(FencingToken(0)));
+        // The next term: not drained while it runs.
+        s.handle(Event::Leading(term(3, t0 + 12 * S)), t0 + 3 * S);
+        assert_eq!(s.drained(), None);
+        // Shutting down: drained once the command is gone, before the term ends (the elector
+        // ends it only when cancelled, and the run loop then waits for the elector).
+        let mut s = running(t0);
+        s.handle(Event::Signal("SIGTERM"), t0 + S);
+        s.handle(child_exited(signalled(15)), t0 + S);
+        assert_eq!(s.drained(), None);
+        s.handle(Event::GroupGone, t0 + S);
+        assert_eq!(s.drained(), Some(FencingToken(0)));
+        // Without a command: drained as it ends.
+        let mut s = supervisor(false);
+        s.handle(Event::Leading(term(5, t0 + 10 * S)), t0);
+        assert_eq!(s.drained(), None);
+        s.handle(lost(5), t0 + S);
+        assert_eq!(s.drained(), Some(FencingToken(5)));
     }
 
     #[test]
