@@ -32,6 +32,16 @@ pub enum Error {
         /// The election's name.
         name: String,
     },
+    /// More elections than one etcd `ElectionSet` indexes
+    /// (`u32::MAX`): split them over several sets.
+    #[error(
+        "{count} elections are more than one election set holds ({}); split them over several sets",
+        u32::MAX
+    )]
+    TooManyElections {
+        /// How many were given.
+        count: usize,
+    },
 }
 
 /// A `Result` with this module's [`Error`].

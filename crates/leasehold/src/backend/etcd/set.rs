@@ -134,7 +134,8 @@ impl ElectionSet {
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) for an empty identity or a timing that breaks
     /// the rules; [`Error::SessionTaken`](crate::Error::SessionTaken) for a name given twice,
-    /// or one that already has an elector or a set on this session.
+    /// or one that already has an elector or a set on this session;
+    /// [`Error::TooManyElections`](crate::Error::TooManyElections) past `u32::MAX` names.
     pub fn run(
         self,
         names: Vec<String>,
@@ -145,9 +146,7 @@ impl ElectionSet {
         }
         self.timing.validate()?;
         if u32::try_from(names.len()).is_err() {
-            return Err(crate::Error::SessionTaken {
-                name: format!("({} elections: more than a set holds)", names.len()),
-            });
+            return Err(crate::Error::TooManyElections { count: names.len() });
         }
         self.session
             .claim_for_set(&names)
